@@ -1,0 +1,203 @@
+"""One typed config for every rlhfops stage.
+
+Defaults are the embedded default (`configs/tiny.yaml` states them explicitly); a YAML file
+overrides them, and `--set section.key=value` overrides the file. Unknown keys and wrong types
+are errors that name the key. The resolved config is saved next to every model we write.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_FILENAME = "rlhfops_config.yaml"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message is one sentence for a person."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class NoiseConfig(Section):
+    """Per-example probabilities with which the noisy teacher corrupts a reference solution."""
+
+    wrong_step: float = Field(0.06, ge=0, le=1, description="one step's result is off; later steps follow it")
+    skipped_step: float = Field(0.06, ge=0, le=1, description="an intermediate step is left out")
+    wrong_answer: float = Field(0.05, ge=0, le=1, description="no working, a wrong number as the answer")
+    inconsistent_answer: float = Field(0.05, ge=0, le=1, description="the answer differs from the last step")
+    over_refusal: float = Field(0.06, ge=0, le=1, description="a safe prompt is refused")
+    undefined_number: float = Field(0.15, ge=0, le=1, description="a number is made up for an undefined prompt")
+
+
+class TaskConfig(Section):
+    """The built-in arithmetic task (DESIGN.md, 'The built-in task')."""
+
+    name: Literal["arithmetic"] = "arithmetic"
+    min_ops: int = Field(1, ge=1, description="fewest operations in a solve expression")
+    max_ops: int = Field(2, ge=1, description="most operations in a solve expression")
+    max_operand: int = Field(9, ge=1, description="operands are drawn from 0..max_operand")
+    ops: str = Field("+-*/", description="operators that may appear; '/' only ever divides exactly")
+    kind_weights: dict[Literal["solve", "undefined", "unsafe"], float] = Field(
+        default_factory=lambda: {"solve": 0.7, "undefined": 0.15, "unsafe": 0.15},
+        description="relative frequency of each prompt kind",
+    )
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of the prompt space hashed to validation")
+    test_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of the prompt space hashed to test")
+    n_train: int = Field(12000, ge=1, description="training prompts (SFT)")
+    n_val: int = Field(256, ge=1, description="validation prompts")
+    n_test: int = Field(512, ge=1, description="held-out test prompts (gold evaluation)")
+    noise: NoiseConfig = Field(default_factory=NoiseConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskConfig:
+        if self.min_ops > self.max_ops:
+            raise ValueError(f"min_ops ({self.min_ops}) must not exceed max_ops ({self.max_ops})")
+        if not self.ops or set(self.ops) - set("+-*/"):
+            raise ValueError(f"ops must be a non-empty subset of '+-*/', got {self.ops!r}")
+        if sum(self.kind_weights.values()) <= 0 or min(self.kind_weights.values()) < 0:
+            raise ValueError("kind_weights must be non-negative with a positive sum")
+        return self
+
+
+class ModelConfig(Section):
+    """The policy: a tiny Llama built from this config, or any Hugging Face causal LM by path."""
+
+    name_or_path: str | None = Field(
+        None, description="a local directory or hub id of a causal LM; None builds the tiny Llama below"
+    )
+    hidden_size: int = Field(128, ge=8)
+    intermediate_size: int = Field(320, ge=8)
+    num_hidden_layers: int = Field(4, ge=1)
+    num_attention_heads: int = Field(4, ge=1)
+    num_key_value_heads: int = Field(4, ge=1)
+    max_position_embeddings: int = Field(128, ge=16)
+    tie_word_embeddings: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be divisible by num_attention_heads")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be divisible by num_key_value_heads")
+        return self
+
+
+class SFTConfig(Section):
+    """Supervised fine-tuning on noisy-teacher data with trl's SFTTrainer."""
+
+    lr: float = Field(2e-3, gt=0, description="AdamW peak learning rate")
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    batch_size: int = Field(64, ge=1)
+    epochs: float = Field(4.0, gt=0, description="passes over the n_train noisy-teacher examples")
+    max_steps: int = Field(-1, description="if > 0, overrides epochs")
+    max_length: int = Field(96, ge=8, description="prompt + completion tokens; longer examples are truncated")
+    logging_steps: int = Field(50, ge=1)
+
+
+class GenerationConfig(Section):
+    """Decoding used by evaluation (and later by collection, Best-of-N and serving)."""
+
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(0, ge=0, description="0 keeps the full distribution")
+    batch_size: int = Field(256, ge=1)
+
+
+class EvalConfig(Section):
+    """Gold evaluation on the held-out test split."""
+
+    greedy: bool = Field(True, description="greedy decoding; false samples with generation.temperature")
+    n_test: int | None = Field(None, ge=1, description="evaluate on the first n test prompts; None: all")
+
+
+class Config(Section):
+    seed: int = Field(0, description="one seed for data, initialisation and sampling")
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the resolved config as `rlhfops_config.yaml` into `directory`."""
+        path = Path(directory) / CONFIG_FILENAME
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
+
+def _describe(err: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"unknown config key '{key}'"
+    got = err.get("input")
+    where = f"config key '{key}'" if key else "config"
+    return f"{where}: {err['msg']} (got {got!r})"
+
+
+def validate(data: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError("; ".join(_describe(err) for err in e.errors())) from None
+
+
+def resolve_path(config: str | Path | None) -> Path | None:
+    """`None` -> defaults; a bare name like `smoke` -> `configs/smoke.yaml`; otherwise a path."""
+    if config is None:
+        return None
+    path = Path(config)
+    if not path.exists() and path.suffix == "" and (CONFIG_DIR / f"{config}.yaml").exists():
+        path = CONFIG_DIR / f"{config}.yaml"
+    if not path.exists():
+        raise ConfigError(f"config file '{config}' does not exist")
+    return path
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`sft.lr=3e-4` -> (['sft', 'lr'], 3e-4); the value is read as YAML (numbers, bools, lists)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{item}' must look like section.key=value")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    # YAML 1.1 reads '3e-4' as a string; accept it as the number the user meant.
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip().split("."), value
+
+
+def load_config(config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- YAML file <- `--set` overrides, validated once at the end."""
+    data: dict[str, Any] = {}
+    path = resolve_path(config)
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping of sections")
+        data = loaded or {}
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            child = node.setdefault(k, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"config key '{'.'.join(keys)}': '{k}' is not a section")
+            node = child
+        node[keys[-1]] = value
+    return validate(data)
