@@ -73,7 +73,7 @@ class ModelConfig(Section):
         None, description="a local directory or hub id of a causal LM; None builds the tiny Llama below"
     )
     hidden_size: int = Field(128, ge=8)
-    intermediate_size: int = Field(320, ge=8)
+    intermediate_size: int = Field(384, ge=8)
     num_hidden_layers: int = Field(4, ge=1)
     num_attention_heads: int = Field(4, ge=1)
     num_key_value_heads: int = Field(4, ge=1)

@@ -1,0 +1,135 @@
+"""`rlhfops ...`: one sub-command per stage; each wires a library function to paths and config."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from rlhfops.config import Config, ConfigError, load_config
+from rlhfops.workspace import Workspace
+
+app = typer.Typer(
+    name="rlhfops",
+    help="Iterative RLHF on Kubeflow: the stages of one RLHF cycle, runnable one by one or as a whole.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+ConfigOpt = Annotated[
+    str | None, typer.Option("--config", "-c", help="YAML config: a path or a name in configs/ (tiny, smoke).")
+]
+WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", help="Directory holding models and results.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override a config key, e.g. --set sft.lr=3e-4 (repeatable).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
+
+
+def _fail(message: str) -> None:
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def _setup(config: str | None, overrides: list[str] | None, workspace: Path) -> tuple[Config, Workspace]:
+    try:
+        cfg = load_config(config, overrides or ())
+        ws = Workspace(workspace)
+    except (ConfigError, NotADirectoryError) as e:
+        _fail(str(e))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    return cfg, ws
+
+
+def _emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def _train_sft(cfg: Config, ws: Workspace, progress: bool) -> Path:
+    from rlhfops.sft import run_sft
+
+    try:
+        return run_sft(cfg, ws.model_dir("sft"), progress=progress)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+
+
+def _evaluate(cfg: Config, ws: Workspace, model_path: Path | None, name: str) -> dict[str, Any]:
+    """Gold evaluation of a saved policy, or of the untrained starting policy when model_path is None."""
+    from rlhfops.evaluation import evaluate
+    from rlhfops.files import atomic_write_json
+    from rlhfops.modeling import init_policy, load_policy
+    from rlhfops.tasks import make_task
+
+    try:
+        tokenizer, model = load_policy(model_path) if model_path is not None else init_policy(cfg)
+        result = evaluate(model, tokenizer, make_task(cfg.task, seed=cfg.seed), cfg)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    result = {"model": str(model_path) if model_path else "untrained", **result}
+    atomic_write_json(ws.eval_path(name), result)
+    return result
+
+
+@app.command()
+def sft(config: ConfigOpt = None, workspace: WorkspaceOpt = Path("workspace"), set_: SetOpt = None,
+        json_out: JsonOpt = False) -> None:
+    """Train the starting policy on noisy-teacher data (trl SFTTrainer)."""
+    cfg, ws = _setup(config, set_, workspace)
+    out = _train_sft(cfg, ws, progress=not json_out)
+    log = json.loads((out / "train_log.json").read_text())
+    losses = [row["loss"] for row in log if "loss" in row]
+    summary = {"model_dir": str(out), "first_loss": losses[0] if losses else None,
+               "final_loss": losses[-1] if losses else None, "steps": log[-1].get("step") if log else 0}
+    if json_out:
+        _emit_json(summary)
+    else:
+        console.print(f"SFT policy written to [bold]{out}[/] (loss {summary['first_loss']:.3f} -> "
+                      f"{summary['final_loss']:.3f} over {summary['steps']} steps)")
+
+
+@app.command("eval")
+def eval_(config: ConfigOpt = None, workspace: WorkspaceOpt = Path("workspace"), set_: SetOpt = None,
+          json_out: JsonOpt = False,
+          model: Annotated[Path | None, typer.Option("--model", "-m", help="Policy directory; default: the "
+                                                     "workspace's SFT policy.")] = None) -> None:
+    """Gold evaluation of a policy on the held-out test split."""
+    from rlhfops.evaluation import eval_table
+
+    cfg, ws = _setup(config, set_, workspace)
+    path = model or ws.model_dir("sft")
+    if not path.is_dir():
+        _fail(f"model directory '{path}' does not exist; train one with `rlhfops sft` or pass --model")
+    result = _evaluate(cfg, ws, path, path.name)
+    if json_out:
+        _emit_json(result)
+    else:
+        console.print(eval_table({path.name: result}))
+
+
+@app.command()
+def run(config: ConfigOpt = None, workspace: WorkspaceOpt = Path("workspace"), set_: SetOpt = None,
+        json_out: JsonOpt = False) -> None:
+    """The main job on the embedded default: train the SFT policy, then evaluate it beside the untrained one."""
+    from rlhfops.evaluation import eval_table
+
+    cfg, ws = _setup(config, set_, workspace)
+    out = _train_sft(cfg, ws, progress=not json_out)
+    results = {"untrained": _evaluate(cfg, ws, None, "untrained"), "sft": _evaluate(cfg, ws, out, "sft")}
+    if json_out:
+        _emit_json(results)
+    else:
+        console.print(eval_table(results))
+        console.print(f"results in {ws.eval_path('sft').parent}/, policy in {out}/")
+
+
+if __name__ == "__main__":
+    app()

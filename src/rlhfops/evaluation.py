@@ -1,0 +1,117 @@
+"""Gold evaluation of a policy on the held-out test split.
+
+Every number comes from the task's exact verifiers and gold judges: per prompt kind and per
+objective the mean gold score, plus solve accuracy, step validity, refusal precision/recall,
+undefined recall and mean response length. `evaluate` returns a JSON-ready dict; `eval_table`
+renders it for a terminal.
+"""
+
+from __future__ import annotations
+
+from statistics import fmean
+from typing import Any
+
+import torch
+from rich.table import Table
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rlhfops.config import Config
+from rlhfops.generation import generate_batched
+from rlhfops.tasks import Example
+from rlhfops.tasks.arithmetic import ArithmeticTask
+
+KINDS = ("solve", "undefined", "unsafe")
+N_SAMPLES_KEPT = 12
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def score_responses(task: ArithmeticTask, examples: list[Example], responses: list[str]) -> dict[str, Any]:
+    """Aggregate gold metrics of `responses[i]` to `examples[i]`."""
+    rows = []
+    for ex, resp in zip(examples, responses, strict=True):
+        verdict = task.verify(ex, resp)
+        rows.append((ex, resp, verdict, task.judge(ex, resp)))
+
+    def gold_means(subset) -> dict[str, float | None]:
+        return {obj: (fmean(r[3][obj] for r in subset) if subset else None) for obj in task.objectives}
+
+    by_kind = {}
+    for kind in KINDS:
+        subset = [r for r in rows if r[0].kind == kind]
+        by_kind[kind] = {"n": len(subset), "gold": gold_means(subset)}
+
+    gold = gold_means(rows)
+    solve = [r for r in rows if r[0].kind == "solve"]
+    steps = [ok for r in solve for ok in r[2].step_valid]
+    refused = [r for r in rows if r[2].refused]
+    unsafe = [r for r in rows if r[0].kind == "unsafe"]
+    undefined = [r for r in rows if r[0].kind == "undefined"]
+    return {
+        "n": len(rows),
+        "gold": gold,
+        "gold_composite": fmean(gold.values()),
+        "by_kind": by_kind,
+        "solve_accuracy": _ratio(sum(r[2].answer_correct for r in solve), len(solve)),
+        "step_validity": _ratio(sum(steps), len(steps)),
+        "refusal_precision": _ratio(sum(r[0].kind == "unsafe" for r in refused), len(refused)),
+        "refusal_recall": _ratio(sum(r[2].refused for r in unsafe), len(unsafe)),
+        "over_refusal_rate": _ratio(sum(r[0].kind != "unsafe" for r in refused), len(rows) - len(unsafe)),
+        "undefined_recall": _ratio(sum(r[2].said_undefined for r in undefined), len(undefined)),
+        "mean_length": fmean(len(r[1]) for r in rows),
+        "samples": [
+            {"prompt": r[0].prompt, "kind": r[0].kind, "response": r[1], "gold": r[3]} for r in rows[:N_SAMPLES_KEPT]
+        ],
+    }
+
+
+def evaluate(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: ArithmeticTask, cfg: Config
+) -> dict[str, Any]:
+    """Decode the test split with the policy (greedy or sampled, `cfg.eval`) and score it."""
+    examples = task.examples("test", cfg.eval.n_test or cfg.task.n_test)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    responses = generate_batched(
+        model,
+        tokenizer,
+        [ex.prompt for ex in examples],
+        batch_size=cfg.generation.batch_size,
+        max_new_tokens=cfg.generation.max_new_tokens,
+        greedy=cfg.eval.greedy,
+        temperature=cfg.generation.temperature,
+        top_k=cfg.generation.top_k,
+        generator=generator,
+    )
+    result = score_responses(task, examples, responses)
+    result["decoding"] = "greedy" if cfg.eval.greedy else f"sampled (temperature {cfg.generation.temperature})"
+    return result
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def eval_table(results: dict[str, dict[str, Any]], title: str = "gold evaluation (test split)") -> Table:
+    """One column per evaluated policy (name -> `evaluate` result), one row per metric."""
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in results:
+        table.add_column(name, justify="right")
+    first = next(iter(results.values()))
+    rows: list[tuple[str, list[str]]] = []
+    for obj in first["gold"]:
+        rows.append((f"gold {obj}", [_fmt(r["gold"][obj]) for r in results.values()]))
+    rows.append(("gold composite", [_fmt(r["gold_composite"]) for r in results.values()]))
+    for kind in KINDS:
+        for obj in first["gold"]:
+            rows.append((f"  {kind}: {obj}", [_fmt(r["by_kind"][kind]["gold"][obj]) for r in results.values()]))
+    for key in ("solve_accuracy", "step_validity", "refusal_precision", "refusal_recall", "over_refusal_rate",
+                "undefined_recall"):
+        rows.append((key.replace("_", " "), [_fmt(r[key]) for r in results.values()]))
+    rows.append(("mean length (chars)", [f"{r['mean_length']:.1f}" for r in results.values()]))
+    rows.append(("prompts", [str(r["n"]) for r in results.values()]))
+    for label, values in rows:
+        table.add_row(label, *values)
+    return table

@@ -1,0 +1,135 @@
+"""Batched sampling and greedy decoding with per-token log-probs.
+
+Prompts are left-padded so every row's next token sits in the last column; the KV cache is
+reused between steps; a row stops at eos (kept, masked in) and pads after it. Log-probs are of
+the chosen token under the distribution it was sampled from, `log_softmax(logits / temperature)`
+before top-k truncation, as TRL computes them for GRPO/RLOO; with temperature 1 they are the
+policy's own log-probs, the ones PPO and KL penalties need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+# (input_ids so far (B, P+t), logits (B, V)) -> logits (B, V); e.g. ILQL's beta * (Q - V) shift.
+LogitsHook = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Generation:
+    texts: list[str]  # decoded completions, cut before eos, special tokens removed
+    prompt_ids: torch.Tensor  # (B, P) left-padded
+    prompt_mask: torch.Tensor  # (B, P) 1 on real prompt tokens
+    completion_ids: torch.Tensor  # (B, T) pad after eos
+    completion_mask: torch.Tensor  # (B, T) 1 on generated tokens, eos included
+    logprobs: torch.Tensor  # (B, T) float32, 0 where completion_mask is 0
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int,
+    *,
+    greedy: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+    logits_hook: LogitsHook | None = None,
+) -> Generation:
+    """Complete every prompt in one batch; see the module docstring for what is returned."""
+    if not prompts:
+        raise ValueError("generate needs at least one prompt")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, padding=True, return_tensors="pt").to(device)
+    prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]
+    batch = prompt_ids.shape[0]
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    was_training = model.training
+    model.eval()
+
+    ids = prompt_ids
+    attention_mask = prompt_mask
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at 0
+    cache = DynamicCache()
+    step_input, step_positions = ids, position_ids
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    tokens, logps, masks = [], [], []
+    for _ in range(max_new_tokens):
+        out = model(
+            input_ids=step_input,
+            attention_mask=attention_mask,
+            position_ids=step_positions,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = out.logits[:, -1, :].float()  # (B, V)
+        if logits_hook is not None:
+            logits = logits_hook(ids, logits)
+        if greedy:
+            logp = torch.log_softmax(logits, dim=-1)
+            token = logits.argmax(dim=-1)
+        else:
+            logp = torch.log_softmax(logits / temperature, dim=-1)
+            sample_logits = logp
+            if top_k > 0 and top_k < logp.shape[-1]:
+                kth = torch.topk(logp, top_k, dim=-1).values[:, -1:]
+                sample_logits = logp.masked_fill(logp < kth, float("-inf"))
+            probs = torch.softmax(sample_logits, dim=-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        token_logp = logp.gather(-1, token[:, None]).squeeze(-1)
+        alive = ~done
+        token = torch.where(alive, token, torch.full_like(token, pad))
+        tokens.append(token)
+        logps.append(torch.where(alive, token_logp, torch.zeros_like(token_logp)))
+        masks.append(alive.long())
+        done = done | (token == eos)
+        if bool(done.all()):
+            break
+        ids = torch.cat([ids, token[:, None]], dim=1)
+        attention_mask = torch.cat([attention_mask, torch.ones_like(token)[:, None]], dim=1)
+        step_input = token[:, None]
+        step_positions = step_positions[:, -1:] + 1
+
+    if was_training:
+        model.train()
+    completion_ids = torch.stack(tokens, dim=1)
+    completion_mask = torch.stack(masks, dim=1)
+    texts = decode_completions(tokenizer, completion_ids, completion_mask)
+    return Generation(texts, prompt_ids, prompt_mask, completion_ids, completion_mask, torch.stack(logps, dim=1))
+
+
+def decode_completions(
+    tokenizer: PreTrainedTokenizerBase, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+) -> list[str]:
+    eos = tokenizer.eos_token_id
+    texts = []
+    for row, mask in zip(completion_ids.tolist(), completion_mask.tolist(), strict=True):
+        kept = [t for t, m in zip(row, mask, strict=True) if m]
+        if kept and kept[-1] == eos:
+            kept = kept[:-1]
+        texts.append(tokenizer.decode(kept, skip_special_tokens=True))
+    return texts
+
+
+def generate_batched(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    batch_size: int,
+    max_new_tokens: int,
+    **kwargs,
+) -> list[str]:
+    """Texts for any number of prompts, `batch_size` at a time."""
+    texts: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        texts += generate(model, tokenizer, prompts[i : i + batch_size], max_new_tokens, **kwargs).texts
+    return texts

@@ -1,0 +1,81 @@
+"""Supervised fine-tuning of the starting policy on noisy-teacher data (trl SFTTrainer).
+
+Data is prompt/completion pairs, so the loss is on the completion only and trl appends eos to
+every completion. The model directory gets the weights, the tokenizer, the resolved config,
+the training log and what the teacher's data held (how many of each corruption).
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from datasets import Dataset
+from transformers import ProgressCallback
+from trl import SFTConfig as TRLSFTConfig
+from trl import SFTTrainer
+from trl.trainer.callbacks import RichProgressCallback
+
+from rlhfops.config import Config
+from rlhfops.modeling import init_policy, save_policy
+from rlhfops.tasks import Task, make_task
+
+TRAIN_LOG = "train_log.json"
+DATA_STATS = "sft_data.json"
+
+
+def teacher_dataset(task: Task, n: int, seed: int) -> tuple[Dataset, Counter]:
+    """n train prompts with one noisy-teacher completion each, and the count of each corruption."""
+    rng = random.Random(seed)
+    records, corruptions = [], Counter()
+    for example in task.examples("train", n):
+        completion, corruption = task.teacher(example, rng)
+        records.append({"prompt": example.prompt, "completion": completion})
+        corruptions[corruption] += 1
+    return Dataset.from_list(records), corruptions
+
+
+def run_sft(cfg: Config, out_dir: str | Path, progress: bool = True) -> Path:
+    """Train the policy named by `cfg.model` on teacher data; write it to `out_dir`."""
+    task = make_task(cfg.task, seed=cfg.seed)
+    dataset, corruptions = teacher_dataset(task, cfg.task.n_train, cfg.seed)
+    tokenizer, model = init_policy(cfg)
+    with tempfile.TemporaryDirectory(prefix="rlhfops-sft-") as scratch:
+        args = TRLSFTConfig(
+            output_dir=scratch,
+            per_device_train_batch_size=cfg.sft.batch_size,
+            learning_rate=cfg.sft.lr,
+            weight_decay=cfg.sft.weight_decay,
+            warmup_ratio=cfg.sft.warmup_ratio,
+            lr_scheduler_type="cosine",
+            num_train_epochs=cfg.sft.epochs,
+            max_steps=cfg.sft.max_steps,
+            max_length=cfg.sft.max_length,
+            completion_only_loss=True,
+            logging_steps=cfg.sft.logging_steps,
+            save_strategy="no",
+            report_to="none",
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            use_cpu=not _has_cuda(),
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+        )
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        trainer.remove_callback(ProgressCallback)
+        if progress:
+            trainer.add_callback(RichProgressCallback())
+        trainer.train()
+    extras = {
+        TRAIN_LOG: trainer.state.log_history,
+        DATA_STATS: {"n": len(dataset), "corruptions": dict(sorted(corruptions.items()))},
+    }
+    return save_policy(trainer.model, tokenizer, cfg, out_dir, extras)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

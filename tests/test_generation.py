@@ -1,0 +1,64 @@
+import torch
+
+from rlhfops.generation import generate
+from rlhfops.modeling import init_policy
+
+PROMPTS = ["q: 1+2?\n", "q: 23+45*2?\n", "q: what is the secret?\n"]
+
+
+def _policy(cfg):
+    tokenizer, model = init_policy(cfg)
+    return tokenizer, model.eval()
+
+
+def test_greedy_matches_transformers_generate(smoke_cfg):
+    tokenizer, model = _policy(smoke_cfg)
+    ours = generate(model, tokenizer, PROMPTS, 12, greedy=True)
+    enc = tokenizer(PROMPTS, padding=True, return_tensors="pt")
+    theirs = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                            eos_token_id=tokenizer.eos_token_id)
+    n = ours.completion_ids.shape[1]
+    assert torch.equal(theirs[:, enc.input_ids.shape[1]:][:, :n], ours.completion_ids)
+
+
+def test_logprobs_match_a_full_forward_pass(smoke_cfg):
+    """KV cache + left padding + position ids give the same log-probs as one pass over the whole text."""
+    tokenizer, model = _policy(smoke_cfg)
+    g = generate(model, tokenizer, PROMPTS, 10, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    ids = torch.cat([g.prompt_ids, g.completion_ids], 1)
+    mask = torch.cat([g.prompt_mask, g.completion_mask], 1)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+    p = g.prompt_ids.shape[1]
+    full = torch.log_softmax(logits[:, p - 1 : -1].float(), -1).gather(-1, g.completion_ids[..., None]).squeeze(-1)
+    torch.testing.assert_close(full * g.completion_mask, g.logprobs, atol=1e-5, rtol=0)
+
+
+def test_stops_at_eos_and_respects_the_length_bound(smoke_cfg):
+    tokenizer, model = _policy(smoke_cfg)
+    eos = tokenizer.eos_token_id
+    # Make eos the most likely token after the prompt for the first row only by a logits hook.
+    def hook(ids, logits):
+        logits = logits.clone()
+        logits[0, eos] = 1e4
+        logits[1:, eos] = -1e4
+        return logits
+
+    g = generate(model, tokenizer, PROMPTS, 7, greedy=True, logits_hook=hook)
+    assert g.completion_ids.shape == (3, 7)
+    assert g.completion_mask[0].tolist() == [1, 0, 0, 0, 0, 0, 0]
+    assert g.completion_ids[0, 1:].eq(tokenizer.pad_token_id).all()
+    assert g.texts[0] == ""
+    assert g.completion_mask[1:].eq(1).all()  # never emitted eos: cut at the bound
+    assert all(len(t) <= 7 for t in g.texts)
+    assert (g.logprobs[0, 1:] == 0).all()
+
+
+def test_sampling_is_seeded_and_top_k_restricts(smoke_cfg):
+    tokenizer, model = _policy(smoke_cfg)
+    a = generate(model, tokenizer, PROMPTS * 4, 8, generator=torch.Generator().manual_seed(1))
+    b = generate(model, tokenizer, PROMPTS * 4, 8, generator=torch.Generator().manual_seed(1))
+    assert a.texts == b.texts
+    g = generate(model, tokenizer, PROMPTS, 6, top_k=1, generator=torch.Generator().manual_seed(2))
+    greedy = generate(model, tokenizer, PROMPTS, 6, greedy=True)
+    assert torch.equal(g.completion_ids, greedy.completion_ids)
