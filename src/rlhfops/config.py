@@ -34,6 +34,7 @@ class NoiseConfig(Section):
     inconsistent_answer: float = Field(0.05, ge=0, le=1, description="the answer differs from the last step")
     over_refusal: float = Field(0.06, ge=0, le=1, description="a safe prompt is refused")
     undefined_number: float = Field(0.15, ge=0, le=1, description="a number is made up for an undefined prompt")
+    verbose: float = Field(0.08, ge=0, le=1, description="a step is written out twice")
 
 
 class TaskConfig(Section):
@@ -50,7 +51,7 @@ class TaskConfig(Section):
     )
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of the prompt space hashed to validation")
     test_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of the prompt space hashed to test")
-    n_train: int = Field(12000, ge=1, description="training prompts (SFT)")
+    n_train: int = Field(8000, ge=1, description="training prompts (SFT)")
     n_val: int = Field(256, ge=1, description="validation prompts")
     n_test: int = Field(512, ge=1, description="held-out test prompts (gold evaluation)")
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
@@ -114,7 +115,10 @@ class GenerationConfig(Section):
 class EvalConfig(Section):
     """Gold evaluation on the held-out test split."""
 
-    greedy: bool = Field(True, description="greedy decoding; false samples with generation.temperature")
+    greedy: bool = Field(
+        False, description="greedy decoding; false (default) scores the policy's own samples at generation.temperature"
+    )
+    samples_per_prompt: int = Field(4, ge=1, description="sampled responses per test prompt (1 when greedy)")
     n_test: int | None = Field(None, ge=1, description="evaluate on the first n test prompts; None: all")
 
 

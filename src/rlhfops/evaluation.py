@@ -51,6 +51,7 @@ def score_responses(task: ArithmeticTask, examples: list[Example], responses: li
     undefined = [r for r in rows if r[0].kind == "undefined"]
     return {
         "n": len(rows),
+        "n_prompts": len({r[0].prompt for r in rows}),
         "gold": gold,
         "gold_composite": fmean(gold.values()),
         "by_kind": by_kind,
@@ -70,8 +71,9 @@ def score_responses(task: ArithmeticTask, examples: list[Example], responses: li
 def evaluate(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: ArithmeticTask, cfg: Config
 ) -> dict[str, Any]:
-    """Decode the test split with the policy (greedy or sampled, `cfg.eval`) and score it."""
+    """Decode the test split with the policy (greedy, or `samples_per_prompt` samples) and score it."""
     examples = task.examples("test", cfg.eval.n_test or cfg.task.n_test)
+    examples = [ex for ex in examples for _ in range(1 if cfg.eval.greedy else cfg.eval.samples_per_prompt)]
     generator = torch.Generator().manual_seed(cfg.seed)
     responses = generate_batched(
         model,
@@ -85,7 +87,11 @@ def evaluate(
         generator=generator,
     )
     result = score_responses(task, examples, responses)
-    result["decoding"] = "greedy" if cfg.eval.greedy else f"sampled (temperature {cfg.generation.temperature})"
+    result["decoding"] = (
+        "greedy"
+        if cfg.eval.greedy
+        else f"{cfg.eval.samples_per_prompt} samples per prompt at temperature {cfg.generation.temperature}"
+    )
     return result
 
 
@@ -111,7 +117,7 @@ def eval_table(results: dict[str, dict[str, Any]], title: str = "gold evaluation
                 "undefined_recall"):
         rows.append((key.replace("_", " "), [_fmt(r[key]) for r in results.values()]))
     rows.append(("mean length (chars)", [f"{r['mean_length']:.1f}" for r in results.values()]))
-    rows.append(("prompts", [str(r["n"]) for r in results.values()]))
+    rows.append(("prompts x samples", [f"{r['n_prompts']} x {r['n'] // r['n_prompts']}" for r in results.values()]))
     for label, values in rows:
         table.add_row(label, *values)
     return table
