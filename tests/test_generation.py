@@ -15,10 +15,15 @@ def test_greedy_matches_transformers_generate(smoke_cfg):
     tokenizer, model = _policy(smoke_cfg)
     ours = generate(model, tokenizer, PROMPTS, 12, greedy=True)
     enc = tokenizer(PROMPTS, padding=True, return_tensors="pt")
-    theirs = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                            eos_token_id=tokenizer.eos_token_id)
+    theirs = model.generate(
+        **enc,
+        max_new_tokens=12,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     n = ours.completion_ids.shape[1]
-    assert torch.equal(theirs[:, enc.input_ids.shape[1]:][:, :n], ours.completion_ids)
+    assert torch.equal(theirs[:, enc.input_ids.shape[1] :][:, :n], ours.completion_ids)
 
 
 def test_logprobs_match_a_full_forward_pass(smoke_cfg):
@@ -37,6 +42,7 @@ def test_logprobs_match_a_full_forward_pass(smoke_cfg):
 def test_stops_at_eos_and_respects_the_length_bound(smoke_cfg):
     tokenizer, model = _policy(smoke_cfg)
     eos = tokenizer.eos_token_id
+
     # Make eos the most likely token after the prompt for the first row only by a logits hook.
     def hook(ids, logits):
         logits = logits.clone()

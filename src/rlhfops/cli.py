@@ -33,7 +33,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 
 
 def _fail(message: str) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code=2)
 
 
@@ -43,10 +43,22 @@ def _setup(config: str | None, overrides: list[str] | None, workspace: Path) -> 
         ws = Workspace(workspace)
     except (ConfigError, NotADirectoryError) as e:
         _fail(str(e))
+    _quiet_libraries()
+    return cfg, ws
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bars and tables only: no tqdm bars or advisory warnings from HF libraries."""
+    import warnings
+
+    import datasets
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    return cfg, ws
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
 def _emit_json(data: Any) -> None:
@@ -80,27 +92,42 @@ def _evaluate(cfg: Config, ws: Workspace, model_path: Path | None, name: str) ->
 
 
 @app.command()
-def sft(config: ConfigOpt = None, workspace: WorkspaceOpt = Path("workspace"), set_: SetOpt = None,
-        json_out: JsonOpt = False) -> None:
+def sft(
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = Path("workspace"),
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
     """Train the starting policy on noisy-teacher data (trl SFTTrainer)."""
     cfg, ws = _setup(config, set_, workspace)
     out = _train_sft(cfg, ws, progress=not json_out)
     log = json.loads((out / "train_log.json").read_text())
     losses = [row["loss"] for row in log if "loss" in row]
-    summary = {"model_dir": str(out), "first_loss": losses[0] if losses else None,
-               "final_loss": losses[-1] if losses else None, "steps": log[-1].get("step") if log else 0}
+    summary = {
+        "model_dir": str(out),
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "steps": log[-1].get("step") if log else 0,
+    }
     if json_out:
         _emit_json(summary)
     else:
-        console.print(f"SFT policy written to [bold]{out}[/] (loss {summary['first_loss']:.3f} -> "
-                      f"{summary['final_loss']:.3f} over {summary['steps']} steps)")
+        console.print(
+            f"SFT policy written to [bold]{out}[/] (loss {summary['first_loss']:.3f} -> "
+            f"{summary['final_loss']:.3f} over {summary['steps']} steps)"
+        )
 
 
 @app.command("eval")
-def eval_(config: ConfigOpt = None, workspace: WorkspaceOpt = Path("workspace"), set_: SetOpt = None,
-          json_out: JsonOpt = False,
-          model: Annotated[Path | None, typer.Option("--model", "-m", help="Policy directory; default: the "
-                                                     "workspace's SFT policy.")] = None) -> None:
+def eval_(
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = Path("workspace"),
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="Policy directory; default: the workspace's SFT policy.")
+    ] = None,
+) -> None:
     """Gold evaluation of a policy on the held-out test split."""
     from rlhfops.evaluation import eval_table
 
@@ -116,8 +143,12 @@ def eval_(config: ConfigOpt = None, workspace: WorkspaceOpt = Path("workspace"),
 
 
 @app.command()
-def run(config: ConfigOpt = None, workspace: WorkspaceOpt = Path("workspace"), set_: SetOpt = None,
-        json_out: JsonOpt = False) -> None:
+def run(
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = Path("workspace"),
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
     """The main job on the embedded default: train the SFT policy, then evaluate it beside the untrained one."""
     from rlhfops.evaluation import eval_table
 

@@ -113,8 +113,14 @@ def eval_table(results: dict[str, dict[str, Any]], title: str = "gold evaluation
     for kind in KINDS:
         for obj in first["gold"]:
             rows.append((f"  {kind}: {obj}", [_fmt(r["by_kind"][kind]["gold"][obj]) for r in results.values()]))
-    for key in ("solve_accuracy", "step_validity", "refusal_precision", "refusal_recall", "over_refusal_rate",
-                "undefined_recall"):
+    for key in (
+        "solve_accuracy",
+        "step_validity",
+        "refusal_precision",
+        "refusal_recall",
+        "over_refusal_rate",
+        "undefined_recall",
+    ):
         rows.append((key.replace("_", " "), [_fmt(r[key]) for r in results.values()]))
     rows.append(("mean length (chars)", [f"{r['mean_length']:.1f}" for r in results.values()]))
     rows.append(("prompts x samples", [f"{r['n_prompts']} x {r['n'] // r['n_prompts']}" for r in results.values()]))

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from datasets import Dataset
-from transformers import ProgressCallback
+from transformers import PrinterCallback, ProgressCallback
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 from trl.trainer.callbacks import RichProgressCallback
@@ -64,7 +64,9 @@ def run_sft(cfg: Config, out_dir: str | Path, progress: bool = True) -> Path:
             disable_tqdm=True,
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        # One progress display: rich's, or none (--json); never tqdm bars or printed log dicts.
         trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
         if progress:
             trainer.add_callback(RichProgressCallback())
         trainer.train()

@@ -1,7 +1,7 @@
 """The state that outlives a run, in one directory (a mounted volume in a cluster).
 
-    <root>/models/<name>/      save_pretrained directories (`sft`, later registry versions)
-    <root>/eval/<name>.json    gold evaluations
+<root>/models/<name>/      save_pretrained directories (`sft`, later registry versions)
+<root>/eval/<name>.json    gold evaluations
 """
 
 from __future__ import annotations

@@ -1,0 +1,41 @@
+import json
+
+from typer.testing import CliRunner
+
+from rlhfops.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("sft", "eval", "run"):
+        assert command in result.output
+
+
+def test_bad_override_is_one_line_and_non_zero(tmp_path):
+    result = runner.invoke(app, ["sft", "-c", "smoke", "-w", str(tmp_path / "ws"), "--set", "sft.lrr=1"])
+    assert result.exit_code == 2
+    assert "unknown config key 'sft.lrr'" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "ws").exists()  # nothing half-written
+
+
+def test_eval_of_a_missing_model_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["eval", "-c", "smoke", "-w", str(tmp_path), "--model", str(tmp_path / "none")])
+    assert result.exit_code == 2
+    assert "does not exist" in result.output
+
+
+def test_sft_then_eval_json(tmp_path):
+    ws = str(tmp_path / "ws")
+    sft = runner.invoke(app, ["sft", "-c", "smoke", "-w", ws, "--set", "sft.max_steps=10", "--json"])
+    assert sft.exit_code == 0, sft.output
+    summary = json.loads(sft.stdout)
+    assert summary["steps"] == 10 and summary["final_loss"] < summary["first_loss"]
+    ev = runner.invoke(app, ["eval", "-c", "smoke", "-w", ws, "--set", "eval.n_test=8", "--json"])
+    assert ev.exit_code == 0, ev.output
+    result = json.loads(ev.stdout)
+    assert result["model"].endswith("sft") and result["n_prompts"] == 8
+    assert json.loads((tmp_path / "ws" / "eval" / "sft.json").read_text()) == result

@@ -1,0 +1,57 @@
+import json
+
+import pytest
+import torch
+
+from rlhfops.config import CONFIG_FILENAME, load_config
+from rlhfops.modeling import init_policy, load_policy
+from rlhfops.sft import DATA_STATS, TRAIN_LOG, run_sft, teacher_dataset
+from rlhfops.tasks import make_task
+
+
+def test_teacher_dataset_is_prompt_completion_with_the_configured_noise(smoke_cfg):
+    cfg = smoke_cfg.model_copy(deep=True)
+    cfg.task.n_train = 400
+    data, counts = teacher_dataset(make_task(cfg.task), 400, seed=0)
+    assert data.column_names == ["prompt", "completion"] and len(data) == 400
+    assert sum(counts.values()) == 400
+    assert 0 < sum(v for k, v in counts.items() if k != "none") < 200
+    again, _ = teacher_dataset(make_task(cfg.task), 400, seed=0)
+    assert again["completion"] == data["completion"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    cfg = load_config("smoke")
+    out = run_sft(cfg, tmp_path_factory.mktemp("ws") / "sft", progress=False)
+    return cfg, out
+
+
+def test_smoke_sft_loss_falls_and_parameters_change(trained):
+    cfg, out = trained
+    log = json.loads((out / TRAIN_LOG).read_text())
+    losses = [row["loss"] for row in log if "loss" in row]
+    assert len(losses) >= 4
+    assert losses[-1] < 0.7 * losses[0]
+    _, before = init_policy(cfg)  # same seed: the initial weights
+    _, after = load_policy(out)
+    changed = [not torch.equal(p0, p1) for p0, p1 in zip(before.parameters(), after.parameters(), strict=True)]
+    assert all(changed)
+
+
+def test_sft_directory_holds_config_and_data_stats(trained):
+    cfg, out = trained
+    assert load_config(out / CONFIG_FILENAME) == cfg
+    stats = json.loads((out / DATA_STATS).read_text())
+    assert stats["n"] == cfg.task.n_train
+    assert set(stats["corruptions"]) <= {
+        "none",
+        "wrong_step",
+        "skipped_step",
+        "wrong_answer",
+        "inconsistent_answer",
+        "over_refusal",
+        "undefined_number",
+        "verbose",
+    }
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
