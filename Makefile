@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test lint format clean readme
 
 setup: $(VENV)/.installed
 
@@ -33,3 +33,6 @@ format: setup
 
 clean:
 	rm -rf $(VENV) workspace .pytest_cache .ruff_cache
+
+readme: setup
+	$(BIN)/python -m rlhfops.report README.md workspace
