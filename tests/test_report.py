@@ -29,10 +29,10 @@ def test_readme_block_is_rewritten_from_the_workspace(tmp_path):
     ws.model_dir("sft").mkdir(parents=True)
     (ws.model_dir("sft") / "train_log.json").write_text(json.dumps([{"loss": 1.0}, {"train_runtime": 99.6}]))
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{START}\nold\n{END}\noutro\n")
+    readme.write_text(f"intro\n{START}\nstale numbers\n{END}\noutro\n")
     update_readme(readme, ws)
     text = readme.read_text()
-    assert text.startswith("intro\n") and text.endswith(f"{END}\noutro\n") and "old" not in text
+    assert text.startswith("intro\n") and text.endswith(f"{END}\noutro\n") and "stale" not in text
     assert "| gold helpfulness | 0.000 | 0.625 |" in text
     assert "| step validity | - | - |" in text
     assert "took 100 s" in text
