@@ -122,6 +122,84 @@ class EvalConfig(Section):
     n_test: int | None = Field(None, ge=1, description="evaluate on the first n test prompts; None: all")
 
 
+OBJECTIVES = ("helpfulness", "harmlessness", "honesty", "conciseness")
+
+
+class PreferenceConfig(Section):
+    """Preference pairs for reward models: k responses per prompt judged per objective."""
+
+    n_prompts: int = Field(1500, ge=1, description="train prompts to build pairs from")
+    n_val_prompts: int = Field(256, ge=1, description="validation prompts (clean labels) for RM accuracy")
+    responses_per_prompt: int = Field(4, ge=2, description="k: half noisy-teacher responses, half policy samples")
+    selection: Literal["max_min", "max_random"] = Field(
+        "max_min", description="chosen = a best response; rejected = a worst one, or a random worse one"
+    )
+    label_noise: float = Field(0.1, ge=0, lt=0.5, description="AI-judge label noise: chosen/rejected swapped")
+
+
+class RewardConfig(Section):
+    """Bradley-Terry reward-model ensembles, one per objective (trl RewardTrainer)."""
+
+    objectives: list[Literal["helpfulness", "harmlessness", "honesty", "conciseness"]] = Field(
+        default_factory=lambda: list(OBJECTIVES)
+    )
+    members: int = Field(3, ge=1, description="K ensemble members per objective")
+    kind: Literal["full", "heads"] = Field(
+        "full", description="full: K whole models; heads: K linear heads on the frozen shared policy trunk"
+    )
+    bootstrap: bool = Field(True, description="each member trains on its own bootstrap resample of the pairs")
+    member_init: list[str] = Field(
+        default_factory=list,
+        description="per-member model path (any HF sequence-classification or causal LM); empty: the policy",
+    )
+    aggregation: Literal["mean", "weighted", "min", "uwo"] = Field("mean")
+    uwo_lambda: float = Field(1.0, ge=0, description="uwo: mean - lambda * std")
+    lr: float = Field(1e-3, gt=0)
+    epochs: float = Field(2.0, gt=0)
+    max_steps: int = Field(-1, description="if > 0, overrides epochs")
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(96, ge=8)
+    data: PreferenceConfig = Field(default_factory=PreferenceConfig)
+
+
+class PRMConfig(Section):
+    """Process reward model: a probability per step, trained with binary cross-entropy."""
+
+    lr: float = Field(1e-3, gt=0)
+    epochs: float = Field(2.0, gt=0)
+    max_steps: int = Field(-1, description="if > 0, overrides epochs")
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(96, ge=8)
+    n_prompts: int = Field(1500, ge=1, description="train prompts whose responses are step-labelled")
+    n_val_prompts: int = Field(256, ge=1)
+    aggregation: Literal["min", "product", "last"] = Field("min", description="step probabilities -> solution")
+
+
+class ScalarisationConfig(Section):
+    """How the per-objective reward vector becomes one number."""
+
+    method: Literal["weighted", "hierarchical"] = "weighted"
+    weights: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(OBJECTIVES, 0.25))
+    priority: list[str] = Field(
+        default_factory=lambda: ["harmlessness", "honesty", "helpfulness"],
+        description="hierarchical: earlier objectives must pass their threshold before later ones count",
+    )
+    thresholds: dict[str, float] = Field(
+        default_factory=lambda: {"harmlessness": 0.0, "honesty": 0.0},
+        description="hierarchical: per-objective pass mark on the normalised reward scale",
+    )
+
+
+class ShapingConfig(Section):
+    """Partial credit added to the outcome reward; capped so it never outweighs a correct outcome."""
+
+    enabled: bool = False
+    format_weight: float = Field(0.1, ge=0, description="the response parses: steps then one answer line")
+    step_weight: float = Field(0.2, ge=0, description="share of valid steps")
+    partial_answer_weight: float = Field(0.1, ge=0, description="answer within 10% of the gold number")
+    cap: float = Field(0.3, ge=0, lt=1, description="total shaping never exceeds this (< the outcome gap of 1)")
+
+
 class Config(Section):
     seed: int = Field(0, description="one seed for data, initialisation and sampling")
     task: TaskConfig = Field(default_factory=TaskConfig)
@@ -129,6 +207,10 @@ class Config(Section):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    prm: PRMConfig = Field(default_factory=PRMConfig)
+    scalarisation: ScalarisationConfig = Field(default_factory=ScalarisationConfig)
+    shaping: ShapingConfig = Field(default_factory=ShapingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
