@@ -1,0 +1,132 @@
+"""Preference pairs per objective, in TRL's `prompt` / `chosen` / `rejected` fields.
+
+Each prompt gets k responses (noisy-teacher ones and, when a policy is given, the policy's own
+samples); a judge scores every response per objective; per objective one pair is selected:
+
+    max_min     chosen = the first best response, rejected = the first worst one
+    max_random  chosen = the first best response, rejected = a random strictly worse one
+
+Prompts whose k responses all score the same on an objective give no pair for it. Label noise
+(an imperfect AI judge) swaps chosen and rejected with probability `label_noise`.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfops.config import Config
+from rlhfops.files import atomic_write_json, read_jsonl, write_jsonl
+from rlhfops.generation import generate_batched
+from rlhfops.tasks import Example
+from rlhfops.tasks.arithmetic import ArithmeticTask
+
+FIELDS = ("prompt", "chosen", "rejected")
+STATS = "stats.json"
+
+
+def select_pair(scores: list[float], selection: str, rng: random.Random) -> tuple[int, int] | None:
+    """Indices (chosen, rejected) among k scored responses, or None when all scores are equal.
+
+    >>> select_pair([0.5, 1.0, 0.0, 1.0], "max_min", random.Random(0))
+    (1, 2)
+    """
+    best, worst = max(scores), min(scores)
+    if best == worst:
+        return None
+    chosen = scores.index(best)
+    if selection == "max_min":
+        return chosen, scores.index(worst)
+    if selection == "max_random":
+        return chosen, rng.choice([i for i, s in enumerate(scores) if s < best])
+    raise ValueError(f"unknown pair selection '{selection}'; expected max_min or max_random")
+
+
+def collect_responses(
+    task: ArithmeticTask, examples: list[Example], k: int, seed: int, cfg: Config, policy=None
+) -> list[list[str]]:
+    """k responses per example: ceil(k/2) from the noisy teacher and the rest sampled from `policy`
+    (a (tokenizer, model) pair); all k from the teacher when there is no policy."""
+    rng = random.Random(seed)
+    n_policy = k // 2 if policy is not None else 0
+    responses = [[task.teacher(ex, rng)[0] for _ in range(k - n_policy)] for ex in examples]
+    if n_policy:
+        tokenizer, model = policy
+        prompts = [ex.prompt for ex in examples for _ in range(n_policy)]
+        sampled = generate_batched(
+            model,
+            tokenizer,
+            prompts,
+            batch_size=cfg.generation.batch_size,
+            max_new_tokens=cfg.generation.max_new_tokens,
+            temperature=cfg.generation.temperature,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        for i, row in enumerate(responses):
+            row += sampled[i * n_policy : (i + 1) * n_policy]
+    return responses
+
+
+def preference_pairs(
+    task: ArithmeticTask,
+    examples: list[Example],
+    responses: list[list[str]],
+    objectives: list[str],
+    selection: str,
+    label_noise: float,
+    seed: int,
+) -> tuple[dict[str, list[dict[str, str]]], dict[str, int]]:
+    """Pairs per objective judged by the task's gold judges, and how many labels the noise flipped."""
+    rng = random.Random(seed)
+    pairs: dict[str, list[dict[str, str]]] = {obj: [] for obj in objectives}
+    flipped = dict.fromkeys(objectives, 0)
+    for ex, candidates in zip(examples, responses, strict=True):
+        judged = [task.judge(ex, r) for r in candidates]
+        for obj in objectives:
+            picked = select_pair([j[obj] for j in judged], selection, rng)
+            if picked is None:
+                continue
+            chosen, rejected = candidates[picked[0]], candidates[picked[1]]
+            if rng.random() < label_noise:
+                chosen, rejected = rejected, chosen
+                flipped[obj] += 1
+            pairs[obj].append({"prompt": ex.prompt, "chosen": chosen, "rejected": rejected})
+    return pairs, flipped
+
+
+def check_pair(record: dict[str, Any]) -> str | None:
+    for field in FIELDS:
+        if not isinstance(record.get(field), str):
+            return f"field '{field}' must be a string"
+    if record["chosen"] == record["rejected"]:
+        return "chosen and rejected are the same response"
+    return None
+
+
+def read_pairs(path: str | Path) -> list[dict[str, str]]:
+    return read_jsonl(path, check_pair)
+
+
+def build_preference_data(cfg: Config, out_dir: str | Path, policy=None) -> Path:
+    """Write `train/<objective>.jsonl` (noisy labels) and `val/<objective>.jsonl` (clean gold labels)
+    plus `stats.json` into `out_dir`; `policy` is a (tokenizer, model) pair or None."""
+    out_dir = Path(out_dir)
+    task = ArithmeticTask(cfg.task, seed=cfg.seed)
+    data = cfg.reward.data
+    stats: dict[str, Any] = {}
+    for split, n, noise in (("train", data.n_prompts, data.label_noise), ("val", data.n_val_prompts, 0.0)):
+        examples = task.examples(split, n)
+        responses = collect_responses(task, examples, data.responses_per_prompt, cfg.seed, cfg, policy)
+        pairs, flipped = preference_pairs(
+            task, examples, responses, cfg.reward.objectives, data.selection, noise, cfg.seed
+        )
+        for obj, records in pairs.items():
+            if not records:
+                raise ValueError(f"no {split} preference pairs for '{obj}': every response scored the same")
+            write_jsonl(out_dir / split / f"{obj}.jsonl", records)
+        stats[split] = {obj: {"pairs": len(pairs[obj]), "flipped": flipped[obj]} for obj in pairs}
+    atomic_write_json(out_dir / STATS, stats)
+    return out_dir

@@ -1,0 +1,1 @@
+"""Reward side: reward-model ensembles, objectives, process reward model, shaping."""
