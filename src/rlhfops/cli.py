@@ -162,5 +162,135 @@ def run(
         console.print(f"results in {ws.eval_path('sft').parent}/, policy in {out}/")
 
 
+def _require_policy(ws: Workspace) -> Path:
+    policy = ws.model_dir("sft")
+    if not (policy / "config.json").exists():
+        _fail(f"no policy in '{policy}'; train one with `rlhfops sft` first")
+    return policy
+
+
+@app.command("train-rm")
+def train_rm(
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = Path("workspace"),
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train reward-model ensembles: every objective x ensemble member (trl RewardTrainer)."""
+    from rich.table import Table
+
+    from rlhfops.annotation.pairs import STATS, build_preference_data
+    from rlhfops.modeling import load_policy
+    from rlhfops.reward.train import SUMMARY, train_reward_models
+
+    cfg, ws = _setup(config, set_, workspace)
+    policy = _require_policy(ws)
+    data = ws.data_dir("preferences")
+    try:
+        if not (data / STATS).exists():
+            build_preference_data(cfg, data, policy=load_policy(policy))
+        out = train_reward_models(cfg, data, policy, ws.model_dir("reward"), progress=not json_out)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    summary = json.loads((out / SUMMARY).read_text())
+    if json_out:
+        _emit_json(summary)
+        return
+    table = Table(title=f"reward ensembles ({cfg.reward.kind}, K={cfg.reward.members}) on clean validation pairs")
+    for col in (
+        "objective",
+        "pairs",
+        "members (acc)",
+        "mean member",
+        *[f"ens {h}" for h in ("mean", "weighted", "min", "uwo")],
+        "spread right",
+        "spread wrong",
+    ):
+        table.add_column(col, justify="right")
+    for obj in cfg.reward.objectives:
+        s = summary[obj]
+        table.add_row(
+            obj,
+            str(s["pairs"]),
+            " ".join(f"{a:.3f}" for a in s["member_accuracy"]),
+            f"{s['mean_member_accuracy']:.3f}",
+            *[f"{s['ensemble_accuracy'][h]:.3f}" for h in ("mean", "weighted", "min", "uwo")],
+            f"{s['spread_when_right'] or 0:.3f}",
+            f"{s['spread_when_wrong'] or 0:.3f}",
+        )
+    console.print(table)
+    console.print(f"ensembles in {out}/")
+
+
+@app.command()
+def score(
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="JSONL with `prompt` and `response`.")],
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = Path("workspace"),
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Score prompt/response pairs: per-objective aggregates and spreads, PRM step scores, composite."""
+    from rlhfops.files import read_jsonl
+    from rlhfops.reward.functions import CompositeReward, load_ensembles
+
+    cfg, ws = _setup(config, set_, workspace)
+
+    def check(record: dict[str, Any]) -> str | None:
+        for field in ("prompt", "response"):
+            if not isinstance(record.get(field), str):
+                return f"field '{field}' must be a string"
+        return None
+
+    try:
+        records = read_jsonl(input_path, check)
+        ensembles = load_ensembles(ws.model_dir("reward"), cfg.reward.objectives)
+        prm = _load_prm(ws)
+        prompts, responses = [r["prompt"] for r in records], [r["response"] for r in records]
+        parts = CompositeReward(ensembles, cfg, prm if cfg.reward.prm_weight > 0 else None).vectors(prompts, responses)
+        steps = prm.step_scores(prompts, responses) if prm is not None else [None] * len(records)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    rows = []
+    for i, r in enumerate(records):
+        rows.append(
+            {
+                "prompt": r["prompt"],
+                "response": r["response"],
+                "rewards": dict(zip(ensembles, parts["rewards"][i].tolist(), strict=True)),
+                "spreads": dict(zip(ensembles, parts["spreads"][i].tolist(), strict=True)),
+                "prm_steps": steps[i],
+                "composite": parts["total"][i].item(),
+            }
+        )
+    if json_out:
+        for row in rows:
+            sys.stdout.write(json.dumps(row) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"scores ({cfg.reward.aggregation} over members; spread in brackets)")
+    table.add_column("response")
+    for obj in ensembles:
+        table.add_column(obj, justify="right")
+    table.add_column("PRM steps", justify="right")
+    table.add_column("composite", justify="right")
+    for row in rows:
+        table.add_row(
+            repr(row["response"]),
+            *[f"{row['rewards'][o]:+.2f} ({row['spreads'][o]:.2f})" for o in ensembles],
+            " ".join(f"{p:.2f}" for p in row["prm_steps"]) if row["prm_steps"] else "-",
+            f"{row['composite']:+.3f}",
+        )
+    console.print(table)
+
+
+def _load_prm(ws: Workspace):
+    from rlhfops.reward.prm import ProcessRewardModel
+
+    path = ws.model_dir("prm")
+    return ProcessRewardModel.load(path) if (path / "config.json").exists() else None
+
+
 if __name__ == "__main__":
     app()

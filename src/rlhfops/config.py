@@ -154,6 +154,10 @@ class RewardConfig(Section):
     )
     aggregation: Literal["mean", "weighted", "min", "uwo"] = Field("mean")
     uwo_lambda: float = Field(1.0, ge=0, description="uwo: mean - lambda * std")
+    uncertainty_penalty: float = Field(
+        0.0, ge=0, description="composite reward: minus this times the mean ensemble spread over objectives"
+    )
+    prm_weight: float = Field(0.0, ge=0, description="composite reward: plus this times the PRM solution score")
     lr: float = Field(1e-3, gt=0)
     epochs: float = Field(2.0, gt=0)
     max_steps: int = Field(-1, description="if > 0, overrides epochs")

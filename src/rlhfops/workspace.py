@@ -22,5 +22,8 @@ class Workspace:
     def model_dir(self, name: str) -> Path:
         return self.root / "models" / name
 
+    def data_dir(self, name: str) -> Path:
+        return self.root / "data" / name
+
     def eval_path(self, name: str) -> Path:
         return self.root / "eval" / f"{name}.json"

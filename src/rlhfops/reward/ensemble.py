@@ -1,0 +1,145 @@
+"""Reward-model ensembles: K members per objective, their aggregation and their spread.
+
+An ensemble directory holds `manifest.json` (objective, kind, members with their seeds, init,
+validation accuracy and normalisation, validation summary), the resolved config, and either
+
+    kind=full    member_0/ ... member_{K-1}/   whole sequence-classification models
+    kind=heads   trunk/ + heads.safetensors    one frozen policy trunk, K linear heads (K, H)
+
+Members' raw Bradley-Terry scores have arbitrary offsets, so each is normalised by the mean and
+std of its scores on the validation responses before aggregating: otherwise the spread across
+members would measure offsets, not disagreement.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedTokenizerBase
+
+from rlhfops.modeling import load_tokenizer
+from rlhfops.reward.stacked import StackedLlamaScorer, can_stack
+
+MANIFEST = "manifest.json"
+HEADS = "heads.safetensors"
+AGGREGATIONS = ("mean", "weighted", "min", "uwo")
+# On a CPU the stacked pass only beats member-by-member scoring for very small batches
+# (benchmarks/ensemble_scoring.py); on a GPU it wins up to saturation.
+CPU_STACK_MAX_BATCH = 4
+
+
+def aggregate(
+    rewards: torch.Tensor, how: str, weights: torch.Tensor | None = None, lam: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Member rewards (K, N) -> (aggregate (N,), spread (N,)).
+
+    mean      (1/K) sum_k r_k
+    weighted  sum_k w_k r_k / sum_k w_k          (w: members' validation accuracies, (K,))
+    min       min_k r_k                          (conservative)
+    uwo       mean - lam * std                   (uncertainty-weighted optimisation)
+    The spread is the population std over members, std = sqrt(mean_k (r_k - mean)^2).
+    """
+    mean = rewards.mean(0)
+    std = rewards.std(0, correction=0)
+    if how == "mean":
+        agg = mean
+    elif how == "weighted":
+        if weights is None:
+            raise ValueError("weighted aggregation needs member weights")
+        w = weights.to(rewards) / weights.sum()
+        agg = (w[:, None] * rewards).sum(0)
+    elif how == "min":
+        agg = rewards.min(0).values
+    elif how == "uwo":
+        agg = mean - lam * std
+    else:
+        raise ValueError(f"unknown aggregation '{how}'; expected one of {', '.join(AGGREGATIONS)}")
+    return agg, std
+
+
+def pooled_last_token(hidden: torch.Tensor, input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """(B, T, H) -> (B, H) at the rightmost non-pad token, as HF sequence classifiers pool."""
+    idx = torch.arange(input_ids.shape[1], device=input_ids.device)
+    last = (idx * (input_ids != pad_token_id)).argmax(-1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+class RewardEnsemble:
+    """Scores (prompt, completion) pairs with every member; see the module docstring."""
+
+    def __init__(self, path: str | Path, fused: str = "auto"):
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"'{self.path}' is not a reward ensemble (no {MANIFEST})")
+        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        self.objective: str = self.manifest["objective"]
+        self.kind: str = self.manifest["kind"]
+        self.max_length: int = self.manifest["max_length"]
+        self.fused = fused
+        members = self.manifest["members"]
+        self.names = [m["name"] for m in members]
+        self.accuracies = torch.tensor([m.get("val_accuracy") or 1.0 for m in members])
+        self.offsets = torch.tensor([m.get("reward_mean", 0.0) for m in members])[:, None]
+        self.scales = torch.tensor([m.get("reward_std", 1.0) for m in members])[:, None]
+        if self.kind == "full":
+            self.models = [
+                AutoModelForSequenceClassification.from_pretrained(self.path / n, use_safetensors=True).eval()
+                for n in self.names
+            ]
+            self.tokenizer: PreTrainedTokenizerBase = load_tokenizer(self.path / self.names[0])
+            self.stacked = StackedLlamaScorer(self.models) if can_stack(self.models) else None
+        elif self.kind == "heads":
+            self.trunk = AutoModel.from_pretrained(self.path / "trunk", use_safetensors=True).eval()
+            self.tokenizer = load_tokenizer(self.path / "trunk")
+            heads = load_file(self.path / HEADS)
+            self.head_weight, self.head_bias = heads["weight"], heads["bias"]  # (K, H), (K,)
+        else:
+            raise ValueError(f"unknown ensemble kind '{self.kind}' in {manifest_path}")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def encode(self, prompts: list[str], completions: list[str]) -> dict[str, torch.Tensor]:
+        """Right-padded ids of prompt + completion + eos, as trl's RewardTrainer trained on them."""
+        self.tokenizer.padding_side = "right"
+        texts = [p + c + self.tokenizer.eos_token for p, c in zip(prompts, completions, strict=True)]
+        return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+
+    @torch.no_grad()
+    def raw_rewards(self, prompts: list[str], completions: list[str], batch_size: int = 64) -> torch.Tensor:
+        """Un-normalised member scores (K, N)."""
+        out = []
+        for i in range(0, len(prompts), batch_size):
+            enc = self.encode(prompts[i : i + batch_size], completions[i : i + batch_size])
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+            if self.kind == "heads":
+                hidden = self.trunk(input_ids=ids, attention_mask=mask).last_hidden_state
+                pooled = pooled_last_token(hidden, ids, self.tokenizer.pad_token_id)  # (B, H)
+                out.append(self.head_weight @ pooled.T + self.head_bias[:, None])
+            elif self.stacked is not None and self._stack(ids.shape[0]):
+                out.append(self.stacked(ids, mask))
+            else:
+                out.append(torch.stack([m(input_ids=ids, attention_mask=mask).logits[:, 0] for m in self.models]))
+        return torch.cat(out, dim=1).float()
+
+    def _stack(self, batch: int) -> bool:
+        if self.fused == "always":
+            return True
+        if self.fused == "never":
+            return False
+        return torch.cuda.is_available() or batch <= CPU_STACK_MAX_BATCH
+
+    def member_rewards(self, prompts: list[str], completions: list[str], batch_size: int = 64) -> torch.Tensor:
+        """Normalised member scores (K, N)."""
+        return (self.raw_rewards(prompts, completions, batch_size) - self.offsets) / self.scales
+
+    def score(
+        self, prompts: list[str], completions: list[str], how: str = "mean", lam: float = 1.0, batch_size: int = 64
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(aggregate (N,), spread (N,)) under `how`; see `aggregate`."""
+        return aggregate(self.member_rewards(prompts, completions, batch_size), how, self.accuracies, lam)

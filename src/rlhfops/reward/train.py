@@ -1,0 +1,228 @@
+"""Train per-objective reward-model ensembles (Bradley-Terry, trl RewardTrainer).
+
+For every objective in `cfg.reward.objectives`, K members that differ by seed and by a
+bootstrap resample of the objective's preference pairs; each starts from the current policy
+(or from `cfg.reward.member_init[k]`, any Hugging Face model, for members of other sizes or
+architectures). `kind: heads` instead trains K linear heads on the frozen policy trunk's
+last-token features: one trunk pass scores the whole ensemble.
+
+After training, each member is scored on the clean validation pairs: its accuracy and the mean
+and std of its scores (the normalisation) go into the manifest, with the ensemble's accuracy
+under every aggregation and the ensemble's spread on pairs it gets right vs wrong.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+import torch
+from datasets import Dataset
+from rich.progress import Progress
+from safetensors.torch import save_file
+from transformers import AutoModel, AutoModelForSequenceClassification, PrinterCallback, ProgressCallback
+from trl import RewardConfig as TRLRewardConfig
+from trl import RewardTrainer
+
+from rlhfops.annotation.pairs import read_pairs
+from rlhfops.config import Config
+from rlhfops.files import atomic_directory, atomic_write_json
+from rlhfops.modeling import load_tokenizer
+from rlhfops.reward.ensemble import AGGREGATIONS, HEADS, MANIFEST, RewardEnsemble, aggregate, pooled_last_token
+
+SUMMARY = "summary.json"
+
+
+def bootstrap(records: list[dict], seed: int) -> list[dict]:
+    """A resample with replacement of the same size."""
+    rng = random.Random(seed)
+    return [records[rng.randrange(len(records))] for _ in records]
+
+
+def train_member(cfg: Config, pairs: list[dict], init: str | Path, out_dir: Path, seed: int) -> list[dict]:
+    """One Bradley-Terry reward model from `init` (a causal LM or classifier directory) -> out_dir.
+    Returns trl's log history."""
+    tokenizer = load_tokenizer(init)
+    model = AutoModelForSequenceClassification.from_pretrained(str(init), num_labels=1, use_safetensors=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer.padding_side = "right"
+    with tempfile.TemporaryDirectory(prefix="rlhfops-rm-") as scratch:
+        args = TRLRewardConfig(
+            output_dir=scratch,
+            per_device_train_batch_size=cfg.reward.batch_size,
+            learning_rate=cfg.reward.lr,
+            lr_scheduler_type="cosine",
+            warmup_steps=0.05,
+            num_train_epochs=cfg.reward.epochs,
+            max_steps=cfg.reward.max_steps,
+            max_length=cfg.reward.max_length,
+            logging_steps=10,
+            logging_first_step=True,  # the untrained loss, so "the loss fell" is measured from the start
+            save_strategy="no",
+            report_to="none",
+            seed=seed,
+            data_seed=seed,
+            use_cpu=not torch.cuda.is_available(),
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+        )
+        trainer = RewardTrainer(
+            model=model, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer
+        )
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+    trainer.model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return trainer.state.log_history
+
+
+@torch.no_grad()
+def trunk_features(trunk, tokenizer, prompts: list[str], completions: list[str], max_length: int) -> torch.Tensor:
+    """Last-token hidden states (N, H) of prompt + completion + eos."""
+    tokenizer.padding_side = "right"
+    feats = []
+    for i in range(0, len(prompts), 128):
+        texts = [
+            p + c + tokenizer.eos_token for p, c in zip(prompts[i : i + 128], completions[i : i + 128], strict=True)
+        ]
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        hidden = trunk(**enc).last_hidden_state
+        feats.append(pooled_last_token(hidden, enc["input_ids"], tokenizer.pad_token_id))
+    return torch.cat(feats)
+
+
+def train_heads(
+    chosen: torch.Tensor, rejected: torch.Tensor, k: int, seed: int, steps: int = 300, lr: float = 0.05
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """K linear Bradley-Terry heads on fixed features (N, H), each on its own bootstrap resample.
+    Loss per head: -mean log sigmoid(w . (f_chosen - f_rejected)). Returns weight (K, H), bias (K,)."""
+    gen = torch.Generator().manual_seed(seed)
+    n, h = chosen.shape
+    idx = torch.randint(0, n, (k, n), generator=gen)  # (K, N) bootstrap rows
+    diff = (chosen - rejected)[idx]  # (K, N, H)
+    weight = (torch.randn(k, h, generator=gen) * h**-0.5).requires_grad_()
+    opt = torch.optim.Adam([weight], lr=lr)
+    for _ in range(steps):
+        loss = -torch.nn.functional.logsigmoid(torch.einsum("knh,kh->kn", diff, weight)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return weight.detach(), torch.zeros(k)
+
+
+def validate(ensemble: RewardEnsemble, val: list[dict], cfg: Config) -> dict[str, Any]:
+    """Member and ensemble accuracy on clean validation pairs, and the spread on right vs wrong."""
+    prompts = [r["prompt"] for r in val]
+    raw_c = ensemble.raw_rewards(prompts, [r["chosen"] for r in val])  # (K, N)
+    raw_r = ensemble.raw_rewards(prompts, [r["rejected"] for r in val])
+    both = torch.cat([raw_c, raw_r], dim=1)
+    mean, std = both.mean(1, keepdim=True), both.std(1, keepdim=True).clamp_min(1e-6)
+    norm_c, norm_r = (raw_c - mean) / std, (raw_r - mean) / std
+    member_acc = (raw_c > raw_r).float().mean(1)  # (K,)
+    summary: dict[str, Any] = {
+        "pairs": len(val),
+        "member_accuracy": member_acc.tolist(),
+        "mean_member_accuracy": member_acc.mean().item(),
+        "ensemble_accuracy": {},
+    }
+    for how in AGGREGATIONS:
+        agg_c, _ = aggregate(norm_c, how, member_acc, cfg.reward.uwo_lambda)
+        agg_r, _ = aggregate(norm_r, how, member_acc, cfg.reward.uwo_lambda)
+        summary["ensemble_accuracy"][how] = (agg_c > agg_r).float().mean().item()
+    agg_c, spread_c = aggregate(norm_c, cfg.reward.aggregation, member_acc, cfg.reward.uwo_lambda)
+    agg_r, spread_r = aggregate(norm_r, cfg.reward.aggregation, member_acc, cfg.reward.uwo_lambda)
+    right = agg_c > agg_r
+    spread = (spread_c + spread_r) / 2  # the pair's uncertainty: mean spread of its two responses
+    summary["spread_when_right"] = spread[right].mean().item() if right.any() else None
+    summary["spread_when_wrong"] = spread[~right].mean().item() if (~right).any() else None
+    summary["normalisation"] = {"mean": mean[:, 0].tolist(), "std": std[:, 0].tolist()}
+    return summary
+
+
+def train_reward_ensemble(
+    cfg: Config, objective: str, data_dir: Path, policy_dir: Path, out_dir: Path, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Train, validate and write one objective's ensemble; returns its validation summary."""
+    train = read_pairs(data_dir / "train" / f"{objective}.jsonl")
+    val = read_pairs(data_dir / "val" / f"{objective}.jsonl")
+    rc = cfg.reward
+    task = progress.add_task(f"reward models: {objective}", total=rc.members) if progress else None
+    with atomic_directory(out_dir) as tmp:
+        members = []
+        if rc.kind == "full":
+            for k in range(rc.members):
+                seed = cfg.seed * 1000 + k
+                init = rc.member_init[k % len(rc.member_init)] if rc.member_init else str(policy_dir)
+                data = bootstrap(train, seed) if rc.bootstrap else train
+                log = train_member(cfg, data, init, tmp / f"member_{k}", seed)
+                losses = [row["loss"] for row in log if "loss" in row]
+                members.append(
+                    {
+                        "name": f"member_{k}",
+                        "seed": seed,
+                        "init": init,
+                        "n_train": len(data),
+                        "first_loss": losses[0] if losses else None,
+                        "final_loss": losses[-1] if losses else None,
+                    }
+                )
+                if progress:
+                    progress.advance(task)
+        else:
+            tokenizer = load_tokenizer(policy_dir)
+            trunk = AutoModel.from_pretrained(str(policy_dir), use_safetensors=True).eval()
+            prompts = [r["prompt"] for r in train]
+            fc = trunk_features(trunk, tokenizer, prompts, [r["chosen"] for r in train], rc.max_length)
+            fr = trunk_features(trunk, tokenizer, prompts, [r["rejected"] for r in train], rc.max_length)
+            weight, bias = train_heads(fc, fr, rc.members, cfg.seed)
+            trunk.save_pretrained(tmp / "trunk", safe_serialization=True)
+            tokenizer.save_pretrained(tmp / "trunk")
+            save_file({"weight": weight.contiguous(), "bias": bias}, tmp / HEADS)
+            members = [
+                {"name": f"head_{k}", "seed": cfg.seed, "init": str(policy_dir), "n_train": len(train)}
+                for k in range(rc.members)
+            ]
+            if progress:
+                progress.advance(task, rc.members)
+        manifest = {
+            "objective": objective,
+            "kind": rc.kind,
+            "max_length": rc.max_length,
+            "aggregation": rc.aggregation,
+            "uwo_lambda": rc.uwo_lambda,
+            "members": members,
+        }
+        atomic_write_json(tmp / MANIFEST, manifest)
+        summary = validate(RewardEnsemble(tmp), val, cfg)
+        for member, acc, mu, sd in zip(
+            members,
+            summary["member_accuracy"],
+            summary["normalisation"]["mean"],
+            summary["normalisation"]["std"],
+            strict=True,
+        ):
+            member.update(val_accuracy=acc, reward_mean=mu, reward_std=sd)
+        manifest["val"] = {k: v for k, v in summary.items() if k != "normalisation"}
+        atomic_write_json(tmp / MANIFEST, manifest)
+        cfg.save(tmp)
+    return manifest["val"]
+
+
+def train_reward_models(
+    cfg: Config, data_dir: str | Path, policy_dir: str | Path, out_dir: str | Path, progress: bool = True
+) -> Path:
+    """All objectives x members: `<out_dir>/<objective>/` ensembles and `<out_dir>/summary.json`."""
+    data_dir, policy_dir, out_dir = Path(data_dir), Path(policy_dir), Path(out_dir)
+    if not (policy_dir / "config.json").exists():
+        raise FileNotFoundError(f"policy directory '{policy_dir}' does not exist; train one with `rlhfops sft`")
+    summary = {}
+    with Progress(disable=not progress) as bar:
+        for objective in cfg.reward.objectives:
+            summary[objective] = train_reward_ensemble(cfg, objective, data_dir, policy_dir, out_dir / objective, bar)
+    summary["mean_ensemble_accuracy"] = fmean(s["ensemble_accuracy"][cfg.reward.aggregation] for s in summary.values())
+    atomic_write_json(out_dir / SUMMARY, summary)
+    return out_dir

@@ -1,0 +1,133 @@
+"""Smoke-size reward-model training: real RewardTrainer runs, manifests, scoring, CLI."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rlhfops.annotation.pairs import build_preference_data, read_pairs, select_pair
+from rlhfops.cli import app
+from rlhfops.config import load_config
+from rlhfops.modeling import init_policy, load_policy, save_policy
+from rlhfops.reward.ensemble import MANIFEST, RewardEnsemble
+from rlhfops.reward.functions import CompositeReward, EnsembleReward, load_ensembles
+from rlhfops.reward.train import SUMMARY, bootstrap, train_heads, train_reward_models
+
+OVERRIDES = [
+    "reward.objectives=[helpfulness, honesty]",
+    "reward.members=2",
+    "reward.max_steps=40",
+    "reward.lr=3e-3",
+    "reward.data.n_prompts=200",
+    "reward.data.n_val_prompts=64",
+    "scalarisation.weights={helpfulness: 0.5, honesty: 0.5}",
+]
+
+
+def test_select_pair_rules():
+    import random
+
+    assert select_pair([0.5, 1.0, 0.0, 1.0], "max_min", random.Random(0)) == (1, 2)
+    assert select_pair([1.0, 1.0], "max_min", random.Random(0)) is None
+    chosen, rejected = select_pair([0.2, 1.0, 0.0, 0.5], "max_random", random.Random(3))
+    assert chosen == 1 and rejected in (0, 2, 3)
+
+
+def test_bootstrap_is_a_seeded_resample():
+    records = [{"i": i} for i in range(50)]
+    a, b = bootstrap(records, 1), bootstrap(records, 1)
+    assert a == b and len(a) == 50 and len({r["i"] for r in a}) < 50
+
+
+def test_heads_learn_a_separable_preference():
+    torch.manual_seed(0)
+    direction = torch.randn(16)
+    chosen, rejected = torch.randn(200, 16) + direction, torch.randn(200, 16) - direction
+    weight, bias = train_heads(chosen, rejected, k=3, seed=0, steps=100)
+    assert weight.shape == (3, 16) and bias.shape == (3,)
+    assert ((chosen - rejected) @ weight.T > 0).float().mean() > 0.95
+    assert not torch.allclose(weight[0], weight[1])  # bootstrap + seed: members differ
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ws")
+    cfg = load_config("smoke", OVERRIDES)
+    tokenizer, model = init_policy(cfg)
+    save_policy(model, tokenizer, cfg, root / "models" / "sft")
+    build_preference_data(cfg, root / "data" / "preferences", policy=load_policy(root / "models" / "sft"))
+    return root, cfg
+
+
+def test_preference_data_in_trl_fields(workspace):
+    root, cfg = workspace
+    stats = json.loads((root / "data" / "preferences" / "stats.json").read_text())
+    for obj in cfg.reward.objectives:
+        pairs = read_pairs(root / "data" / "preferences" / "train" / f"{obj}.jsonl")
+        assert pairs and set(pairs[0]) == {"prompt", "chosen", "rejected"}
+        assert stats["train"][obj]["pairs"] == len(pairs)
+        assert stats["val"][obj]["flipped"] == 0
+
+
+@pytest.mark.parametrize("kind", ["full", "heads"])
+def test_train_rm_writes_validated_ensembles(workspace, kind):
+    root, cfg = workspace
+    cfg = load_config("smoke", [*OVERRIDES, f"reward.kind={kind}"])
+    out = train_reward_models(
+        cfg, root / "data" / "preferences", root / "models" / "sft", root / "models" / f"reward-{kind}", progress=False
+    )
+    summary = json.loads((out / SUMMARY).read_text())
+    for obj in cfg.reward.objectives:
+        manifest = json.loads((out / obj / MANIFEST).read_text())
+        assert manifest["objective"] == obj and manifest["kind"] == kind and len(manifest["members"]) == 2
+        assert all(0 <= m["val_accuracy"] <= 1 and m["reward_std"] > 0 for m in manifest["members"])
+        if kind == "full":
+            assert all(m["final_loss"] < m["first_loss"] for m in manifest["members"])  # loss fell
+        assert set(summary[obj]["ensemble_accuracy"]) == {"mean", "weighted", "min", "uwo"}
+        ensemble = RewardEnsemble(out / obj)
+        prompts, completions = ["q: 2+3?\n", "q: 2+3?\n", "q: 4/0?\n"], ["2+3=5\nanswer: 5", "answer: 7", ""]
+        member = ensemble.member_rewards(prompts, completions)
+        assert member.shape == (2, 3) and torch.isfinite(member).all()
+        agg, spread = ensemble.score(prompts, completions, "uwo", 1.0)
+        torch.testing.assert_close(agg, member.mean(0) - member.std(0, correction=0))
+        assert EnsembleReward(ensemble)(prompts, completions) == ensemble.score(prompts, completions)[0].tolist()
+    ensembles = load_ensembles(out, cfg.reward.objectives)
+    parts = CompositeReward(ensembles, cfg).vectors(["q: 2+3?\n"], ["2+3=5\nanswer: 5"])
+    assert parts["rewards"].shape == (1, 2) and parts["spreads"].shape == (1, 2)
+    assert parts["total"][0].item() == pytest.approx(parts["rewards"][0].mean().item(), abs=1e-5)  # 0.5/0.5 weights
+    cfg.reward.uncertainty_penalty = 2.0
+    penalised = CompositeReward(ensembles, cfg).vectors(["q: 2+3?\n"], ["2+3=5\nanswer: 5"])
+    expected = parts["total"][0] - 2.0 * parts["spreads"][0].mean()
+    assert penalised["total"][0].item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_stacked_scoring_matches_member_by_member(workspace):
+    root, cfg = workspace
+    out = root / "models" / "reward-full" / "helpfulness"
+    prompts, completions = ["q: 2+3?\n"] * 3, ["2+3=5\nanswer: 5", "answer: 7", "answer: refuse"]
+    torch.testing.assert_close(
+        RewardEnsemble(out, fused="always").raw_rewards(prompts, completions),
+        RewardEnsemble(out, fused="never").raw_rewards(prompts, completions),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+
+
+def test_cli_train_rm_and_score(workspace, tmp_path):
+    root, _ = workspace
+    runner = CliRunner()
+    args = ["-c", "smoke", "-w", str(root), *[x for o in OVERRIDES for x in ("--set", o)]]
+    result = runner.invoke(app, ["train-rm", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)) >= {"helpfulness", "honesty", "mean_ensemble_accuracy"}
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"prompt": "q: 2+3?\\n", "response": "2+3=5\\nanswer: 5"}\n')
+    result = runner.invoke(app, ["score", str(data), *args, "--json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout.splitlines()[0])
+    assert set(row["rewards"]) == {"helpfulness", "honesty"} and set(row["spreads"]) == set(row["rewards"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "q: 1?\\n", "response": "answer: 1"}\n{"prompt": 3}\n')
+    result = runner.invoke(app, ["score", str(bad), *args])
+    assert result.exit_code == 2 and f"{bad}:2: field 'prompt' must be a string" in result.output
