@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: setup demo test lint format clean readme
+.PHONY: setup demo test lint format clean readme rewards bench-scoring bench-kinds
 
 setup: $(VENV)/.installed
 
@@ -34,5 +34,17 @@ format: setup
 clean:
 	rm -rf $(VENV) workspace .pytest_cache .ruff_cache
 
+# The reward side on the workspace the demo left: ensembles per objective, then the PRM.
+rewards: setup
+	$(BIN)/rlhfops train-rm $(ARGS)
+	$(BIN)/rlhfops train-prm $(ARGS)
+
+bench-scoring: setup
+	$(BIN)/python benchmarks/ensemble_scoring.py --out workspace/bench/ensemble_scoring.json
+
+bench-kinds: setup
+	$(BIN)/python benchmarks/ensemble_kinds.py --out workspace/bench/ensemble_kinds.json
+
+# Rewrite the README's result blocks from the workspace (after demo, rewards, bench-scoring, bench-kinds).
 readme: setup
 	$(BIN)/python -m rlhfops.report README.md workspace

@@ -12,8 +12,10 @@ for several batch sizes; numbers are medians of `--repeats` timed calls after on
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification, LlamaModel
@@ -40,6 +42,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16, 64, 256])
+    parser.add_argument("--out", type=Path, help="also write the measurements as JSON here")
     args = parser.parse_args()
 
     cfg = Config()
@@ -76,6 +79,7 @@ def main() -> None:
         f"torch threads {torch.get_num_threads()}"
     )
     print(f"{'batch':>6} {'member-by-member s':>19} {'stacked s':>10} {'ratio':>6} {'heads s':>9} {'ratio':>6}")
+    rows = []
     with torch.no_grad():
         for b in args.batches:
             enc = tok(texts[:b], padding=True, return_tensors="pt")
@@ -83,7 +87,12 @@ def main() -> None:
             seq = median_seconds(member_by_member, args.repeats, ids, mask)
             fused = median_seconds(stacked, args.repeats, ids, mask)
             shared = median_seconds(shared_trunk, args.repeats, ids, mask)
+            rows.append({"batch": b, "member_by_member_s": seq, "stacked_s": fused, "heads_s": shared})
             print(f"{b:>6} {seq:>19.4f} {fused:>10.4f} {seq / fused:>5.2f}x {shared:>9.4f} {seq / shared:>5.2f}x")
+
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"members": args.members, "threads": torch.get_num_threads(), "rows": rows}))
 
 
 if __name__ == "__main__":

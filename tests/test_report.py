@@ -2,8 +2,10 @@ import json
 
 import pytest
 
-from rlhfops.report import END, START, update_readme
+from rlhfops.report import update_readme
 from rlhfops.workspace import Workspace
+
+START, END = "<!-- gold-eval:start -->", "<!-- gold-eval:end -->"
 
 
 def _result(helpfulness):
@@ -30,7 +32,7 @@ def test_readme_block_is_rewritten_from_the_workspace(tmp_path):
     (ws.model_dir("sft") / "train_log.json").write_text(json.dumps([{"loss": 1.0}, {"train_runtime": 99.6}]))
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{START}\nstale numbers\n{END}\noutro\n")
-    update_readme(readme, ws)
+    update_readme(readme, ws, ["gold-eval"])
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith(f"{END}\noutro\n") and "stale" not in text
     assert "| gold helpfulness | 0.000 | 0.625 |" in text
@@ -42,4 +44,46 @@ def test_readme_without_results_is_a_clear_error(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"{START}\n{END}\n")
     with pytest.raises(FileNotFoundError, match="run `rlhfops run` first"):
-        update_readme(readme, Workspace(tmp_path / "empty"))
+        update_readme(readme, Workspace(tmp_path / "empty"), ["gold-eval"])
+
+
+def test_reward_scoring_and_kinds_blocks(tmp_path):
+    from rlhfops.report import BLOCKS
+
+    ws = Workspace(tmp_path / "ws")
+    acc = {"mean": 0.8, "weighted": 0.81, "min": 0.7, "uwo": 0.75}
+    summary = {
+        "helpfulness": {
+            "pairs": 10,
+            "mean_member_accuracy": 0.75,
+            "ensemble_accuracy": acc,
+            "spread_when_right": 0.2,
+            "spread_when_wrong": 0.4,
+        },
+        "mean_ensemble_accuracy": 0.8,
+    }
+    (ws.model_dir("reward") / "helpfulness").mkdir(parents=True)
+    (ws.model_dir("reward") / "summary.json").write_text(json.dumps(summary))
+    manifest = {"kind": "full", "members": [{}, {}, {}]}
+    (ws.model_dir("reward") / "helpfulness" / "manifest.json").write_text(json.dumps(manifest))
+    ws.model_dir("prm").mkdir(parents=True)
+    prm = {
+        "step_accuracy": 0.9,
+        "n_steps": 100,
+        "bad_step_accuracy": 0.5,
+        "good_step_accuracy": 0.95,
+        "ranking": {"min": {"rate": 0.6, "n": 50}},
+    }
+    (ws.model_dir("prm") / "metrics.json").write_text(json.dumps(prm))
+    (ws.root / "bench").mkdir()
+    rows = [{"batch": 1, "member_by_member_s": 0.03, "stacked_s": 0.01, "heads_s": 0.006}]
+    (ws.root / "bench" / "ensemble_scoring.json").write_text(json.dumps({"members": 5, "threads": 2, "rows": rows}))
+    kinds = {
+        k: {"train_s": 10.0, "score_val_s": 1.0, "objectives": {"helpfulness": {"mean_member": 0.7, "ensemble": 0.72}}}
+        for k in ("full", "heads")
+    }
+    (ws.root / "bench" / "ensemble_kinds.json").write_text(json.dumps(kinds))
+    assert "| helpfulness | 10 | 0.750 | 0.800 | 0.810 | 0.700 | 0.750 | 0.200 | 0.400 |" in BLOCKS["reward"](ws)
+    assert "min 0.600 of 50 cases" in BLOCKS["reward"](ws)
+    assert "| 1 | 0.0300 | 0.0100 | 3.00x | 0.0060 | 5.00x |" in BLOCKS["scoring"](ws)
+    assert "| heads | 10.0 | 1.00 | 0.700 / 0.720 |" in BLOCKS["kinds"](ws)

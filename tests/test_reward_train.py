@@ -131,3 +131,21 @@ def test_cli_train_rm_and_score(workspace, tmp_path):
     bad.write_text('{"prompt": "q: 1?\\n", "response": "answer: 1"}\n{"prompt": 3}\n')
     result = runner.invoke(app, ["score", str(bad), *args])
     assert result.exit_code == 2 and f"{bad}:2: field 'prompt' must be a string" in result.output
+
+
+def test_cli_train_prm_then_score_shows_step_scores(workspace, tmp_path):
+    root, _ = workspace
+    runner = CliRunner()
+    args = ["-c", "smoke", "-w", str(root), *[x for o in OVERRIDES for x in ("--set", o)]]
+    prm_args = ["--set", "prm.max_steps=20", "--set", "prm.n_prompts=100", "--set", "prm.n_val_prompts=40"]
+    result = runner.invoke(app, ["train-prm", *args, *prm_args, "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert 0 <= metrics["step_accuracy"] <= 1 and set(metrics["ranking"]) == {"min", "product", "last"}
+    assert (root / "data" / "steps" / "train.jsonl").exists()
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"prompt": "q: 2+3*4?\\n", "response": "3*4=12\\n2+12=14\\nanswer: 14"}\n')
+    result = runner.invoke(app, ["score", str(data), *args, "--json"])
+    assert result.exit_code == 0, result.output
+    steps = json.loads(result.stdout)["prm_steps"]
+    assert len(steps) == 3 and all(0 <= p <= 1 for p in steps)

@@ -196,27 +196,18 @@ def train_rm(
     if json_out:
         _emit_json(summary)
         return
-    table = Table(title=f"reward ensembles ({cfg.reward.kind}, K={cfg.reward.members}) on clean validation pairs")
-    for col in (
-        "objective",
-        "pairs",
-        "members (acc)",
-        "mean member",
-        *[f"ens {h}" for h in ("mean", "weighted", "min", "uwo")],
-        "spread right",
-        "spread wrong",
-    ):
+    table = Table(title=f"reward ensembles ({cfg.reward.kind}, K={cfg.reward.members}), clean validation pairs")
+    for col in ("objective", "pairs", "member acc", "ens mean", "weighted", "min", "uwo", "spread ok/wrong"):
         table.add_column(col, justify="right")
     for obj in cfg.reward.objectives:
         s = summary[obj]
+        acc = s["ensemble_accuracy"]
         table.add_row(
             obj,
             str(s["pairs"]),
-            " ".join(f"{a:.3f}" for a in s["member_accuracy"]),
             f"{s['mean_member_accuracy']:.3f}",
-            *[f"{s['ensemble_accuracy'][h]:.3f}" for h in ("mean", "weighted", "min", "uwo")],
-            f"{s['spread_when_right'] or 0:.3f}",
-            f"{s['spread_when_wrong'] or 0:.3f}",
+            *[f"{acc[h]:.3f}" for h in ("mean", "weighted", "min", "uwo")],
+            f"{s['spread_when_right'] or 0:.2f}/{s['spread_when_wrong'] or 0:.2f}",
         )
     console.print(table)
     console.print(f"ensembles in {out}/")
@@ -283,6 +274,34 @@ def score(
             f"{row['composite']:+.3f}",
         )
     console.print(table)
+
+
+@app.command("train-prm")
+def train_prm(
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = Path("workspace"),
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train the process reward model on exact step labels (a probability per step)."""
+    from rlhfops.reward.prm import train_prm_on_task
+
+    cfg, ws = _setup(config, set_, workspace)
+    policy = _require_policy(ws)
+    try:
+        metrics = train_prm_on_task(cfg, policy, ws.data_dir("steps"), ws.model_dir("prm"), progress=not json_out)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    if json_out:
+        _emit_json(metrics)
+        return
+    console.print(
+        f"PRM validation step accuracy {metrics['step_accuracy']:.3f} (bad steps {metrics['bad_step_accuracy']:.3f}, "
+        f"good steps {metrics['good_step_accuracy']:.3f}, {metrics['n_steps']} steps)"
+    )
+    for how, r in metrics["ranking"].items():
+        console.print(f"  reference above the same solution with one wrong step ({how}): {r['rate']:.3f} of {r['n']}")
+    console.print(f"PRM in {ws.model_dir('prm')}/")
 
 
 def _load_prm(ws: Workspace):

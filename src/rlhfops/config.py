@@ -169,12 +169,16 @@ class RewardConfig(Section):
 class PRMConfig(Section):
     """Process reward model: a probability per step, trained with binary cross-entropy."""
 
-    lr: float = Field(1e-3, gt=0)
-    epochs: float = Field(2.0, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    epochs: float = Field(4.0, gt=0)
     max_steps: int = Field(-1, description="if > 0, overrides epochs")
     batch_size: int = Field(32, ge=1)
     max_length: int = Field(96, ge=8)
     n_prompts: int = Field(1500, ge=1, description="train prompts whose responses are step-labelled")
+    wrong_step_rate: float = Field(
+        0.35, ge=0, le=1, description="teacher rate of wrong steps in PRM data: the negatives a PRM learns from"
+    )
+    skipped_step_rate: float = Field(0.1, ge=0, le=1, description="teacher rate of skipped steps in PRM data")
     n_val_prompts: int = Field(256, ge=1)
     aggregation: Literal["min", "product", "last"] = Field("min", description="step probabilities -> solution")
 

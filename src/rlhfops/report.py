@@ -1,8 +1,12 @@
 """Reports made from what a workspace holds, never from numbers typed by hand.
 
-`python -m rlhfops.report README.md workspace` rewrites the README block between
-`<!-- gold-eval:start -->` and `<!-- gold-eval:end -->` with the gold evaluation that
-`rlhfops run` wrote into the workspace.
+`python -m rlhfops.report README.md workspace` rewrites each README block between
+`<!-- NAME:start -->` and `<!-- NAME:end -->` from the files the commands left in the workspace:
+
+    gold-eval   `rlhfops run`               <ws>/eval/{untrained,sft}.json, <ws>/models/sft/train_log.json
+    reward      `rlhfops train-rm`, `train-prm`   <ws>/models/reward/summary.json, <ws>/models/prm/metrics.json
+    scoring     `benchmarks/ensemble_scoring.py --out <ws>/bench/ensemble_scoring.json`
+    kinds       `benchmarks/ensemble_kinds.py --out <ws>/bench/ensemble_kinds.json`
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from typing import Any
 from rlhfops.files import atomic_write_text
 from rlhfops.workspace import Workspace
 
-START, END = "<!-- gold-eval:start -->", "<!-- gold-eval:end -->"
 ROWS = (
     ("gold helpfulness", lambda r: r["gold"]["helpfulness"]),
     ("gold harmlessness", lambda r: r["gold"]["harmlessness"]),
@@ -28,6 +31,12 @@ ROWS = (
     ("over-refusal rate (safe refused)", lambda r: r["over_refusal_rate"]),
     ("undefined recall", lambda r: r["undefined_recall"]),
 )
+
+
+def _read(path: Path, produced_by: str) -> Any:
+    if not path.exists():
+        raise FileNotFoundError(f"'{path}' does not exist; run `{produced_by}` first")
+    return json.loads(path.read_text())
 
 
 def gold_eval_markdown(results: dict[str, dict[str, Any]], train_seconds: float | None = None) -> str:
@@ -43,27 +52,107 @@ def gold_eval_markdown(results: dict[str, dict[str, Any]], train_seconds: float 
     return "\n".join(lines) + "\n\n" + note
 
 
-def update_readme(readme: Path, workspace: Workspace) -> None:
-    results = {}
-    for name in ("untrained", "sft"):
-        path = workspace.eval_path(name)
-        if not path.exists():
-            raise FileNotFoundError(f"'{path}' does not exist; run `rlhfops run` first")
-        results[name] = json.loads(path.read_text())
-    log = json.loads((workspace.model_dir("sft") / "train_log.json").read_text())
+def gold_eval_block(ws: Workspace) -> str:
+    results = {name: _read(ws.eval_path(name), "rlhfops run") for name in ("untrained", "sft")}
+    log = _read(ws.model_dir("sft") / "train_log.json", "rlhfops run")
     seconds = next((row["train_runtime"] for row in log if "train_runtime" in row), None)
+    return gold_eval_markdown(results, seconds)
+
+
+def reward_block(ws: Workspace) -> str:
+    summary = _read(ws.model_dir("reward") / "summary.json", "rlhfops train-rm")
+    manifest = _read(
+        ws.model_dir("reward") / next(k for k in summary if isinstance(summary[k], dict)) / "manifest.json",
+        "rlhfops train-rm",
+    )
+    lines = [
+        f"Reward ensembles ({manifest['kind']}, K={len(manifest['members'])}), accuracy on clean validation pairs:",
+        "",
+        "| objective | pairs | mean member | ensemble mean | weighted | min | uwo | spread right | spread wrong |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for obj, s in summary.items():
+        if not isinstance(s, dict):
+            continue
+        acc = s["ensemble_accuracy"]
+        lines.append(
+            f"| {obj} | {s['pairs']} | {s['mean_member_accuracy']:.3f} | {acc['mean']:.3f} | {acc['weighted']:.3f} "
+            f"| {acc['min']:.3f} | {acc['uwo']:.3f} | {s['spread_when_right']:.3f} | {s['spread_when_wrong']:.3f} |"
+        )
+    prm_path = ws.model_dir("prm") / "metrics.json"
+    if prm_path.exists():
+        m = json.loads(prm_path.read_text())
+        ranking = ", ".join(f"{how} {r['rate']:.3f}" for how, r in m["ranking"].items())
+        n = next(iter(m["ranking"].values()))["n"]
+        lines += [
+            "",
+            f"PRM: validation step accuracy {m['step_accuracy']:.3f} over {m['n_steps']} labelled lines "
+            f"(bad lines {m['bad_step_accuracy']:.3f}, good lines {m['good_step_accuracy']:.3f}); reference "
+            f"scored above the same solution with one wrong step in {ranking} of {n} cases (by aggregation).",
+        ]
+    return "\n".join(lines)
+
+
+def scoring_block(ws: Workspace) -> str:
+    bench = _read(ws.root / "bench" / "ensemble_scoring.json", "make bench-scoring")
+    lines = [
+        f"K={bench['members']} members of the tiny Llama, {bench['threads']} torch threads; seconds per call "
+        "and speed-up over member-by-member scoring:",
+        "",
+        "| batch | member by member (s) | stacked (s) | speed-up | shared trunk + heads (s) | speed-up |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in bench["rows"]:
+        seq = r["member_by_member_s"]
+        lines.append(
+            f"| {r['batch']} | {seq:.4f} | {r['stacked_s']:.4f} | {seq / r['stacked_s']:.2f}x | "
+            f"{r['heads_s']:.4f} | {seq / r['heads_s']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def kinds_block(ws: Workspace) -> str:
+    bench = _read(ws.root / "bench" / "ensemble_kinds.json", "make bench-kinds")
+    objectives = list(bench["full"]["objectives"])
+    lines = [
+        "| kind | train (s) | score val pairs (s) | " + " | ".join(objectives) + " |",
+        "| --- | ---: | ---: |" + " ---: |" * len(objectives),
+    ]
+    for kind, r in bench.items():
+        accs = " | ".join(f"{v['mean_member']:.3f} / {v['ensemble']:.3f}" for v in r["objectives"].values())
+        lines.append(f"| {kind} | {r['train_s']:.1f} | {r['score_val_s']:.2f} | {accs} |")
+    return "\n".join(lines) + "\n\nAccuracy: mean member / ensemble (mean aggregation) on clean validation pairs."
+
+
+BLOCKS = {
+    "gold-eval": gold_eval_block,
+    "reward": reward_block,
+    "scoring": scoring_block,
+    "kinds": kinds_block,
+}
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start not in text or end not in text:
+        raise ValueError(f"the README has no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
+def update_readme(readme: Path, workspace: Workspace, blocks: list[str] | None = None) -> None:
+    """Rewrite the named blocks (default: all) from the workspace; all or nothing."""
     text = readme.read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"'{readme}' has no {START} ... {END} block")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    atomic_write_text(readme, f"{head}{START}\n{gold_eval_markdown(results, seconds)}\n{END}{tail}")
+    for name in blocks or list(BLOCKS):
+        text = replace_block(text, name, BLOCKS[name](workspace))
+    atomic_write_text(readme, text)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python -m rlhfops.report README.md WORKSPACE")
+    if len(sys.argv) < 3 or any(b not in BLOCKS for b in sys.argv[3:]):
+        sys.exit(f"usage: python -m rlhfops.report README.md WORKSPACE [{'|'.join(BLOCKS)} ...]")
     try:
-        update_readme(Path(sys.argv[1]), Workspace(Path(sys.argv[2])))
+        update_readme(Path(sys.argv[1]), Workspace(Path(sys.argv[2])), sys.argv[3:] or None)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")

@@ -1,0 +1,1 @@
+"""Annotation: where labels come from (judges, preference pairs, step labels, active learning, review)."""
