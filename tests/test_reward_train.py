@@ -149,3 +149,56 @@ def test_cli_train_prm_then_score_shows_step_scores(workspace, tmp_path):
     assert result.exit_code == 0, result.output
     steps = json.loads(result.stdout)["prm_steps"]
     assert len(steps) == 3 and all(0 <= p <= 1 for p in steps)
+
+
+def test_members_of_another_size_train_and_score_one_by_one(workspace, tmp_path):
+    """`reward.member_init` gives members their own model (here a smaller Llama): no stacking."""
+    root, _ = workspace
+    small_cfg = load_config("smoke", ["model.hidden_size=16", "model.intermediate_size=32"])
+    tokenizer, model = init_policy(small_cfg)
+    save_policy(model, tokenizer, small_cfg, tmp_path / "small")
+    cfg = load_config(
+        "smoke",
+        [
+            *OVERRIDES,
+            "reward.objectives=[honesty]",
+            f"reward.member_init=[{root / 'models' / 'sft'}, {tmp_path / 'small'}]",
+        ],
+    )
+    out = train_reward_models(
+        cfg, root / "data" / "preferences", root / "models" / "sft", tmp_path / "rm", progress=False
+    )
+    ensemble = RewardEnsemble(out / "honesty")
+    assert [m["init"] for m in ensemble.manifest["members"]] == [str(root / "models" / "sft"), str(tmp_path / "small")]
+    assert ensemble.stacked is None
+    assert ensemble.member_rewards(["q: 1+1?\n"], ["answer: 2"]).shape == (2, 1)
+
+
+def test_member_training_is_deterministic_for_a_seed(workspace, tmp_path):
+    from safetensors.torch import load_file
+
+    from rlhfops.reward.train import train_member
+
+    root, cfg = workspace
+    cfg = load_config("smoke", [*OVERRIDES, "reward.max_steps=5"])
+    pairs = read_pairs(root / "data" / "preferences" / "train" / "honesty.jsonl")
+    for i in range(2):
+        train_member(cfg, pairs, root / "models" / "sft", tmp_path / f"m{i}", seed=3)
+    a, b = load_file(tmp_path / "m0" / "model.safetensors"), load_file(tmp_path / "m1" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_tune_weights(workspace):
+    root, _ = workspace
+    args = ["-c", "smoke", "-w", str(root), *[x for o in OVERRIDES for x in ("--set", o)], "--set", "task.n_val=24"]
+    if not (root / "models" / "reward" / "summary.json").exists():  # when run on its own
+        assert CliRunner().invoke(app, ["train-rm", *args, "--json"]).exit_code == 0
+    result = CliRunner().invoke(app, ["tune-weights", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report["best_weights"]) == {"helpfulness", "honesty"}
+    assert sum(report["best_weights"].values()) == pytest.approx(1.0)
+    utility = report["test_utility"]
+    assert utility["random_candidate"] <= utility["oracle"]
+    assert all(0 <= v <= 1 for v in utility.values())
+    assert (root / "models" / "reward" / "weights.json").exists()

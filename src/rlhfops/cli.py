@@ -304,6 +304,36 @@ def train_prm(
     console.print(f"PRM in {ws.model_dir('prm')}/")
 
 
+@app.command("tune-weights")
+def tune_weights(
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = Path("workspace"),
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Grid-search scalarisation weights on validation candidates; learn per-prompt weights."""
+    from rlhfops.reward.tuning import tune_weights as run_tuning
+
+    cfg, ws = _setup(config, set_, workspace)
+    policy = _require_policy(ws)
+    try:
+        report = run_tuning(cfg, policy, ws.model_dir("reward"), ws.model_dir("reward") / "weights.json")
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    if json_out:
+        _emit_json(report)
+        return
+    weights = ", ".join(f"{k} {v:.2f}" for k, v in report["best_weights"].items())
+    console.print(f"best weights over {report['grid_size']} grid points: {weights}")
+    for name, value in report["test_utility"].items():
+        console.print(f"  test gold utility of the picked candidate, {name.replace('_', ' ')}: {value:.3f}")
+    as_yaml = ", ".join(f"{k}: {v:g}" for k, v in report["best_weights"].items())
+    console.print(
+        f"written to {ws.model_dir('reward') / 'weights.json'}; use with --set 'scalarisation.weights={{{as_yaml}}}'",
+        soft_wrap=True,
+    )
+
+
 def _load_prm(ws: Workspace):
     from rlhfops.reward.prm import ProcessRewardModel
 

@@ -23,7 +23,13 @@ import torch
 from datasets import Dataset
 from rich.progress import Progress
 from safetensors.torch import save_file
-from transformers import AutoModel, AutoModelForSequenceClassification, PrinterCallback, ProgressCallback
+from transformers import (
+    AutoModel,
+    AutoModelForSequenceClassification,
+    PrinterCallback,
+    ProgressCallback,
+    set_seed,
+)
 from trl import RewardConfig as TRLRewardConfig
 from trl import RewardTrainer
 
@@ -46,6 +52,7 @@ def train_member(cfg: Config, pairs: list[dict], init: str | Path, out_dir: Path
     """One Bradley-Terry reward model from `init` (a causal LM or classifier directory) -> out_dir.
     Returns trl's log history."""
     tokenizer = load_tokenizer(init)
+    set_seed(seed)  # the new reward head's initialisation is part of what the member's seed decides
     model = AutoModelForSequenceClassification.from_pretrained(str(init), num_labels=1, use_safetensors=True)
     model.config.pad_token_id = tokenizer.pad_token_id
     tokenizer.padding_side = "right"
