@@ -38,6 +38,7 @@ clean:
 rewards: setup
 	$(BIN)/rlhfops train-rm $(ARGS)
 	$(BIN)/rlhfops train-prm $(ARGS)
+	$(BIN)/rlhfops tune-weights $(ARGS)
 
 bench-scoring: setup
 	$(BIN)/python benchmarks/ensemble_scoring.py --out workspace/bench/ensemble_scoring.json

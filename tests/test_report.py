@@ -87,3 +87,11 @@ def test_reward_scoring_and_kinds_blocks(tmp_path):
     assert "min 0.600 of 50 cases" in BLOCKS["reward"](ws)
     assert "| 1 | 0.0300 | 0.0100 | 3.00x | 0.0060 | 5.00x |" in BLOCKS["scoring"](ws)
     assert "| heads | 10.0 | 1.00 | 0.700 / 0.720 |" in BLOCKS["kinds"](ws)
+    weights = {
+        "best_weights": {"helpfulness": 0.75, "honesty": 0.25},
+        "grid_size": 5,
+        "test_utility": {"equal_weights": 0.5, "grid_best": 0.625},
+    }
+    (ws.model_dir("reward") / "weights.json").write_text(json.dumps(weights))
+    block = BLOCKS["weights"](ws)
+    assert "helpfulness 0.75, honesty 0.25" in block and "| grid best | 0.625 |" in block

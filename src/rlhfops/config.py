@@ -129,7 +129,7 @@ class PreferenceConfig(Section):
     """Preference pairs for reward models: k responses per prompt judged per objective."""
 
     n_prompts: int = Field(1500, ge=1, description="train prompts to build pairs from")
-    n_val_prompts: int = Field(1000, ge=1, description="validation prompts (clean labels) for RM accuracy")
+    n_val_prompts: int = Field(640, ge=1, description="validation prompts (clean labels) for RM accuracy")
     responses_per_prompt: int = Field(4, ge=2, description="k: half noisy-teacher responses, half policy samples")
     selection: Literal["max_min", "max_random"] = Field(
         "max_min", description="chosen = a best response; rejected = a worst one, or a random worse one"

@@ -5,6 +5,7 @@
 
     gold-eval   `rlhfops run`               <ws>/eval/{untrained,sft}.json, <ws>/models/sft/train_log.json
     reward      `rlhfops train-rm`, `train-prm`   <ws>/models/reward/summary.json, <ws>/models/prm/metrics.json
+    weights     `rlhfops tune-weights`      <ws>/models/reward/weights.json
     scoring     `benchmarks/ensemble_scoring.py --out <ws>/bench/ensemble_scoring.json`
     kinds       `benchmarks/ensemble_kinds.py --out <ws>/bench/ensemble_kinds.json`
 """
@@ -124,9 +125,23 @@ def kinds_block(ws: Workspace) -> str:
     return "\n".join(lines) + "\n\nAccuracy: mean member / ensemble (mean aggregation) on clean validation pairs."
 
 
+def weights_block(ws: Workspace) -> str:
+    report = _read(ws.model_dir("reward") / "weights.json", "rlhfops tune-weights")
+    weights = ", ".join(f"{k} {v:.2f}" for k, v in report["best_weights"].items())
+    lines = [
+        f"Best weights over {report['grid_size']} simplex grid points (validation): {weights}.",
+        "",
+        "| candidate picked by | test gold utility |",
+        "| --- | ---: |",
+    ]
+    lines += [f"| {k.replace('_', ' ')} | {v:.3f} |" for k, v in report["test_utility"].items()]
+    return "\n".join(lines)
+
+
 BLOCKS = {
     "gold-eval": gold_eval_block,
     "reward": reward_block,
+    "weights": weights_block,
     "scoring": scoring_block,
     "kinds": kinds_block,
 }
