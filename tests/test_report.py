@@ -55,6 +55,7 @@ def test_reward_scoring_and_kinds_blocks(tmp_path):
     summary = {
         "helpfulness": {
             "pairs": 10,
+            "member_accuracy": [0.7, 0.8],
             "mean_member_accuracy": 0.75,
             "ensemble_accuracy": acc,
             "spread_when_right": 0.2,
@@ -83,7 +84,9 @@ def test_reward_scoring_and_kinds_blocks(tmp_path):
         for k in ("full", "heads")
     }
     (ws.root / "bench" / "ensemble_kinds.json").write_text(json.dumps(kinds))
-    assert "| helpfulness | 10 | 0.750 | 0.800 | 0.810 | 0.700 | 0.750 | 0.200 | 0.400 |" in BLOCKS["reward"](ws)
+    assert "| helpfulness | 10 | 0.700 / 0.800 | 0.750 | 0.800 | 0.810 | 0.700 | 0.750 | 0.200 | 0.400 |" in BLOCKS[
+        "reward"
+    ](ws)
     assert "min 0.600 of 50 cases" in BLOCKS["reward"](ws)
     assert "| 1 | 0.0300 | 0.0100 | 3.00x | 0.0060 | 5.00x |" in BLOCKS["scoring"](ws)
     assert "| heads | 10.0 | 1.00 | 0.700 / 0.720 |" in BLOCKS["kinds"](ws)

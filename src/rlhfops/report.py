@@ -69,15 +69,17 @@ def reward_block(ws: Workspace) -> str:
     lines = [
         f"Reward ensembles ({manifest['kind']}, K={len(manifest['members'])}), accuracy on clean validation pairs:",
         "",
-        "| objective | pairs | mean member | ensemble mean | weighted | min | uwo | spread right | spread wrong |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| objective | pairs | members | mean member | ensemble mean | weighted | min | uwo | spread right "
+        "| spread wrong |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for obj, s in summary.items():
         if not isinstance(s, dict):
             continue
         acc = s["ensemble_accuracy"]
         lines.append(
-            f"| {obj} | {s['pairs']} | {s['mean_member_accuracy']:.3f} | {acc['mean']:.3f} | {acc['weighted']:.3f} "
+            f"| {obj} | {s['pairs']} | {' / '.join(f'{a:.3f}' for a in s['member_accuracy'])} "
+            f"| {s['mean_member_accuracy']:.3f} | {acc['mean']:.3f} | {acc['weighted']:.3f} "
             f"| {acc['min']:.3f} | {acc['uwo']:.3f} | {s['spread_when_right']:.3f} | {s['spread_when_wrong']:.3f} |"
         )
     prm_path = ws.model_dir("prm") / "metrics.json"
