@@ -208,6 +208,56 @@ class ShapingConfig(Section):
     cap: float = Field(0.3, ge=0, lt=1, description="total shaping never exceeds this (< the outcome gap of 1)")
 
 
+class PolicyConfig(Section):
+    """Online policy optimisation from the SFT policy: our PPO, or TRL's GRPO / RLOO."""
+
+    algorithm: Literal["ppo", "grpo", "rloo"] = "ppo"
+    reward: Literal["composite", "gold"] = Field(
+        "composite", description="composite: the reward models (+ PRM, shaping) as configured; gold: exact judges"
+    )
+    steps: int = Field(60, ge=1, description="policy updates (PPO: rollout batches; GRPO/RLOO: trainer steps)")
+    prompts_per_step: int = Field(32, ge=1, description="prompts per rollout batch")
+    group_size: int = Field(4, ge=2, description="GRPO/RLOO: completions per prompt")
+    lr: float = Field(3e-5, gt=0)
+    max_new_tokens: int = Field(40, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    kl_coef: float = Field(0.05, ge=0, description="per-token KL penalty (PPO) / beta (GRPO, RLOO)")
+    target_kl: float | None = Field(6.0, description="PPO adaptive KL controller target (sequence KL); None: fixed")
+    kl_horizon: int = Field(10000, ge=1, description="PPO adaptive KL controller horizon (samples)")
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    clip_range: float = Field(0.2, gt=0)
+    clip_range_value: float = Field(0.2, gt=0)
+    value_coef: float = Field(0.1, ge=0)
+    entropy_coef: float = Field(0.0, ge=0)
+    ppo_epochs: int = Field(2, ge=1)
+    minibatches: int = Field(2, ge=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    early_stop_kl: float | None = Field(0.05, description="stop an update's epochs when approx KL exceeds this")
+    whiten_rewards: bool = False
+    reward_clip: float = Field(10.0, gt=0)
+    dense_prm: bool = Field(False, description="PPO: add PRM step rewards at the step-separator tokens")
+    prm_step_coef: float = Field(0.1, ge=0, description="weight of each dense PRM step reward")
+    critic: Literal["value_head", "value_model"] = Field(
+        "value_head", description="value head on the actor's trunk, or a separate value model from the policy"
+    )
+    eval_every: int = Field(20, ge=1, description="gold score on a held-out slice every this many updates")
+    eval_prompts: int = Field(128, ge=1)
+
+
+class BestOfNConfig(Section):
+    """Best-of-N sampling: N samples per prompt, the best by the reward callable."""
+
+    n: int = Field(16, ge=1, description="samples per prompt (the maximum when adaptive)")
+    n_values: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16], description="`bon` evaluates each")
+    scorer: Literal["ensemble", "prm", "both"] = Field("ensemble", description="what ranks the candidates")
+    adaptive: bool = Field(False, description="choose N per prompt from the ensemble spread on a first sample")
+    adaptive_spread: float = Field(0.5, ge=0, description="spread above which a prompt is hard (gets N)")
+    n_prompts: int = Field(128, ge=1, description="test prompts `bon` evaluates on")
+    cache_max_mb: float = Field(64.0, gt=0, description="on-disk cache size bound")
+    batch_size: int = Field(256, ge=1, description="sequences per generate call")
+
+
 class Config(Section):
     seed: int = Field(0, description="one seed for data, initialisation and sampling")
     task: TaskConfig = Field(default_factory=TaskConfig)
@@ -219,6 +269,8 @@ class Config(Section):
     prm: PRMConfig = Field(default_factory=PRMConfig)
     scalarisation: ScalarisationConfig = Field(default_factory=ScalarisationConfig)
     shaping: ShapingConfig = Field(default_factory=ShapingConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    best_of_n: BestOfNConfig = Field(default_factory=BestOfNConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
