@@ -1,0 +1,1 @@
+"""Policy optimisation: PPO, TRL GRPO/RLOO, offline RL."""

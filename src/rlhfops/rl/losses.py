@@ -1,0 +1,153 @@
+"""PPO losses and estimators: pure functions over tensors, each returning its diagnostics.
+
+Shapes: B sequences, T completion tokens (right-padded); `mask` (B, T) is 1 on real completion
+tokens (eos included). Every function ignores masked positions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """sum(x * mask) / sum(mask), over `dim` or everything."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp_min(1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp_min(1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) / std over the masked entries (mean added back when shift_mean is False);
+    masked positions come out 0."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation, as a reversed loop (cleanrl).
+
+        delta_t = r_t + gamma * V_{t+1} * m_{t+1} - V_t
+        A_t     = delta_t + gamma * lam * A_{t+1}
+        R_t     = A_t + V_t
+
+    rewards, values, mask (B, T) -> advantages (B, T), returns (B, T); zero where mask is 0. The
+    value after the last real token is 0 (the episode ends at eos or the length bound).
+    """
+    mask = mask.to(values.dtype)
+    rewards, values = rewards * mask, values * mask
+    B, T = rewards.shape
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
+    for t in reversed(range(T)):
+        next_value = values[:, t + 1] * mask[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = (delta + gamma * lam * last) * mask[:, t]
+        advantages[:, t] = last
+    return advantages, (advantages + values) * mask
+
+
+def token_rewards(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor | None,
+    mask: torch.Tensor,
+    kl_coef: float,
+    dense: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards: -kl_coef * (log pi - log pi_ref) on every token, the sequence score on
+    the last real token, plus `dense` (B, T) step rewards (e.g. PRM) where given.
+
+    scores (B,), logprobs / ref_logprobs / mask (B, T) -> rewards (B, T), per-token KL (B, T).
+    """
+    mask = mask.to(logprobs.dtype)
+    kl = (logprobs - ref_logprobs) * mask if ref_logprobs is not None else torch.zeros_like(logprobs)
+    rewards = -kl_coef * kl
+    last = (mask.sum(1) - 1).clamp_min(0).long()  # (B,) index of the last real token
+    rewards[torch.arange(len(scores)), last] += scores.to(rewards.dtype)
+    if dense is not None:
+        rewards = rewards + dense * mask
+    return rewards * mask, kl
+
+
+def dense_step_rewards(
+    step_scores: list[list[float]], positions: list[list[int]], shape: tuple[int, int], coef: float
+) -> torch.Tensor:
+    """Process rewards at the step-separator tokens: coef * (2p - 1) at positions[b][i] for step
+    probability p = step_scores[b][i] (a good step earns up to +coef, a bad one down to -coef).
+    Positions at or past T are dropped. -> (B, T)."""
+    out = torch.zeros(shape)
+    for b, (scores, pos) in enumerate(zip(step_scores, positions, strict=True)):
+        for p, t in zip(scores, pos, strict=True):
+            if 0 <= t < shape[1]:
+                out[b, t] += coef * (2 * p - 1)
+    return out
+
+
+def policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped surrogate: -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A), ratio = exp(log pi - log pi_old).
+
+    (B, T) each -> loss (scalar), {clip_frac, approx_kl}; approx_kl = E[(ratio - 1) - log ratio] (k3).
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - clip, 1 + clip)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        clip_frac = masked_mean((clipped > unclipped).float(), mask).item()
+        approx_kl = masked_mean((ratio - 1) - log_ratio, mask).item()
+    return loss, {"clip_frac": clip_frac, "approx_kl": approx_kl}
+
+
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped value loss: 0.5 * max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2).
+
+    (B, T) each -> loss (scalar), {value_clip_frac}.
+    """
+    clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
+    unclipped = (values - returns) ** 2
+    clipped = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        frac = masked_mean((clipped > unclipped).float(), mask).item()
+    return loss, {"value_clip_frac": frac}
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """H = logsumexp(z) - sum softmax(z) z; (B, T, V) -> (B, T)."""
+    probs = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var[R - V] / Var[R] over masked entries (nan when Var[R] is 0)."""
+    var_r = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    diff = returns - values
+    var_d = masked_mean((diff - masked_mean(diff, mask)) ** 2, mask)
+    return (1 - var_d / var_r).item() if var_r > 0 else math.nan
+
+
+class AdaptiveKLController:
+    """Ziegler et al. (2019): kl_coef *= 1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon,
+    where KL is the mean sequence KL of the last batch and n its number of samples."""
+
+    def __init__(self, init_coef: float, target: float, horizon: int):
+        self.value, self.target, self.horizon = init_coef, target, horizon
+
+    def update(self, current_kl: float, n_samples: int) -> float:
+        error = min(max(current_kl / self.target - 1, -0.2), 0.2)
+        self.value *= 1 + error * n_samples / self.horizon
+        return self.value
