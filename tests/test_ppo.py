@@ -102,3 +102,12 @@ def test_separator_positions_end_each_line(init_dir):
     enc = tokenizer(["1+2=3\nanswer: 3<eos>"], add_special_tokens=False, return_tensors="pt")["input_ids"]
     mask = torch.ones_like(enc)
     assert separator_positions(tokenizer, enc, mask) == [[5, 15]]
+
+
+@pytest.mark.parametrize("name", ["zero2", "zero3"])
+def test_shipped_accelerate_configs_load(configs_dir, name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(configs_dir / "accelerate" / f"{name}.yaml"))
+    assert config.distributed_type == "DEEPSPEED"
+    assert config.deepspeed_config["zero_stage"] == int(name[-1])

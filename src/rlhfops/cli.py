@@ -334,6 +334,41 @@ def tune_weights(
     )
 
 
+@app.command("train-policy")
+def train_policy(
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = Path("workspace"),
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Optimise the SFT policy: our PPO, or TRL's GRPO / RLOO (policy.algorithm); then gold-evaluate it."""
+    from rlhfops.evaluation import eval_table
+
+    cfg, ws = _setup(config, set_, workspace)
+    policy = _require_policy(ws)
+    algorithm = cfg.policy.algorithm
+    out = ws.model_dir(algorithm)
+    rm_dir = ws.model_dir("reward") if cfg.policy.reward == "composite" else None
+    prm_dir = ws.model_dir("prm") if (ws.model_dir("prm") / "config.json").exists() else None
+    try:
+        if algorithm == "ppo":
+            from rlhfops.rl.ppo import train_ppo
+
+            train_ppo(cfg, policy, out, rm_dir, prm_dir, progress=not json_out)
+        else:
+            from rlhfops.rl.trl_online import train_trl_online
+
+            train_trl_online(cfg, policy, rm_dir, out, progress=not json_out, prm_dir=prm_dir)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    results = {"sft": _evaluate(cfg, ws, policy, "sft"), algorithm: _evaluate(cfg, ws, out, algorithm)}
+    if json_out:
+        _emit_json(results)
+    else:
+        console.print(eval_table(results))
+        console.print(f"policy in {out}/")
+
+
 def _load_prm(ws: Workspace):
     from rlhfops.reward.prm import ProcessRewardModel
 
