@@ -1,0 +1,331 @@
+"""Best-of-N: N samples per prompt, scored by a reward callable, the argmax returned.
+
+    candidates  prompts repeated N times, `batch_size` sequences per `generate` call
+    scores      score_fn(prompts, completions) -> list[float], any TRL-style reward callable
+    best        argmax over a prompt's N scores; ties go to the lowest candidate index
+
+Adaptive N spends samples where the reward ensemble is unsure: one sample per prompt, its
+spread (mean over objectives of the ensemble std, `CompositeReward.vectors(...)["spreads"]`)
+decides: spread <= threshold keeps that sample (N=1), otherwise the prompt gets N samples, the
+first one among them.
+
+`evaluate_best_of_n` is the `bon` stage: on test prompts of the built-in task it draws N_max
+candidates once per prompt and reads every smaller N off the first N of them (nested curves),
+reporting gold and proxy scores of the selected responses against the analytic Best-of-N KL
+log N - (N-1)/N, and what adaptive N reaches with how many samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rlhfops.config import Config, GenerationConfig
+from rlhfops.files import atomic_write_json
+from rlhfops.generation import generate
+from rlhfops.inference.cache import BoNCache, cache_key, directory_version
+from rlhfops.modeling import load_policy
+from rlhfops.reward.ensemble import RewardEnsemble
+from rlhfops.reward.functions import CompositeReward, PRMReward, load_ensembles
+from rlhfops.reward.prm import ProcessRewardModel
+from rlhfops.tasks.arithmetic import ArithmeticTask
+
+ScoreFn = Callable[..., list[float]]  # (prompts, completions, **columns) -> one score per completion
+
+
+@dataclass
+class BoNResult:
+    prompt: str
+    best: str  # candidates[best_index]
+    best_index: int
+    candidates: list[str]  # in sampling order
+    scores: list[float]  # score_fn's value of each candidate
+
+
+def best_of_n_kl(n: int) -> float:
+    """Analytic KL(best-of-n || policy) = log n - (n - 1) / n (0 at n=1, log 2 - 1/2 at n=2)."""
+    return math.log(n) - (n - 1) / n
+
+
+def select(prompt: str, candidates: list[str], scores: list[float]) -> BoNResult:
+    """The argmax candidate; `max` keeps the first of equal scores, so ties go to the lowest index."""
+    best_index = max(range(len(candidates)), key=lambda j: scores[j])
+    return BoNResult(prompt, candidates[best_index], best_index, list(candidates), list(scores))
+
+
+def sample(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    n: int,
+    *,
+    generation: GenerationConfig,
+    generator: torch.Generator | None,
+    batch_size: int,
+) -> list[list[str]]:
+    """n completions per prompt: rows of the repeated prompt list [p0 x n, p1 x n, ...], one
+    `generate` call per `batch_size` rows. Returns (len(prompts), n) texts."""
+    repeated = [p for p in prompts for _ in range(n)]
+    texts: list[str] = []
+    for i in range(0, len(repeated), batch_size):
+        texts += generate(
+            model,
+            tokenizer,
+            repeated[i : i + batch_size],
+            generation.max_new_tokens,
+            temperature=generation.temperature,
+            top_k=generation.top_k,
+            generator=generator,
+        ).texts
+    return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
+def score_candidates(score_fn: ScoreFn, prompts: list[str], candidates: list[list[str]]) -> list[list[float]]:
+    """One score_fn call over every (prompt, candidate) pair; scores shaped like `candidates`."""
+    flat_prompts = [p for p, cs in zip(prompts, candidates, strict=True) for _ in cs]
+    flat = [c for cs in candidates for c in cs]
+    scores = score_fn(flat_prompts, flat)
+    if len(scores) != len(flat) or any(s is None for s in scores):
+        raise ValueError(f"the score function must return a number for each of the {len(flat)} completions")
+    out, at = [], 0
+    for cs in candidates:
+        out.append([float(s) for s in scores[at : at + len(cs)]])
+        at += len(cs)
+    return out
+
+
+def best_of_n(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    n: int,
+    score_fn: ScoreFn,
+    *,
+    generation: GenerationConfig,
+    generator: torch.Generator | None = None,
+    batch_size: int = 256,
+    cache: BoNCache | None = None,
+    policy_version: str = "",
+    reward_version: str = "",
+) -> list[BoNResult]:
+    """The best of n samples for every prompt, in prompt order. With a `cache`, a prompt already
+    stored under (prompt, policy_version, reward_version, n) is served from it, not regenerated."""
+    if n < 1:
+        raise ValueError(f"Best-of-N needs n >= 1, got {n}")
+    if cache is not None and not (policy_version and reward_version):
+        raise ValueError("a Best-of-N cache needs both a policy_version and a reward_version to key its entries")
+    results: list[BoNResult | None] = [None] * len(prompts)
+    keys = [cache_key(p, policy_version, reward_version, n) for p in prompts] if cache is not None else []
+    if cache is not None:
+        for i, key in enumerate(keys):
+            hit = cache.get(key)
+            if hit is not None:
+                results[i] = BoNResult(**hit)
+    todo = [i for i, r in enumerate(results) if r is None]
+    if todo:
+        todo_prompts = [prompts[i] for i in todo]
+        candidates = sample(
+            model, tokenizer, todo_prompts, n, generation=generation, generator=generator, batch_size=batch_size
+        )
+        scores = score_candidates(score_fn, todo_prompts, candidates)
+        for i, prompt, cs, ss in zip(todo, todo_prompts, candidates, scores, strict=True):
+            results[i] = select(prompt, cs, ss)
+            if cache is not None:
+                cache.put(keys[i], asdict(results[i]))
+    return results  # type: ignore[return-value]  # every slot is filled above
+
+
+def make_scorer(cfg: Config, ensembles: dict[str, RewardEnsemble], prm: ProcessRewardModel | None) -> ScoreFn:
+    """The reward callable `cfg.best_of_n.scorer` names: `ensemble` the composite reward (the
+    configured scalarisation of the per-objective aggregates), `prm` the PRM solution score,
+    `both` their sum."""
+    scorer = cfg.best_of_n.scorer
+    if scorer in ("prm", "both") and prm is None:
+        raise ValueError(f"best_of_n.scorer is '{scorer}' but no process reward model was given")
+    if scorer == "ensemble":
+        return CompositeReward(ensembles, cfg, prm)
+    elif scorer == "prm":
+        return PRMReward(prm, cfg.prm.aggregation)
+    elif scorer == "both":
+        composite, prm_reward = CompositeReward(ensembles, cfg, prm), PRMReward(prm, cfg.prm.aggregation)
+
+        def composite_plus_prm(prompts: list[str], completions: list[str], **columns) -> list[float]:
+            pairs = zip(composite(prompts, completions), prm_reward(prompts, completions), strict=True)
+            return [a + b for a, b in pairs]
+
+        return composite_plus_prm
+    raise ValueError(f"unknown best_of_n.scorer '{scorer}'; expected ensemble, prm or both")
+
+
+# ---- adaptive N ----------------------------------------------------------------------------------
+
+
+def adaptive_counts(spreads: list[float], n: int, max_spread: float) -> list[int]:
+    """Samples per prompt: 1 where the first sample's spread <= max_spread, else n."""
+    return [1 if s <= max_spread else n for s in spreads]
+
+
+def first_sample_spreads(composite: CompositeReward, prompts: list[str], completions: list[str]) -> list[float]:
+    """Per prompt the mean over objectives of the ensemble std of its completion: (N, M) -> (N,)."""
+    return composite.vectors(prompts, completions)["spreads"].mean(1).tolist()
+
+
+def adaptive_best_of_n(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    n: int,
+    score_fn: ScoreFn,
+    composite: CompositeReward,
+    max_spread: float,
+    *,
+    generation: GenerationConfig,
+    generator: torch.Generator | None = None,
+    batch_size: int = 256,
+) -> tuple[list[BoNResult], list[int]]:
+    """Best-of-N with N chosen per prompt from the ensemble spread of a first sample (module
+    docstring). Returns the results and the samples each prompt used (1 or n)."""
+    kwargs = {"generation": generation, "generator": generator, "batch_size": batch_size}
+    candidates = sample(model, tokenizer, prompts, 1, **kwargs)
+    spreads = first_sample_spreads(composite, prompts, [cs[0] for cs in candidates])
+    counts = adaptive_counts(spreads, n, max_spread)
+    hard = [i for i, k in enumerate(counts) if k > 1]
+    if hard:
+        more = sample(model, tokenizer, [prompts[i] for i in hard], n - 1, **kwargs)
+        for i, extra in zip(hard, more, strict=True):
+            candidates[i] += extra
+    scores = score_candidates(score_fn, prompts, candidates)
+    results = [select(p, cs, ss) for p, cs, ss in zip(prompts, candidates, scores, strict=True)]
+    return results, counts
+
+
+# ---- the `bon` stage -----------------------------------------------------------------------------
+
+
+def _reward_version(cfg: Config, rm_dir: Path, prm_dir: Path | None) -> str:
+    """Everything the scorer's numbers depend on: weights of every ensemble and the PRM, and the
+    config that combines them."""
+    parts = {
+        "scorer": cfg.best_of_n.scorer,
+        "ensembles": {o: directory_version(rm_dir / o) for o in cfg.reward.objectives},
+        "prm": directory_version(prm_dir) if prm_dir is not None else None,
+        "reward": cfg.reward.model_dump(mode="json", exclude={"data", "lr", "epochs", "max_steps", "batch_size"}),
+        "scalarisation": cfg.scalarisation.model_dump(mode="json"),
+        "shaping": cfg.shaping.model_dump(mode="json"),
+        "prm_aggregation": cfg.prm.aggregation,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _policy_version(cfg: Config, policy_dir: Path) -> str:
+    """The policy's weights and the decoding settings its samples were drawn with."""
+    parts = {"weights": directory_version(policy_dir), "generation": cfg.generation.model_dump(mode="json")}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def evaluate_best_of_n(
+    cfg: Config,
+    policy_dir: str | Path,
+    rm_dir: str | Path,
+    prm_dir: str | Path | None,
+    out_path: str | Path,
+    cache_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Best-of-N curves and adaptive N on `best_of_n.n_prompts` test prompts; writes `out_path`.
+
+    Returns (and writes as JSON)
+        curve     per N in n_values: gold (mean gold composite of the selected responses: the
+                  mean of the task's judge objectives), proxy (mean scorer value), samples_per_prompt,
+                  samples (total), kl (log N - (N-1)/N)
+        adaptive  gold, proxy, samples, mean_samples_per_prompt, hard_prompts, share_of_gain
+                  ((gold_adaptive - gold_1) / (gold_max - gold_1), None when gold_max == gold_1),
+                  share_of_samples (its samples / N_max's)
+    """
+    bon = cfg.best_of_n
+    rm_dir, prm_dir = Path(rm_dir), (Path(prm_dir) if prm_dir is not None else None)
+    task = ArithmeticTask(cfg.task, seed=cfg.seed)
+    examples = task.examples("test", bon.n_prompts)
+    prompts = [ex.prompt for ex in examples]
+    tokenizer, model = load_policy(policy_dir)
+    ensembles = load_ensembles(rm_dir, cfg.reward.objectives)
+    prm = ProcessRewardModel.load(prm_dir) if prm_dir is not None else None
+    scorer = make_scorer(cfg, ensembles, prm)
+    composite = CompositeReward(ensembles, cfg, prm)
+
+    n_max = max(bon.n_values)
+    n_draw = max(n_max, bon.n)  # adaptive N reads its candidates off the same draws
+    cache = BoNCache(cache_dir, int(bon.cache_max_mb * 2**20)) if cache_dir is not None else None
+    results = best_of_n(
+        model,
+        tokenizer,
+        prompts,
+        n_draw,
+        scorer,
+        generation=cfg.generation,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        batch_size=bon.batch_size,
+        cache=cache,
+        policy_version=_policy_version(cfg, Path(policy_dir)) if cache is not None else "",
+        reward_version=_reward_version(cfg, rm_dir, prm_dir) if cache is not None else "",
+    )
+    gold = [[fmean(task.judge(ex, c).values()) for c in r.candidates] for ex, r in zip(examples, results, strict=True)]
+
+    def selected(counts: list[int]) -> tuple[float, float]:
+        """(mean gold, mean proxy) of the argmax over each prompt's first counts[i] candidates."""
+        picks = [
+            select(r.prompt, r.candidates[:k], r.scores[:k]).best_index for r, k in zip(results, counts, strict=True)
+        ]
+        return (
+            fmean(g[j] for g, j in zip(gold, picks, strict=True)),
+            fmean(r.scores[j] for r, j in zip(results, picks, strict=True)),
+        )
+
+    curve = []
+    for n in bon.n_values:
+        gold_n, proxy_n = selected([n] * len(prompts))
+        curve.append(
+            {
+                "n": n,
+                "gold": gold_n,
+                "proxy": proxy_n,
+                "samples_per_prompt": n,
+                "samples": n * len(prompts),
+                "kl": best_of_n_kl(n),
+            }
+        )
+
+    spreads = first_sample_spreads(composite, prompts, [r.candidates[0] for r in results])
+    counts = adaptive_counts(spreads, bon.n, bon.adaptive_spread)
+    gold_adaptive, proxy_adaptive = selected(counts)
+    gold_1, _ = selected([1] * len(prompts))
+    gold_max, _ = selected([n_max] * len(prompts))
+    gain = gold_max - gold_1
+    adaptive = {
+        "n": bon.n,
+        "max_spread": bon.adaptive_spread,
+        "gold": gold_adaptive,
+        "proxy": proxy_adaptive,
+        "samples": sum(counts),
+        "mean_samples_per_prompt": sum(counts) / len(prompts),
+        "hard_prompts": sum(k > 1 for k in counts),
+        "share_of_gain": (gold_adaptive - gold_1) / gain if gain != 0 else None,
+        "share_of_samples": sum(counts) / (n_max * len(prompts)),
+    }
+    report = {
+        "n_prompts": len(prompts),
+        "scorer": bon.scorer,
+        "n_max": n_max,
+        "curve": curve,
+        "adaptive": adaptive,
+    }
+    atomic_write_json(out_path, report)
+    return report
