@@ -202,3 +202,16 @@ def test_cli_tune_weights(workspace):
     assert utility["random_candidate"] <= utility["oracle"]
     assert all(0 <= v <= 1 for v in utility.values())
     assert (root / "models" / "reward" / "weights.json").exists()
+
+
+def test_cli_bon(workspace):
+    root, _ = workspace
+    args = ["-c", "smoke", "-w", str(root), *[x for o in OVERRIDES for x in ("--set", o)]]
+    if not (root / "models" / "reward" / "summary.json").exists():  # when run on its own
+        assert CliRunner().invoke(app, ["train-rm", *args, "--json"]).exit_code == 0
+    bon_args = ["--set", "best_of_n.n_values=[1, 2]", "--set", "best_of_n.n=2", "--set", "best_of_n.n_prompts=4"]
+    result = CliRunner().invoke(app, ["bon", *args, *bon_args, "--json"])
+    assert result.exit_code == 0, result.output
+    curve = json.loads(result.stdout)["curve"]
+    assert [row["n"] for row in curve] == [1, 2] and curve[1]["samples"] == 8
+    assert (root / "eval" / "bon-sft.json").exists()

@@ -369,6 +369,50 @@ def train_policy(
         console.print(f"policy in {out}/")
 
 
+@app.command()
+def bon(
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = Path("workspace"),
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="Policy directory; default: the SFT policy.")
+    ] = None,
+) -> None:
+    """Best-of-N evaluation: gold and proxy score for each N in best_of_n.n_values, and adaptive N."""
+    from rich.table import Table
+
+    from rlhfops.inference.best_of_n import evaluate_best_of_n
+
+    cfg, ws = _setup(config, set_, workspace)
+    policy = model or _require_policy(ws)
+    prm_dir = ws.model_dir("prm") if (ws.model_dir("prm") / "config.json").exists() else None
+    try:
+        result = evaluate_best_of_n(
+            cfg,
+            policy,
+            ws.model_dir("reward"),
+            prm_dir,
+            ws.eval_path(f"bon-{policy.name}"),
+            cache_dir=ws.root / "cache" / "bon",
+        )
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    if json_out:
+        _emit_json(result)
+        return
+    table = Table(title=f"Best-of-N on {result['n_prompts']} test prompts (scorer: {result['scorer']})")
+    for col in ("N", "gold", "proxy", "samples", "KL bound"):
+        table.add_column(col, justify="right")
+    for row in result["curve"]:
+        table.add_row(
+            str(row["n"]), f"{row['gold']:.3f}", f"{row['proxy']:.3f}", str(row["samples"]), f"{row['kl']:.3f}"
+        )
+    a = result["adaptive"]
+    table.add_row(f"adaptive (max {a['n']})", f"{a['gold']:.3f}", f"{a['proxy']:.3f}", str(a["samples"]), "-")
+    console.print(table)
+
+
 def _load_prm(ws: Workspace):
     from rlhfops.reward.prm import ProcessRewardModel
 

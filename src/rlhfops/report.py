@@ -8,6 +8,7 @@
     weights     `rlhfops tune-weights`      <ws>/models/reward/weights.json
     scoring     `benchmarks/ensemble_scoring.py --out <ws>/bench/ensemble_scoring.json`
     kinds       `benchmarks/ensemble_kinds.py --out <ws>/bench/ensemble_kinds.json`
+    bon         `rlhfops bon`               <ws>/eval/bon-sft.json
 """
 
 from __future__ import annotations
@@ -140,12 +141,30 @@ def weights_block(ws: Workspace) -> str:
     return "\n".join(lines)
 
 
+def bon_block(ws: Workspace) -> str:
+    result = _read(ws.eval_path("bon-sft"), "rlhfops bon")
+    lines = [
+        f"{result['n_prompts']} test prompts, scorer `{result['scorer']}`; gold = mean gold composite of the picked "
+        "response, proxy = the scorer's value, KL = the analytic bound log N - (N-1)/N:",
+        "",
+        "| N | gold | proxy | samples | KL |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {r['n']} | {r['gold']:.3f} | {r['proxy']:.3f} | {r['samples']} | {r['kl']:.3f} |" for r in result["curve"]
+    ]
+    a = result["adaptive"]
+    lines.append(f"| adaptive (<= {a['n']}) | {a['gold']:.3f} | {a['proxy']:.3f} | {a['samples']} | - |")
+    return "\n".join(lines)
+
+
 BLOCKS = {
     "gold-eval": gold_eval_block,
     "reward": reward_block,
     "weights": weights_block,
     "scoring": scoring_block,
     "kinds": kinds_block,
+    "bon": bon_block,
 }
 
 
