@@ -98,3 +98,17 @@ def test_reward_scoring_and_kinds_blocks(tmp_path):
     (ws.model_dir("reward") / "weights.json").write_text(json.dumps(weights))
     block = BLOCKS["weights"](ws)
     assert "helpfulness 0.75, honesty 0.25" in block and "| grid best | 0.625 |" in block
+
+
+def test_bon_block(tmp_path):
+    from rlhfops.report import BLOCKS
+
+    ws = Workspace(tmp_path)
+    curve = [{"n": 1, "gold": 0.5, "proxy": 0.1, "samples": 8, "kl": 0.0}]
+    adaptive = {"n": 16, "gold": 0.6, "proxy": 0.2, "samples": 12}
+    ws.eval_path("bon-sft").parent.mkdir(parents=True)
+    ws.eval_path("bon-sft").write_text(
+        json.dumps({"n_prompts": 8, "scorer": "ensemble", "curve": curve, "adaptive": adaptive})
+    )
+    block = BLOCKS["bon"](ws)
+    assert "| 1 | 0.500 | 0.100 | 8 | 0.000 |" in block and "| adaptive (<= 16) | 0.600 | 0.200 | 12 | - |" in block
