@@ -219,6 +219,9 @@ class PolicyConfig(Section):
     prompts_per_step: int = Field(32, ge=1, description="prompts per rollout batch")
     group_size: int = Field(4, ge=2, description="GRPO/RLOO: completions per prompt")
     lr: float = Field(3e-5, gt=0)
+    critic_lr: float = Field(
+        1e-3, gt=0, description="PPO critic (value head or model) learning rate: it must track returns fast"
+    )
     max_new_tokens: int = Field(40, ge=1)
     temperature: float = Field(1.0, gt=0)
     kl_coef: float = Field(0.05, ge=0, description="per-token KL penalty (PPO) / beta (GRPO, RLOO)")

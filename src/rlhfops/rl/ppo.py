@@ -192,7 +192,12 @@ def train_ppo(
         prm = ProcessRewardModel.load(prm_dir)
     if reward_fn is None:
         reward_fn = make_reward(cfg, Path(rm_dir) if rm_dir else None, prm if cfg.reward.prm_weight > 0 else None)
-    optimizer = torch.optim.AdamW([*actor.parameters(), *critic.parameters()], lr=pc.lr, eps=1e-5)
+    # The critic gets its own learning rate: a value head that lags the returns gives advantages
+    # that are mostly prompt-type noise (explained variance near 0), and the policy drifts.
+    optimizer = torch.optim.AdamW(
+        [{"params": list(actor.parameters()), "lr": pc.lr}, {"params": list(critic.parameters()), "lr": pc.critic_lr}],
+        eps=1e-5,
+    )
     actor, critic, optimizer = accelerator.prepare(actor, critic, optimizer)
     kl_ctl = AdaptiveKLController(pc.kl_coef, pc.target_kl, pc.kl_horizon) if pc.target_kl else None
     kl_coef = pc.kl_coef
