@@ -112,3 +112,18 @@ def test_bon_block(tmp_path):
     )
     block = BLOCKS["bon"](ws)
     assert "| 1 | 0.500 | 0.100 | 8 | 0.000 |" in block and "| adaptive (<= 16) | 0.600 | 0.200 | 12 | - |" in block
+
+
+def test_policy_block(tmp_path):
+    from rlhfops.report import BLOCKS
+
+    ws = Workspace(tmp_path)
+    ws.eval_path("sft").parent.mkdir(parents=True)
+    ws.eval_path("sft").write_text(json.dumps(_result(0.5)))
+    with pytest.raises(FileNotFoundError, match="train-policy"):
+        BLOCKS["policy"](ws)
+    ws.eval_path("ppo").write_text(json.dumps(_result(0.75)))
+    ws.model_dir("ppo").mkdir(parents=True)
+    (ws.model_dir("ppo") / "train_log.json").write_text(json.dumps([{"update": 1}, {"update": 2}]))
+    block = BLOCKS["policy"](ws)
+    assert "| gold helpfulness | 0.500 | 0.750 |" in block and "| updates | - | 2 |" in block

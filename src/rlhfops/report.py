@@ -9,6 +9,7 @@
     scoring     `benchmarks/ensemble_scoring.py --out <ws>/bench/ensemble_scoring.json`
     kinds       `benchmarks/ensemble_kinds.py --out <ws>/bench/ensemble_kinds.json`
     bon         `rlhfops bon`               <ws>/eval/bon-sft.json
+    policy      `rlhfops train-policy`      <ws>/eval/{sft,ppo,grpo,rloo}.json
 """
 
 from __future__ import annotations
@@ -158,6 +159,25 @@ def bon_block(ws: Workspace) -> str:
     return "\n".join(lines)
 
 
+def policy_block(ws: Workspace) -> str:
+    """SFT beside every optimised policy the workspace holds an evaluation of."""
+    results = {"sft": _read(ws.eval_path("sft"), "rlhfops run")}
+    for name in ("ppo", "grpo", "rloo"):
+        if ws.eval_path(name).exists():
+            results[name] = json.loads(ws.eval_path(name).read_text())
+    if len(results) == 1:
+        raise FileNotFoundError(f"no policy evaluation in '{ws.eval_path('ppo').parent}'; run `rlhfops train-policy`")
+    for name in results:
+        if name != "sft":
+            log = _read(ws.model_dir(name) / "train_log.json", "rlhfops train-policy")
+            results[name]["_updates"] = len(log) if name == "ppo" else max(r.get("step", 0) for r in log)
+    lines = ["| metric | " + " | ".join(results) + " |", "| --- |" + " ---: |" * len(results)]
+    for label, get in ROWS[:7]:
+        lines.append(f"| {label} | " + " | ".join(f"{get(r):.3f}" for r in results.values()) + " |")
+    lines.append("| updates | " + " | ".join(str(r.get("_updates", "-")) for r in results.values()) + " |")
+    return "\n".join(lines)
+
+
 BLOCKS = {
     "gold-eval": gold_eval_block,
     "reward": reward_block,
@@ -165,6 +185,7 @@ BLOCKS = {
     "scoring": scoring_block,
     "kinds": kinds_block,
     "bon": bon_block,
+    "policy": policy_block,
 }
 
 
