@@ -173,7 +173,8 @@ def policy_block(ws: Workspace) -> str:
             results[name]["_updates"] = len(log) if name == "ppo" else max(r.get("step", 0) for r in log)
     lines = ["| metric | " + " | ".join(results) + " |", "| --- |" + " ---: |" * len(results)]
     for label, get in ROWS[:7]:
-        lines.append(f"| {label} | " + " | ".join(f"{get(r):.3f}" for r in results.values()) + " |")
+        cells = ["-" if get(r) is None else f"{get(r):.3f}" for r in results.values()]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("| updates | " + " | ".join(str(r.get("_updates", "-")) for r in results.values()) + " |")
     return "\n".join(lines)
 
