@@ -111,3 +111,17 @@ def test_shipped_accelerate_configs_load(configs_dir, name):
     config = load_config_from_file(str(configs_dir / "accelerate" / f"{name}.yaml"))
     assert config.distributed_type == "DEEPSPEED"
     assert config.deepspeed_config["zero_stage"] == int(name[-1])
+
+
+def test_ppo_with_dense_prm_rewards_runs(init_dir, tmp_path):
+    """The process-supervision path: PRM step rewards on the separators are logged and trained on."""
+    from rlhfops.reward.prm import train_prm_on_task
+
+    cfg = load_config("smoke", ["prm.max_steps=5", "prm.n_prompts=40", "prm.n_val_prompts=20"])
+    prm = tmp_path / "prm"
+    train_prm_on_task(cfg, init_dir, tmp_path / "steps", prm, progress=False)
+    cfg = load_config("smoke", [*SYNTHETIC, "policy.steps=2", "policy.dense_prm=true", "policy.max_new_tokens=16"])
+    out = train_ppo(cfg, init_dir, tmp_path / "ppo", prm_dir=prm, progress=False, reward_fn=ends_with_7)
+    assert all("reward/dense_prm" in row for row in _log(out))
+    with pytest.raises(ValueError, match="need a process reward model"):
+        train_ppo(cfg, init_dir, tmp_path / "ppo2", progress=False, reward_fn=ends_with_7)
