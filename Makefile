@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: setup demo test lint format clean readme rewards bench-scoring bench-kinds
+.PHONY: setup demo test lint format clean readme rewards bench-scoring bench-kinds bench-ppo
 
 setup: $(VENV)/.installed
 
@@ -45,6 +45,9 @@ bench-scoring: setup
 
 bench-kinds: setup
 	$(BIN)/python benchmarks/ensemble_kinds.py --out workspace/bench/ensemble_kinds.json
+
+bench-ppo: setup
+	$(BIN)/python benchmarks/ppo_vs_rloo.py --steps 30 --out workspace/bench/ppo_vs_rloo.json
 
 # Rewrite the README's result blocks from the workspace (after demo, rewards, bench-scoring, bench-kinds).
 readme: setup

@@ -127,3 +127,14 @@ def test_policy_block(tmp_path):
     (ws.model_dir("ppo") / "train_log.json").write_text(json.dumps([{"update": 1}, {"update": 2}]))
     block = BLOCKS["policy"](ws)
     assert "| gold helpfulness | 0.500 | 0.750 |" in block and "| updates | - | 2 |" in block
+
+
+def test_throughput_block(tmp_path):
+    from rlhfops.report import BLOCKS
+
+    ws = Workspace(tmp_path)
+    (ws.root / "bench").mkdir(parents=True)
+    (ws.root / "bench" / "ppo_vs_rloo.json").write_text(
+        json.dumps({"steps": 3, "completions": 8, "ppo": 50.0, "rloo": 100.0})
+    )
+    assert "ratio 0.50x" in BLOCKS["throughput"](ws)

@@ -10,6 +10,7 @@
     kinds       `benchmarks/ensemble_kinds.py --out <ws>/bench/ensemble_kinds.json`
     bon         `rlhfops bon`               <ws>/eval/bon-sft.json
     policy      `rlhfops train-policy`      <ws>/eval/{sft,ppo,grpo,rloo}.json
+    throughput  `benchmarks/ppo_vs_rloo.py --out <ws>/bench/ppo_vs_rloo.json`
 """
 
 from __future__ import annotations
@@ -179,6 +180,15 @@ def policy_block(ws: Workspace) -> str:
     return "\n".join(lines)
 
 
+def throughput_block(ws: Workspace) -> str:
+    bench = _read(ws.root / "bench" / "ppo_vs_rloo.json", "make bench-ppo")
+    return (
+        f"{bench['steps']} updates x {bench['completions']} completions from the SFT policy: PPO "
+        f"{bench['ppo']:.1f} completions/s, TRL RLOOTrainer {bench['rloo']:.1f} completions/s, "
+        f"ratio {bench['ppo'] / bench['rloo']:.2f}x."
+    )
+
+
 BLOCKS = {
     "gold-eval": gold_eval_block,
     "reward": reward_block,
@@ -187,6 +197,7 @@ BLOCKS = {
     "kinds": kinds_block,
     "bon": bon_block,
     "policy": policy_block,
+    "throughput": throughput_block,
 }
 
 

@@ -1,0 +1,67 @@
+"""PPO (rl/ppo.py) vs TRL's RLOOTrainer: training throughput on the same model, batch and length.
+
+    python benchmarks/ppo_vs_rloo.py [--workspace workspace] [--steps 10] [--completions 32]
+
+Both start from the workspace's SFT policy, optimise the exact gold reward, and see the same
+number of completions per update (`--completions`: PPO samples that many prompts once; RLOO
+samples completions/4 prompts 4 times) of the same maximum length. Prints completions per
+second including generation, reward and update (wall clock of the whole training call, so
+model loading and the final save are in both), and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from rlhfops.config import load_config
+from rlhfops.rl.ppo import train_ppo
+from rlhfops.rl.trl_online import train_trl_online
+from rlhfops.workspace import Workspace
+
+GROUP = 4
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", type=Path, default=Path("workspace"))
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--completions", type=int, default=32)
+    parser.add_argument("--out", type=Path, help="also write the measurements as JSON here")
+    args = parser.parse_args()
+    policy = Workspace(args.workspace).model_dir("sft")
+    if not (policy / "config.json").exists():
+        raise SystemExit(f"error: no SFT policy in '{policy}'; run `rlhfops run` first")
+    common = ["policy.reward=gold", f"policy.steps={args.steps}", "policy.eval_prompts=1"]
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="rlhfops-bench-") as scratch:
+        cfg = load_config(None, [*common, "policy.algorithm=ppo", f"policy.prompts_per_step={args.completions}"])
+        start = time.perf_counter()
+        train_ppo(cfg, policy, Path(scratch) / "ppo", progress=False)
+        results["ppo"] = args.steps * args.completions / (time.perf_counter() - start)
+        cfg = load_config(
+            None,
+            [
+                *common,
+                "policy.algorithm=rloo",
+                f"policy.prompts_per_step={args.completions // GROUP}",
+                f"policy.group_size={GROUP}",
+            ],
+        )
+        start = time.perf_counter()
+        train_trl_online(cfg, policy, None, Path(scratch) / "rloo", progress=False)
+        results["rloo"] = args.steps * args.completions / (time.perf_counter() - start)
+    print(f"{args.steps} updates x {args.completions} completions, max {cfg.policy.max_new_tokens} new tokens")
+    print(f"PPO (rlhfops)      {results['ppo']:8.1f} completions/s")
+    print(f"RLOO (TRL trainer) {results['rloo']:8.1f} completions/s")
+    print(f"ratio PPO / RLOO   {results['ppo'] / results['rloo']:8.2f}x")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"steps": args.steps, "completions": args.completions, **results}))
+
+
+if __name__ == "__main__":
+    main()
