@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: setup demo test lint format clean readme rewards bench-scoring bench-kinds bench-ppo
+.PHONY: setup demo test lint format clean readme rewards bench-scoring bench-kinds bench-ppo bench-dense-prm
 
 setup: $(VENV)/.installed
 
@@ -48,6 +48,9 @@ bench-kinds: setup
 
 bench-ppo: setup
 	$(BIN)/python benchmarks/ppo_vs_rloo.py --steps 30 --out workspace/bench/ppo_vs_rloo.json
+
+bench-dense-prm: setup
+	$(BIN)/python benchmarks/ppo_dense_prm.py --out workspace/bench/ppo_dense_prm.json
 
 # Rewrite the README's result blocks from the workspace (after demo, rewards, bench-scoring, bench-kinds).
 readme: setup

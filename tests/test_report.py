@@ -138,3 +138,15 @@ def test_throughput_block(tmp_path):
         json.dumps({"steps": 3, "completions": 8, "ppo": 50.0, "rloo": 100.0})
     )
     assert "ratio 0.50x" in BLOCKS["throughput"](ws)
+
+
+def test_dense_prm_block(tmp_path):
+    from rlhfops.report import BLOCKS
+
+    ws = Workspace(tmp_path)
+    (ws.root / "bench").mkdir(parents=True)
+    row = {"seconds": 10.0, "gold_composite": 0.8, "solve_accuracy": 0.4, "step_validity": 0.6}
+    runs = {"outcome": [row, {**row, "gold_composite": 0.9}], "dense_prm": [row]}
+    (ws.root / "bench" / "ppo_dense_prm.json").write_text(json.dumps(runs))
+    block = BLOCKS["dense-prm"](ws)
+    assert "| outcome only | 2 | 0.850 +- 0.050 |" in block and "| outcome + dense PRM steps | 1 |" in block

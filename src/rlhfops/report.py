@@ -11,6 +11,7 @@
     bon         `rlhfops bon`               <ws>/eval/bon-sft.json
     policy      `rlhfops train-policy`      <ws>/eval/{sft,ppo,grpo,rloo}.json
     throughput  `benchmarks/ppo_vs_rloo.py --out <ws>/bench/ppo_vs_rloo.json`
+    dense-prm   `benchmarks/ppo_dense_prm.py --out <ws>/bench/ppo_dense_prm.json`
 """
 
 from __future__ import annotations
@@ -189,6 +190,25 @@ def throughput_block(ws: Workspace) -> str:
     )
 
 
+def dense_prm_block(ws: Workspace) -> str:
+    from statistics import fmean, pstdev
+
+    runs = _read(ws.root / "bench" / "ppo_dense_prm.json", "make bench-dense-prm")
+    lines = [
+        "| PPO reward | seeds | gold composite | solve accuracy | step validity | seconds per run |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for variant, rows in runs.items():
+        cells = [
+            f"{fmean(r[k] for r in rows):.3f} +- {pstdev(r[k] for r in rows):.3f}"
+            for k in ("gold_composite", "solve_accuracy", "step_validity")
+        ]
+        seconds = fmean(r["seconds"] for r in rows)
+        label = "outcome only" if variant == "outcome" else "outcome + dense PRM steps"
+        lines.append(f"| {label} | {len(rows)} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+    return "\n".join(lines) + "\n\nMean +- population std over seeds; test split, 4 samples per prompt."
+
+
 BLOCKS = {
     "gold-eval": gold_eval_block,
     "reward": reward_block,
@@ -198,6 +218,7 @@ BLOCKS = {
     "bon": bon_block,
     "policy": policy_block,
     "throughput": throughput_block,
+    "dense-prm": dense_prm_block,
 }
 
 

@@ -1,0 +1,74 @@
+"""PPO with dense PRM step rewards vs outcome-only PPO, same budget, several seeds.
+
+    python benchmarks/ppo_dense_prm.py [--workspace workspace] [--seeds 0 1 2]
+
+Both optimise the exact gold outcome reward from the workspace's SFT policy with the default
+`policy.*` budget; the dense variant also gets `policy.prm_step_coef * (2p - 1)` at every
+step separator from the workspace's PRM (`rlhfops train-prm`). Each result is gold-evaluated on
+the test split (`eval.*` defaults); prints mean and spread (population std) over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from rlhfops.config import load_config
+from rlhfops.evaluation import evaluate
+from rlhfops.modeling import load_policy
+from rlhfops.rl.ppo import train_ppo
+from rlhfops.tasks.arithmetic import ArithmeticTask
+from rlhfops.workspace import Workspace
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", type=Path, default=Path("workspace"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, help="also write the measurements as JSON here")
+    args = parser.parse_args()
+    ws = Workspace(args.workspace)
+    policy, prm = ws.model_dir("sft"), ws.model_dir("prm")
+    if not (prm / "config.json").exists():
+        raise SystemExit(f"error: no PRM in '{prm}'; run `rlhfops train-prm` first")
+    runs: dict[str, list[dict]] = {"outcome": [], "dense_prm": []}
+    with tempfile.TemporaryDirectory(prefix="rlhfops-bench-") as scratch:
+        for seed in args.seeds:
+            for variant in runs:
+                cfg = load_config(
+                    None, ["policy.reward=gold", f"seed={seed}", f"policy.dense_prm={variant == 'dense_prm'}"]
+                )
+                start = time.perf_counter()
+                out = train_ppo(cfg, policy, Path(scratch) / f"{variant}-{seed}", prm_dir=prm, progress=False)
+                seconds = time.perf_counter() - start
+                tokenizer, model = load_policy(out)
+                result = evaluate(model, tokenizer, ArithmeticTask(cfg.task, seed=0), load_config(None))
+                runs[variant].append(
+                    {
+                        "seed": seed,
+                        "seconds": seconds,
+                        "gold_composite": result["gold_composite"],
+                        "solve_accuracy": result["solve_accuracy"],
+                        "step_validity": result["step_validity"],
+                    }
+                )
+                print(
+                    f"seed {seed} {variant:<9} gold {result['gold_composite']:.3f} "
+                    f"solve {result['solve_accuracy']:.3f} steps {result['step_validity']:.3f} ({seconds:.0f} s)",
+                    flush=True,
+                )
+    for variant, rows in runs.items():
+        for key in ("gold_composite", "solve_accuracy", "step_validity"):
+            values = [r[key] for r in rows]
+            print(f"{variant:<9} {key:<15} {statistics.fmean(values):.3f} +- {statistics.pstdev(values):.3f}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(runs, indent=2))
+
+
+if __name__ == "__main__":
+    main()
