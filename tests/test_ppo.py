@@ -125,3 +125,16 @@ def test_ppo_with_dense_prm_rewards_runs(init_dir, tmp_path):
     assert all("reward/dense_prm" in row for row in _log(out))
     with pytest.raises(ValueError, match="need a process reward model"):
         train_ppo(cfg, init_dir, tmp_path / "ppo2", progress=False, reward_fn=ends_with_7)
+
+
+def test_weighted_gold_reward_with_and_without_shaping():
+    from rlhfops.rl.ppo import WeightedGold
+
+    cfg = load_config("smoke")
+    prompt, wrong = "q: 2+3*4?\n", "3*4=12\n2+12=15\nanswer: 15"
+    right = "3*4=12\n2+12=14\nanswer: 14"
+    assert WeightedGold(cfg)([prompt], [wrong]) == [pytest.approx(0.75)]  # wrong but consistent: honest
+    cfg.shaping.enabled = True
+    shaped_wrong, shaped_right = WeightedGold(cfg)([prompt, prompt], [wrong, right])
+    assert shaped_wrong == pytest.approx(0.75 + 0.25 * min(cfg.shaping.cap, 0.1 + 0.2 * 0.5 + 0.1))
+    assert shaped_wrong < 1.0 <= shaped_right  # partial credit never outweighs the right answer

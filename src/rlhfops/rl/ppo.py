@@ -39,7 +39,7 @@ from rlhfops.config import Config
 from rlhfops.evaluation import score_responses
 from rlhfops.generation import generate, generate_batched
 from rlhfops.modeling import load_policy, save_policy
-from rlhfops.reward.functions import CompositeReward, GoldReward, load_ensembles
+from rlhfops.reward.functions import CompositeReward, GoldReward, ShapingReward, load_ensembles
 from rlhfops.rl.losses import (
     AdaptiveKLController,
     dense_step_rewards,
@@ -62,15 +62,19 @@ VALUE_HEAD = "value_head.safetensors"
 
 
 class WeightedGold:
-    """The gold judges combined by the scalarisation weights (a verifiable reward for PPO)."""
+    """The gold judges combined by the scalarisation weights (a verifiable reward for PPO), plus
+    shaping when `shaping.enabled`, scaled by the helpfulness weight: shaping is partial credit
+    toward a correct answer, so it stays below that weight's outcome gap (cap < 1)."""
 
     __name__ = "gold_weighted"
 
     def __init__(self, cfg: Config):
         self.parts = [(GoldReward(o), cfg.scalarisation.weights.get(o, 0.0)) for o in cfg.reward.objectives]
+        self.shaping = ShapingReward(cfg)
+        self.shaping_scale = cfg.scalarisation.weights.get("helpfulness", 0.0)
 
     def __call__(self, prompts: list[str], completions: list[str], **columns) -> list[float]:
-        totals = [0.0] * len(prompts)
+        totals = [self.shaping_scale * b for b in self.shaping(prompts, completions)]
         for reward, weight in self.parts:
             for i, r in enumerate(reward(prompts, completions)):
                 totals[i] += weight * r
