@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForSequenceClassification, LlamaModel
+from transformers import LlamaForSequenceClassification, LlamaModel
 
 from rlhfops.config import Config
-from rlhfops.modeling import build_char_tokenizer
+from rlhfops.modeling import build_char_tokenizer, tiny_llama_config
 from rlhfops.reward.ensemble import pooled_last_token
 from rlhfops.reward.stacked import StackedLlamaScorer
 from rlhfops.tasks.arithmetic import ArithmeticTask
@@ -48,22 +48,12 @@ def main() -> None:
     cfg = Config()
     tok = build_char_tokenizer()
     tok.padding_side = "right"
-    m = cfg.model
-    llama = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=m.hidden_size,
-        intermediate_size=m.intermediate_size,
-        num_hidden_layers=m.num_hidden_layers,
-        num_attention_heads=m.num_attention_heads,
-        num_key_value_heads=m.num_key_value_heads,
-        pad_token_id=tok.pad_token_id,
-        num_labels=1,
-    )
+    llama = tiny_llama_config(cfg.model, tok, num_labels=1)
     torch.manual_seed(0)
     members = [LlamaForSequenceClassification(llama).eval() for _ in range(args.members)]
     stacked = StackedLlamaScorer(members)
     trunk = LlamaModel(llama).eval()
-    heads = torch.randn(args.members, m.hidden_size)
+    heads = torch.randn(args.members, cfg.model.hidden_size)
     examples = ArithmeticTask(cfg.task).examples("test", max(args.batches))
     texts = [ex.prompt + ex.reference + tok.eos_token for ex in examples]
 

@@ -51,9 +51,9 @@ def build_char_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def build_tiny_llama(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
+def tiny_llama_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, **extra) -> LlamaConfig:
+    """The Llama config `model.*` describes, for this tokenizer (`extra`: e.g. num_labels=1)."""
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
@@ -65,8 +65,13 @@ def build_tiny_llama(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed:
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        **extra,
     )
-    return LlamaForCausalLM(config)
+
+
+def build_tiny_llama(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(tiny_llama_config(cfg, tokenizer))
 
 
 def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:

@@ -130,14 +130,14 @@ def best_of_n(
             hit = cache.get(key)
             if hit is not None:
                 results[i] = BoNResult(**hit)
-    todo = [i for i, r in enumerate(results) if r is None]
-    if todo:
-        todo_prompts = [prompts[i] for i in todo]
+    uncached = [i for i, r in enumerate(results) if r is None]
+    if uncached:
+        uncached_prompts = [prompts[i] for i in uncached]
         candidates = sample(
-            model, tokenizer, todo_prompts, n, generation=generation, generator=generator, batch_size=batch_size
+            model, tokenizer, uncached_prompts, n, generation=generation, generator=generator, batch_size=batch_size
         )
-        scores = score_candidates(score_fn, todo_prompts, candidates)
-        for i, prompt, cs, ss in zip(todo, todo_prompts, candidates, scores, strict=True):
+        scores = score_candidates(score_fn, uncached_prompts, candidates)
+        for i, prompt, cs, ss in zip(uncached, uncached_prompts, candidates, scores, strict=True):
             results[i] = select(prompt, cs, ss)
             if cache is not None:
                 cache.put(keys[i], asdict(results[i]))
