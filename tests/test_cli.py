@@ -39,3 +39,15 @@ def test_sft_then_eval_json(tmp_path):
     result = json.loads(ev.stdout)
     assert result["model"].endswith("sft") and result["n_prompts"] == 8
     assert json.loads((tmp_path / "ws" / "eval" / "sft.json").read_text()) == result
+
+
+def test_run_trains_and_evaluates_beside_the_untrained_policy(tmp_path):
+    ws = tmp_path / "ws"
+    result = runner.invoke(
+        app, ["run", "-c", "smoke", "-w", str(ws), "--set", "sft.max_steps=5", "--set", "eval.n_test=8", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    results = json.loads(result.stdout)
+    assert set(results) == {"untrained", "sft"}
+    assert results["untrained"]["model"] == "untrained" and results["sft"]["n_prompts"] == 8
+    assert (ws / "eval" / "untrained.json").exists() and (ws / "models" / "sft" / "model.safetensors").exists()
