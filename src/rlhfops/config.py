@@ -248,6 +248,31 @@ class PolicyConfig(Section):
     eval_prompts: int = Field(128, ge=1)
 
 
+class OfflineConfig(Section):
+    """Offline RL on logged (prompt, response, reward) tuples: token-level IQL / CQL / ILQL."""
+
+    method: Literal["iql", "cql", "ilql"] = Field(
+        "ilql", description="iql: expectile V, no conservative term; cql: tau 0.5 + conservative; ilql: both"
+    )
+    gamma: float = Field(0.99, ge=0, le=1)
+    tau: float = Field(0.7, gt=0, lt=1, description="expectile of the V loss (iql, ilql)")
+    cql_alpha: float = Field(0.1, ge=0, description="weight of the conservative term (cql, ilql)")
+    awac_beta: float = Field(1.0, ge=0, description="advantage weighting exp(beta * (Q - V)) of the LM loss; 0: plain")
+    awac_max_weight: float = Field(20.0, gt=0, description="clip of the AWAC weights")
+    lm_coef: float = Field(1.0, ge=0, description="weight of the behaviour (LM cross-entropy) term")
+    polyak: float = Field(0.005, gt=0, le=1, description="target Q heads: theta' <- (1 - a) theta' + a theta")
+    lr: float = Field(3e-4, gt=0)
+    epochs: float = Field(2.0, gt=0)
+    max_steps: int = Field(-1, description="if > 0, overrides epochs")
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(96, ge=8)
+    samples_per_prompt: int = Field(4, ge=1, description="policy samples per train prompt in the logged data")
+    n_prompts: int = Field(1000, ge=1, description="train prompts whose samples are logged")
+    reward: Literal["composite", "gold"] = Field("composite", description="what scores the logged samples")
+    decode_beta: float = Field(1.0, ge=0, description="decoding: log_softmax(logits) + beta * (Q - V)")
+    decode_top_k: int = Field(0, ge=0)
+
+
 class BestOfNConfig(Section):
     """Best-of-N sampling: N samples per prompt, the best by the reward callable."""
 
@@ -274,6 +299,7 @@ class Config(Section):
     shaping: ShapingConfig = Field(default_factory=ShapingConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     best_of_n: BestOfNConfig = Field(default_factory=BestOfNConfig)
+    offline: OfflineConfig = Field(default_factory=OfflineConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
