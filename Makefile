@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: setup demo test lint format clean readme rewards bench-scoring bench-kinds bench-ppo bench-dense-prm
+.PHONY: setup demo test lint format clean readme rewards policies bench-scoring bench-kinds bench-ppo bench-dense-prm
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,13 @@ rewards: setup
 	$(BIN)/rlhfops train-rm $(ARGS)
 	$(BIN)/rlhfops train-prm $(ARGS)
 	$(BIN)/rlhfops tune-weights $(ARGS)
+
+# Policy optimisation on the gold reward (PPO, GRPO, RLOO) and Best-of-N, after `rewards`.
+policies: setup
+	$(BIN)/rlhfops train-policy --set policy.reward=gold $(ARGS)
+	$(BIN)/rlhfops train-policy --set policy.reward=gold --set policy.algorithm=grpo --set policy.steps=30 $(ARGS)
+	$(BIN)/rlhfops train-policy --set policy.reward=gold --set policy.algorithm=rloo --set policy.steps=30 $(ARGS)
+	$(BIN)/rlhfops bon $(ARGS)
 
 bench-scoring: setup
 	$(BIN)/python benchmarks/ensemble_scoring.py --out workspace/bench/ensemble_scoring.json
