@@ -151,3 +151,97 @@ class AdaptiveKLController:
         error = min(max(current_kl / self.target - 1, -0.2), 0.2)
         self.value *= 1 + error * n_samples / self.horizon
         return self.value
+
+
+# ---- offline RL (IQL / CQL / ILQL, `rl/ilql.py`) ------------------------------------------------
+# Shapes: B sequences, T token positions, V vocabulary. Position t holds the state s_t (the prefix
+# up to t) and the action a_t (the next token); `mask` (B, T) is 1 where a_t is a response token.
+
+
+def terminal_rewards(scores: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sequence score as the reward of the last masked position, 0 elsewhere; done there.
+
+    scores (B,), mask (B, T) -> rewards (B, T), dones (B, T) (1.0 at the last masked position).
+    A row with an empty mask gets neither.
+    """
+    mask = mask.float()
+    T = mask.shape[1]
+    last = T - 1 - mask.flip(1).argmax(1)  # (B,) index of the last 1 in each row
+    dones = torch.zeros_like(mask)
+    dones[torch.arange(len(scores)), last] = 1.0
+    dones = dones * mask
+    return dones * scores.float()[:, None], dones
+
+
+def q_loss(
+    q_taken: tuple[torch.Tensor, ...],
+    rewards: torch.Tensor,
+    next_values: torch.Tensor,
+    dones: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """TD regression of each Q head on the V of the next state:
+
+        y_t  = r_t + gamma * V(s_{t+1}) * (1 - done_t)        (V detached)
+        loss = sum_heads masked_mean((Q_i(s_t, a_t) - y_t)^2)
+
+    q_taken: one (B, T) tensor per head; rewards, next_values, dones, mask (B, T) -> loss, {q_mean}.
+    """
+    target = (rewards + gamma * next_values.detach() * (1 - dones)).detach()
+    loss = sum(masked_mean((q - target) ** 2, mask) for q in q_taken)
+    with torch.no_grad():
+        q_mean = masked_mean(torch.stack(q_taken).mean(0), mask).item()
+    return loss, {"q_mean": q_mean}
+
+
+def expectile_loss(diff: torch.Tensor, tau: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Asymmetric square of diff = Qhat - V: tau * diff^2 where diff >= 0, (1 - tau) * diff^2 where
+    diff < 0. With tau > 0.5, V is pulled toward an upper expectile of Qhat (IQL).
+
+    diff (B, T), mask (B, T) or None (mean over everything) -> scalar.
+    """
+    weight = torch.where(diff >= 0, torch.full_like(diff, tau), torch.full_like(diff, 1 - tau))
+    loss = weight * diff**2
+    return loss.mean() if mask is None else masked_mean(loss, mask)
+
+
+def cql_loss(q_all: tuple[torch.Tensor, ...], actions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Conservative term: push Q down on every token, up on the logged one, per head:
+
+        sum_heads masked_mean(logsumexp_a' Q_i(s_t, a') - Q_i(s_t, a_t))
+
+    q_all: one (B, T, V) tensor per head; actions (B, T) long; mask (B, T) -> scalar (>= 0).
+    """
+    total = 0.0
+    for q in q_all:
+        taken = q.gather(-1, actions[..., None]).squeeze(-1)
+        total = total + masked_mean(torch.logsumexp(q, -1) - taken, mask)
+    return total
+
+
+def awac_weights(qhat: torch.Tensor, v: torch.Tensor, beta: float, max_weight: float) -> torch.Tensor:
+    """Advantage weights min(exp(beta * (Qhat - V)), max_weight), detached; beta 0 -> all ones.
+
+    qhat, v (B, T) -> (B, T).
+    """
+    return torch.exp(beta * (qhat - v)).clamp(max=max_weight).detach()
+
+
+def weighted_lm_loss(
+    logits: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Behaviour cloning weighted per token: masked_mean(-w_t * log pi(a_t | s_t)).
+
+    logits (B, T, V), actions (B, T) long, weights, mask (B, T) -> scalar.
+    """
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, actions[..., None]).squeeze(-1)
+    return masked_mean(-weights * logp, mask)
+
+
+def ilql_decoding_shift(logits: torch.Tensor, qhat: torch.Tensor, v: torch.Tensor, beta: float) -> torch.Tensor:
+    """ILQL decoding: log_softmax(logits) + beta * (Qhat(s, .) - V(s)); beta 0 -> the policy itself.
+
+    logits, qhat (B, V), v (B,) or (B, 1) -> (B, V).
+    """
+    return torch.log_softmax(logits.float(), -1) + beta * (qhat - v.reshape(-1, 1))

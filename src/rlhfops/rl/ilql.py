@@ -1,0 +1,337 @@
+"""Token-level implicit Q-learning (IQL / CQL / ILQL) on logged (prompt, response, reward) tuples.
+
+Config: `OfflineConfig` in `rlhfops/config.py` (`offline.*`, a description per field).
+
+Model: the causal LM (trunk + LM head) with `ILQLHeads` on its last hidden state (B, T, H): two
+Q heads (H -> V: Q(s, a) for every token a), their two frozen Polyak-averaged target copies, and
+a V head (H -> 1). Every token of a response is an action; the state is the prefix before it.
+The reward is 0 except the normalised sequence reward at the last response token, where the
+episode ends (`rl/losses.py`: `terminal_rewards`).
+
+One step on a batch of logged sequences (right-padded):
+  1. forward: LM logits, Q_1, Q_2 (B, T, V), V (B, T); target Qhat = min(Q'_1, Q'_2) at a_t;
+  2. Q loss: (Q_i(s_t, a_t) - [r_t + gamma * V(s_{t+1}) * (1 - done_t)])^2 per head;
+  3. V loss: expectile(Qhat - V, tau);
+  4. conservative term (CQL): logsumexp_a Q_i(s_t, a) - Q_i(s_t, a_t);
+  5. behaviour: LM cross-entropy on the response weighted by exp(beta * (Qhat - V)) (AWAC);
+  6. AdamW on trunk + heads, then the Polyak update of the target heads.
+`offline.method`: iql -> no conservative term; cql -> tau 0.5 + conservative; ilql -> both.
+
+Decoding (`ILQLPolicy.generate`): log_softmax(logits) + beta * (Qhat(s, .) - V(s)).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from rlhfops.config import Config
+from rlhfops.files import atomic_directory, read_jsonl, write_jsonl
+from rlhfops.generation import Generation, generate, generate_batched
+from rlhfops.modeling import load_policy, save_policy
+from rlhfops.rl.losses import (
+    awac_weights,
+    cql_loss,
+    expectile_loss,
+    ilql_decoding_shift,
+    masked_mean,
+    q_loss,
+    terminal_rewards,
+    weighted_lm_loss,
+)
+from rlhfops.tasks.arithmetic import ArithmeticTask
+
+TRAIN_LOG = "train_log.json"
+ILQL_HEADS = "ilql_heads.safetensors"
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+
+def build_offline_data(cfg: Config, policy_dir: str | Path, out_path: str | Path, reward_fn) -> Path:
+    """`offline.n_prompts` train prompts x `offline.samples_per_prompt` policy samples (seeded,
+    `generation.*` decoding), scored by `reward_fn` (a TRL-style callable), as JSONL records
+    {"prompt", "response", "reward"}."""
+    oc = cfg.offline
+    task = ArithmeticTask(cfg.task, seed=cfg.seed)
+    tokenizer, model = load_policy(policy_dir)
+    prompts = [ex.prompt for ex in task.examples("train", oc.n_prompts) for _ in range(oc.samples_per_prompt)]
+    responses = generate_batched(
+        model,
+        tokenizer,
+        prompts,
+        batch_size=cfg.generation.batch_size,
+        max_new_tokens=cfg.generation.max_new_tokens,
+        temperature=cfg.generation.temperature,
+        top_k=cfg.generation.top_k,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    rewards = reward_fn(prompts, responses)
+    for i, r in enumerate(rewards):
+        if r is None or not math.isfinite(r):
+            raise ValueError(f"the reward function gave {r!r} for sample {i} (prompt {prompts[i]!r})")
+    records = [
+        {"prompt": p, "response": c, "reward": float(r)} for p, c, r in zip(prompts, responses, rewards, strict=True)
+    ]
+    return write_jsonl(out_path, records)
+
+
+def _check_record(record: dict[str, Any]) -> str | None:
+    for key in ("prompt", "response"):
+        if not isinstance(record.get(key), str):
+            return f"'{key}' must be a string, got {record.get(key)!r}"
+    reward = record.get("reward")
+    if isinstance(reward, bool) or not isinstance(reward, int | float) or not math.isfinite(reward):
+        return f"'reward' must be a finite number, got {reward!r}"
+    return None
+
+
+def read_offline_data(path: str | Path) -> list[dict[str, Any]]:
+    """The logged records; a malformed one is a ValueError naming file:line."""
+    return read_jsonl(path, _check_record)
+
+
+def encode(tokenizer, records: list[dict[str, Any]], max_length: int) -> list[tuple[list[int], int]]:
+    """Per record: ids of prompt + response + eos cut to max_length, and the prompt length."""
+    rows = []
+    for r in records:
+        prompt = tokenizer(r["prompt"])["input_ids"]
+        response = tokenizer(r["response"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(((prompt + response)[:max_length], len(prompt)))
+    return rows
+
+
+def collate(rows: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ids and attention (B, L); `mask` (B, L-1) is 1 where the action at position
+    t (the token at t + 1) is a response token."""
+    L = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), L), dtype=torch.long)
+    mask = torch.zeros((len(rows), L - 1))
+    for b, (row, prompt_len) in enumerate(rows):
+        ids[b, : len(row)] = torch.tensor(row)
+        attn[b, : len(row)] = 1
+        mask[b, prompt_len - 1 : len(row) - 1] = 1
+    return {"ids": ids, "attn": attn, "mask": mask}
+
+
+# ---- heads --------------------------------------------------------------------------------------
+
+
+class ILQLHeads(nn.Module):
+    """Q_1, Q_2 (H -> V), frozen Polyak targets of both, V (H -> 1) on the trunk's hidden state."""
+
+    def __init__(self, hidden_size: int, vocab_size: int):
+        super().__init__()
+        self.q1, self.q2 = nn.Linear(hidden_size, vocab_size), nn.Linear(hidden_size, vocab_size)
+        for q in (self.q1, self.q2):
+            # Near zero so the decoding shift starts near 0, yet different so the two heads differ.
+            nn.init.normal_(q.weight, std=1e-2)
+            nn.init.zeros_(q.bias)
+        self.target_q1 = copy.deepcopy(self.q1).requires_grad_(False)
+        self.target_q2 = copy.deepcopy(self.q2).requires_grad_(False)
+        self.v = nn.Linear(hidden_size, 1)
+
+    def qhat(self, hidden: torch.Tensor) -> torch.Tensor:
+        """min(Q'_1, Q'_2) over the vocabulary, from the target heads: (..., H) -> (..., V)."""
+        with torch.no_grad():
+            return torch.minimum(self.target_q1(hidden), self.target_q2(hidden))
+
+    def update_targets(self, polyak: float) -> None:
+        polyak_update(self.target_q1, self.q1, polyak)
+        polyak_update(self.target_q2, self.q2, polyak)
+
+
+@torch.no_grad()
+def polyak_update(target: nn.Module, source: nn.Module, polyak: float) -> None:
+    """theta' <- (1 - polyak) * theta' + polyak * theta, parameter by parameter, in place."""
+    for t, s in zip(target.parameters(), source.parameters(), strict=True):
+        t.mul_(1 - polyak).add_(s.detach(), alpha=polyak)
+
+
+def trunk_forward(model, ids: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """LM logits (B, L, V) and last hidden state (B, L, H), float32."""
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, output_hidden_states=True)
+    return out.logits.float(), out.hidden_states[-1].float()
+
+
+def method_coefficients(cfg: Config) -> tuple[float, float]:
+    """(tau, cql alpha) for `offline.method`."""
+    oc = cfg.offline
+    if oc.method == "iql":
+        return oc.tau, 0.0
+    elif oc.method == "cql":
+        return 0.5, oc.cql_alpha
+    elif oc.method == "ilql":
+        return oc.tau, oc.cql_alpha
+    raise ValueError(f"offline.method must be iql, cql or ilql, got {oc.method!r}")
+
+
+# ---- training -----------------------------------------------------------------------------------
+
+
+def ilql_losses(model, heads: ILQLHeads, batch: dict[str, torch.Tensor], scores: torch.Tensor, cfg: Config):
+    """The total loss and its parts for one batch; `scores` (B,) are normalised rewards."""
+    oc = cfg.offline
+    tau, alpha = method_coefficients(cfg)
+    ids, mask = batch["ids"], batch["mask"]
+    logits, hidden = trunk_forward(model, ids, batch["attn"])
+    hidden_s = hidden[:, :-1]  # (B, L-1, H) states s_t
+    actions = ids[:, 1:]  # (B, L-1) a_t
+    q_all = (heads.q1(hidden_s), heads.q2(hidden_s))  # (B, L-1, V) each
+    q_taken = tuple(q.gather(-1, actions[..., None]).squeeze(-1) for q in q_all)
+    qhat = heads.qhat(hidden_s).gather(-1, actions[..., None]).squeeze(-1)  # (B, L-1), no grad
+    values = heads.v(hidden).squeeze(-1)  # (B, L)
+    v, v_next = values[:, :-1], values[:, 1:]
+
+    rewards, dones = terminal_rewards(scores, mask)
+    lq, qinfo = q_loss(q_taken, rewards, v_next, dones, mask, oc.gamma)
+    lv = expectile_loss(qhat - v, tau, mask)
+    lcql = cql_loss(q_all, actions, mask) if alpha > 0 else torch.zeros(())
+    weights = awac_weights(qhat, v, oc.awac_beta, oc.awac_max_weight)
+    llm = weighted_lm_loss(logits[:, :-1], actions, weights, mask)
+    total = lq + lv + alpha * lcql + oc.lm_coef * llm
+    stats = {
+        "losses/q": lq.item(),
+        "losses/v": lv.item(),
+        "losses/cql": lcql.item(),
+        "losses/lm": llm.item(),
+        "losses/total": total.item(),
+        "values/q": qinfo["q_mean"],
+        "values/v": masked_mean(v, mask).item(),
+        "awac/weight": masked_mean(weights, mask).item(),
+    }
+    return total, stats
+
+
+def _save(model, heads: ILQLHeads, tokenizer, cfg: Config, out_dir: Path, log: list[dict]) -> Path:
+    # save_policy writes the plain causal LM; the heads go into the same atomic directory.
+    with atomic_directory(out_dir) as tmp:
+        save_policy(model, tokenizer, cfg, tmp, {TRAIN_LOG: log})
+        save_file({k: v.detach().contiguous() for k, v in heads.state_dict().items()}, tmp / ILQL_HEADS)
+    return out_dir
+
+
+def train_offline(
+    cfg: Config, policy_dir: str | Path, data_path: str | Path, out_dir: str | Path, progress: bool = True
+) -> Path:
+    """IQL / CQL / ILQL (`offline.method`) from the policy in `policy_dir` on the logged data;
+    writes the causal LM, `ilql_heads.safetensors` and `train_log.json` to `out_dir`."""
+    oc = cfg.offline
+    out_dir = Path(out_dir)
+    torch.manual_seed(cfg.seed)
+    records = read_offline_data(data_path)
+    if not records:
+        raise ValueError(f"offline data '{data_path}' holds no records")
+    tokenizer, model = load_policy(policy_dir)
+    heads = ILQLHeads(model.config.hidden_size, model.get_output_embeddings().weight.shape[0])
+    rows = encode(tokenizer, records, oc.max_length)
+    rewards = torch.tensor([r["reward"] for r in records], dtype=torch.float)
+    std = rewards.std() if len(rewards) > 1 else torch.tensor(0.0)
+    scores = (rewards - rewards.mean()) / (std if std > 1e-8 else 1.0)  # (N,)
+
+    n = len(rows)
+    steps = oc.max_steps if oc.max_steps > 0 else max(1, math.ceil(oc.epochs * n / oc.batch_size))
+    optimizer = torch.optim.AdamW([p for p in [*model.parameters(), *heads.parameters()] if p.requires_grad], lr=oc.lr)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    model.train()
+
+    log: list[dict[str, Any]] = []
+    order: list[int] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress) as bar:
+        bar_task = bar.add_task(oc.method.upper(), total=steps)
+        for step in range(1, steps + 1):
+            start = time.perf_counter()
+            if len(order) < min(oc.batch_size, n):  # a fresh shuffled epoch
+                order = torch.randperm(n, generator=generator).tolist()
+            idx, order = order[: oc.batch_size], order[oc.batch_size :]
+            batch = collate([rows[i] for i in idx], tokenizer.pad_token_id)
+            loss, stats = ilql_losses(model, heads, batch, scores[idx], cfg)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"{oc.method} stopped at step {step}: the loss is not finite ({stats})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            heads.update_targets(oc.polyak)
+            row = {
+                "step": step,
+                **stats,
+                "charts/tokens_per_s": batch["mask"].sum().item() / (time.perf_counter() - start),
+            }
+            log.append(row)
+            bar.update(bar_task, advance=1, description=f"{oc.method.upper()} loss {stats['losses/total']:.3f}")
+    model.eval()
+    return _save(model, heads, tokenizer, cfg, out_dir, log)
+
+
+# ---- decoding -----------------------------------------------------------------------------------
+
+
+class ILQLPolicy:
+    """A trained causal LM plus its ILQL heads, decoding with the Q - V shift."""
+
+    def __init__(self, tokenizer, model, heads: ILQLHeads):
+        self.tokenizer, self.model, self.heads = tokenizer, model.eval(), heads.eval()
+
+    @classmethod
+    def load(cls, path: str | Path) -> ILQLPolicy:
+        path = Path(path)
+        if not (path / ILQL_HEADS).exists():
+            raise FileNotFoundError(f"'{path}' has no {ILQL_HEADS}: it is not an offline-RL (train_offline) model")
+        tokenizer, model = load_policy(path)
+        state = load_file(str(path / ILQL_HEADS))
+        vocab_size, hidden_size = state["q1.weight"].shape
+        heads = ILQLHeads(hidden_size, vocab_size)
+        heads.load_state_dict(state)
+        return cls(tokenizer, model, heads)
+
+    def shift_hook(self, beta: float):
+        """A `generation.generate` logits hook adding beta * (Qhat - V) at the current step.
+
+        The hook sees only the prefix ids (B, P+t), left-padded, so it runs the trunk over the
+        whole prefix again and takes the last position: quadratic in length, fine for small
+        models, and it never disturbs generate's KV cache."""
+        pad = self.tokenizer.pad_token_id
+
+        @torch.no_grad()
+        def hook(ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+            attn = ((ids != pad).cumsum(-1) > 0).long()  # left padding: real from the first non-pad
+            _, hidden = trunk_forward(self.model, ids, attn)
+            last = hidden[:, -1]  # (B, H)
+            return ilql_decoding_shift(logits, self.heads.qhat(last), self.heads.v(last).squeeze(-1), beta)
+
+        return hook
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str],
+        max_new_tokens: int,
+        beta: float = 1.0,
+        top_k: int = 0,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        greedy: bool = False,
+    ) -> Generation:
+        """Sample (or greedy-decode) from softmax((log_softmax(logits) + beta * (Qhat - V)) / temperature)."""
+        return generate(
+            self.model,
+            self.tokenizer,
+            prompts,
+            max_new_tokens,
+            greedy=greedy,
+            temperature=temperature,
+            top_k=top_k,
+            generator=generator,
+            logits_hook=self.shift_hook(beta),
+        )
