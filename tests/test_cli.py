@@ -51,3 +51,26 @@ def test_run_trains_and_evaluates_beside_the_untrained_policy(tmp_path):
     assert set(results) == {"untrained", "sft"}
     assert results["untrained"]["model"] == "untrained" and results["sft"]["n_prompts"] == 8
     assert (ws / "eval" / "untrained.json").exists() and (ws / "models" / "sft" / "model.safetensors").exists()
+
+
+def test_offline_trains_and_evaluates_with_the_shifted_decoding(tmp_path):
+    ws = str(tmp_path / "ws")
+    assert runner.invoke(app, ["sft", "-c", "smoke", "-w", ws, "--set", "sft.max_steps=5", "--json"]).exit_code == 0
+    small = [
+        "--set",
+        "offline.reward=gold",
+        "--set",
+        "offline.n_prompts=8",
+        "--set",
+        "offline.samples_per_prompt=2",
+        "--set",
+        "offline.max_steps=5",
+        "--set",
+        "eval.n_test=8",
+    ]
+    result = runner.invoke(app, ["offline", "-c", "smoke", "-w", ws, *small, "--json"])
+    assert result.exit_code == 0, result.output
+    results = json.loads(result.stdout)
+    assert set(results) == {"sft", "offline"} and results["offline"]["n_prompts"] == 8
+    assert (tmp_path / "ws" / "models" / "offline" / "ilql_heads.safetensors").exists()
+    assert (tmp_path / "ws" / "data" / "offline" / "samples-gold.jsonl").exists()

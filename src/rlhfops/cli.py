@@ -79,11 +79,17 @@ def _evaluate(cfg: Config, ws: Workspace, model_path: Path | None, name: str) ->
     from rlhfops.evaluation import evaluate
     from rlhfops.files import atomic_write_json
     from rlhfops.modeling import init_policy, load_policy
+    from rlhfops.rl.ilql import ILQL_HEADS, ILQLPolicy
     from rlhfops.tasks import make_task
 
     try:
-        tokenizer, model = load_policy(model_path) if model_path is not None else init_policy(cfg)
-        result = evaluate(model, tokenizer, make_task(cfg.task, seed=cfg.seed), cfg)
+        hook = None
+        if model_path is not None and (model_path / ILQL_HEADS).exists():  # an offline-RL policy: shifted decoding
+            ilql = ILQLPolicy.load(model_path)
+            tokenizer, model, hook = ilql.tokenizer, ilql.model, ilql.shift_hook(cfg.offline.decode_beta)
+        else:
+            tokenizer, model = load_policy(model_path) if model_path is not None else init_policy(cfg)
+        result = evaluate(model, tokenizer, make_task(cfg.task, seed=cfg.seed), cfg, logits_hook=hook)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     result = {"model": str(model_path) if model_path else "untrained", **result}
@@ -411,6 +417,37 @@ def bon(
     a = result["adaptive"]
     table.add_row(f"adaptive (max {a['n']})", f"{a['gold']:.3f}", f"{a['proxy']:.3f}", str(a["samples"]), "-")
     console.print(table)
+
+
+@app.command()
+def offline(
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = Path("workspace"),
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Offline RL (IQL / CQL / ILQL) on the SFT policy's logged, scored samples; then gold-evaluate it."""
+    from rlhfops.evaluation import eval_table
+    from rlhfops.rl.ilql import build_offline_data, train_offline
+    from rlhfops.rl.ppo import make_reward
+
+    cfg, ws = _setup(config, set_, workspace)
+    policy = _require_policy(ws)
+    data = ws.data_dir("offline") / f"samples-{cfg.offline.reward}.jsonl"
+    out = ws.model_dir("offline")
+    try:
+        if not data.exists():
+            reward_cfg = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"reward": cfg.offline.reward})})
+            build_offline_data(cfg, policy, data, make_reward(reward_cfg, ws.model_dir("reward"), None))
+        train_offline(cfg, policy, data, out, progress=not json_out)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    results = {"sft": _evaluate(cfg, ws, policy, "sft"), "offline": _evaluate(cfg, ws, out, "offline")}
+    if json_out:
+        _emit_json(results)
+    else:
+        console.print(eval_table(results))
+        console.print(f"offline policy in {out}/ (decoding beta {cfg.offline.decode_beta})")
 
 
 def _load_prm(ws: Workspace):

@@ -69,9 +69,10 @@ def score_responses(task: ArithmeticTask, examples: list[Example], responses: li
 
 
 def evaluate(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: ArithmeticTask, cfg: Config
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: ArithmeticTask, cfg: Config, logits_hook=None
 ) -> dict[str, Any]:
-    """Decode the test split with the policy (greedy, or `samples_per_prompt` samples) and score it."""
+    """Decode the test split with the policy (greedy, or `samples_per_prompt` samples) and score it.
+    `logits_hook` changes decoding (e.g. the offline policy's beta * (Q - V) shift)."""
     examples = task.examples("test", cfg.eval.n_test or cfg.task.n_test)
     examples = [ex for ex in examples for _ in range(1 if cfg.eval.greedy else cfg.eval.samples_per_prompt)]
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -85,6 +86,7 @@ def evaluate(
         temperature=cfg.generation.temperature,
         top_k=cfg.generation.top_k,
         generator=generator,
+        logits_hook=logits_hook,
     )
     result = score_responses(task, examples, responses)
     result["decoding"] = (
