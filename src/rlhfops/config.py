@@ -270,6 +270,9 @@ class OfflineConfig(Section):
     n_prompts: int = Field(1000, ge=1, description="train prompts whose samples are logged")
     reward: Literal["composite", "gold"] = Field("composite", description="what scores the logged samples")
     decode_beta: float = Field(1.0, ge=0, description="decoding: log_softmax(logits) + beta * (Q - V)")
+    heads_train_trunk: bool = Field(
+        True, description="let the Q / V / CQL gradients into the trunk (false: only the LM term trains it)"
+    )
     decode_top_k: int = Field(0, ge=0)
 
 
