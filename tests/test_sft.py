@@ -7,6 +7,7 @@ from rlhfops.config import CONFIG_FILENAME, load_config
 from rlhfops.modeling import init_policy, load_policy
 from rlhfops.sft import DATA_STATS, TRAIN_LOG, run_sft, teacher_dataset
 from rlhfops.tasks import make_task
+from rlhfops.tasks.arithmetic import CORRUPTIONS
 
 
 def test_teacher_dataset_is_prompt_completion_with_the_configured_noise(smoke_cfg):
@@ -44,14 +45,5 @@ def test_sft_directory_holds_config_and_data_stats(trained):
     assert load_config(out / CONFIG_FILENAME) == cfg
     stats = json.loads((out / DATA_STATS).read_text())
     assert stats["n"] == cfg.task.n_train
-    assert set(stats["corruptions"]) <= {
-        "none",
-        "wrong_step",
-        "skipped_step",
-        "wrong_answer",
-        "inconsistent_answer",
-        "over_refusal",
-        "undefined_number",
-        "verbose",
-    }
+    assert set(stats["corruptions"]) <= {"none", *CORRUPTIONS}
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers

@@ -11,12 +11,11 @@ from __future__ import annotations
 from statistics import fmean
 from typing import Any
 
-import torch
 from rich.table import Table
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhfops.config import Config
-from rlhfops.generation import generate_batched
+from rlhfops.generation import sample_texts
 from rlhfops.tasks import Example
 from rlhfops.tasks.arithmetic import ArithmeticTask
 
@@ -75,18 +74,9 @@ def evaluate(
     `logits_hook` changes decoding (e.g. the offline policy's beta * (Q - V) shift)."""
     examples = task.examples("test", cfg.eval.n_test or cfg.task.n_test)
     examples = [ex for ex in examples for _ in range(1 if cfg.eval.greedy else cfg.eval.samples_per_prompt)]
-    generator = torch.Generator().manual_seed(cfg.seed)
-    responses = generate_batched(
-        model,
-        tokenizer,
-        [ex.prompt for ex in examples],
-        batch_size=cfg.generation.batch_size,
-        max_new_tokens=cfg.generation.max_new_tokens,
-        greedy=cfg.eval.greedy,
-        temperature=cfg.generation.temperature,
-        top_k=cfg.generation.top_k,
-        generator=generator,
-        logits_hook=logits_hook,
+    prompts = [ex.prompt for ex in examples]
+    responses = sample_texts(
+        model, tokenizer, prompts, cfg.generation, cfg.seed, greedy=cfg.eval.greedy, logits_hook=logits_hook
     )
     result = score_responses(task, examples, responses)
     result["decoding"] = (

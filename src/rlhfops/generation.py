@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from rlhfops.config import GenerationConfig
+
 # (input_ids so far (B, P+t), logits (B, V)) -> logits (B, V); e.g. ILQL's beta * (Q - V) shift.
 LogitsHook = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -133,3 +135,23 @@ def generate_batched(
     for i in range(0, len(prompts), batch_size):
         texts += generate(model, tokenizer, prompts[i : i + batch_size], max_new_tokens, **kwargs).texts
     return texts
+
+
+def sample_texts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    gen: GenerationConfig,
+    seed: int,
+    **overrides,
+) -> list[str]:
+    """One completion per prompt decoded as `generation.*` says, with a generator seeded by `seed`;
+    `overrides` replace any `generate` argument (e.g. `greedy=True`, `max_new_tokens=...`)."""
+    kwargs = {
+        "max_new_tokens": gen.max_new_tokens,
+        "temperature": gen.temperature,
+        "top_k": gen.top_k,
+        "generator": torch.Generator().manual_seed(seed),
+        **overrides,
+    }
+    return generate_batched(model, tokenizer, prompts, gen.batch_size, **kwargs)

@@ -12,6 +12,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import torch
 from datasets import Dataset
 from transformers import PrinterCallback, ProgressCallback
 from trl import SFTConfig as TRLSFTConfig
@@ -59,7 +60,7 @@ def run_sft(cfg: Config, out_dir: str | Path, progress: bool = True) -> Path:
             report_to="none",
             seed=cfg.seed,
             data_seed=cfg.seed,
-            use_cpu=not _has_cuda(),
+            use_cpu=not torch.cuda.is_available(),
             dataloader_num_workers=0,
             disable_tqdm=True,
         )
@@ -75,9 +76,3 @@ def run_sft(cfg: Config, out_dir: str | Path, progress: bool = True) -> Path:
         DATA_STATS: {"n": len(dataset), "corruptions": dict(sorted(corruptions.items()))},
     }
     return save_policy(trainer.model, tokenizer, cfg, out_dir, extras)
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

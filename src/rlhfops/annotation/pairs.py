@@ -16,11 +16,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from rlhfops.config import Config
 from rlhfops.files import atomic_write_json, read_jsonl, write_jsonl
-from rlhfops.generation import generate_batched
+from rlhfops.generation import sample_texts
 from rlhfops.tasks import Example
 from rlhfops.tasks.arithmetic import ArithmeticTask
 
@@ -56,15 +54,7 @@ def collect_responses(
     if n_policy:
         tokenizer, model = policy
         prompts = [ex.prompt for ex in examples for _ in range(n_policy)]
-        sampled = generate_batched(
-            model,
-            tokenizer,
-            prompts,
-            batch_size=cfg.generation.batch_size,
-            max_new_tokens=cfg.generation.max_new_tokens,
-            temperature=cfg.generation.temperature,
-            generator=torch.Generator().manual_seed(seed),
-        )
+        sampled = sample_texts(model, tokenizer, prompts, cfg.generation, seed)
         for i, row in enumerate(responses):
             row += sampled[i * n_policy : (i + 1) * n_policy]
     return responses

@@ -24,11 +24,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from rlhfops.config import GenerationConfig
 from rlhfops.files import read_jsonl, write_jsonl
-from rlhfops.generation import generate_batched
+from rlhfops.generation import sample_texts
 from rlhfops.modeling import load_policy
 from rlhfops.tasks import Example, Task
 from rlhfops.tasks.arithmetic import parse_response, verify
@@ -80,16 +78,7 @@ def build_step_data(
         generation = generation or GenerationConfig()
         tokenizer, model = load_policy(policy_dir)
         prompts = [ex.prompt for ex in examples for _ in range(samples_per_prompt)]
-        samples = generate_batched(
-            model,
-            tokenizer,
-            prompts,
-            generation.batch_size,
-            generation.max_new_tokens,
-            temperature=generation.temperature,
-            top_k=generation.top_k,
-            generator=torch.Generator().manual_seed(seed),
-        )
+        samples = sample_texts(model, tokenizer, prompts, generation, seed)
         for i in range(len(examples)):
             responses[i] += samples[i * samples_per_prompt : (i + 1) * samples_per_prompt]
 

@@ -35,7 +35,7 @@ from torch import nn
 
 from rlhfops.config import Config
 from rlhfops.files import atomic_directory, read_jsonl, write_jsonl
-from rlhfops.generation import Generation, generate, generate_batched
+from rlhfops.generation import Generation, generate, sample_texts
 from rlhfops.modeling import load_policy, save_policy
 from rlhfops.rl.losses import (
     awac_weights,
@@ -64,16 +64,7 @@ def build_offline_data(cfg: Config, policy_dir: str | Path, out_path: str | Path
     task = ArithmeticTask(cfg.task, seed=cfg.seed)
     tokenizer, model = load_policy(policy_dir)
     prompts = [ex.prompt for ex in task.examples("train", oc.n_prompts) for _ in range(oc.samples_per_prompt)]
-    responses = generate_batched(
-        model,
-        tokenizer,
-        prompts,
-        batch_size=cfg.generation.batch_size,
-        max_new_tokens=cfg.generation.max_new_tokens,
-        temperature=cfg.generation.temperature,
-        top_k=cfg.generation.top_k,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
+    responses = sample_texts(model, tokenizer, prompts, cfg.generation, cfg.seed)
     rewards = reward_fn(prompts, responses)
     for i, r in enumerate(rewards):
         if r is None or not math.isfinite(r):

@@ -37,7 +37,7 @@ from transformers import AutoModelForTokenClassification
 
 from rlhfops.config import Config
 from rlhfops.evaluation import score_responses
-from rlhfops.generation import generate, generate_batched
+from rlhfops.generation import generate, sample_texts
 from rlhfops.modeling import load_policy, save_policy
 from rlhfops.reward.functions import CompositeReward, GoldReward, ShapingReward, load_ensembles
 from rlhfops.rl.losses import (
@@ -142,14 +142,16 @@ def separator_positions(tokenizer, completion_ids: torch.Tensor, mask: torch.Ten
 def gold_on_slice(actor, tokenizer, task: ArithmeticTask, cfg: Config, seed: int) -> float:
     """Mean gold composite of one sampled response per held-out (validation) prompt."""
     examples = task.examples("val", cfg.policy.eval_prompts)
-    texts = generate_batched(
+    prompts = [ex.prompt for ex in examples]
+    texts = sample_texts(
         actor,
         tokenizer,
-        [ex.prompt for ex in examples],
-        batch_size=cfg.generation.batch_size,
+        prompts,
+        cfg.generation,
+        seed,
         max_new_tokens=cfg.policy.max_new_tokens,
         temperature=cfg.policy.temperature,
-        generator=torch.Generator().manual_seed(seed),
+        top_k=0,
     )
     return score_responses(task, examples, texts)["gold_composite"]
 
