@@ -457,5 +457,8 @@ def _load_prm(ws: Workspace):
     return ProcessRewardModel.load(path) if (path / "config.json").exists() else None
 
 
+# Sub-commands defined in their own modules register themselves on `app` when imported.
+from rlhfops import cli_data, cli_serving  # noqa: E402, F401
+
 if __name__ == "__main__":
     app()
