@@ -1,0 +1,1 @@
+"""Serving: OpenAI-compatible server, canary router, interaction store, gate, KServe control."""

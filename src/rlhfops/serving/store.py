@@ -1,0 +1,128 @@
+"""The interaction store: every request the canary router serves, and the feedback users give later.
+
+SQLite file `<workspace>/interactions.db` by default (WAL journal, a busy timeout, so threads and
+processes can write at once); any SQLAlchemy URL in a cluster (Postgres, MySQL).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Float,
+    Index,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+
+metadata = MetaData()
+
+interactions = Table(
+    "interactions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("time", Float, nullable=False),
+    Column("prompt", Text, nullable=False),
+    Column("response", Text, nullable=False),
+    Column("version", String(128), nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("user", String(128), nullable=True),
+    Column("feedback", Float, nullable=True),
+    Index("ix_interactions_version_time", "version", "time"),
+)
+
+COLUMNS = ("id", "time", "prompt", "response", "version", "latency_ms", "status", "user", "feedback")
+
+
+class InteractionStore:
+    """Log interactions and feedback; read them back by time and version."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        sqlite = url.startswith("sqlite")
+        connect_args = {"timeout": 30.0, "check_same_thread": False} if sqlite else {}
+        self.engine = create_engine(url, connect_args=connect_args, pool_pre_ping=not sqlite)
+        if sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+
+    @classmethod
+    def for_workspace(cls, ws_root: str | Path) -> InteractionStore:
+        root = Path(ws_root)
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite:///{(root / 'interactions.db').resolve()}")
+
+    def log(
+        self,
+        prompt: str,
+        response: str,
+        version: str,
+        latency_ms: float,
+        status: str,
+        user: str | None = None,
+        request_id: str | None = None,
+    ) -> str:
+        """Record one served request; returns its id (`request_id` when given, else a new uuid)."""
+        rid = request_id or uuid.uuid4().hex
+        row = dict(
+            id=rid,
+            time=time.time(),
+            prompt=prompt,
+            response=response,
+            version=version,
+            latency_ms=float(latency_ms),
+            status=status,
+            user=user,
+            feedback=None,
+        )
+        with self.engine.begin() as conn:
+            conn.execute(insert(interactions).values(**row))
+        return rid
+
+    def add_feedback(self, id: str, score: float) -> None:
+        """Attach a user's score to a logged interaction (a later score replaces an earlier one)."""
+        with self.engine.begin() as conn:
+            result = conn.execute(update(interactions).where(interactions.c.id == id).values(feedback=float(score)))
+        if result.rowcount == 0:
+            raise KeyError(f"no interaction with id '{id}' in the interaction store")
+
+    def interactions(self, since: float | None = None, version: str | None = None) -> list[dict[str, Any]]:
+        """Interactions in time order, optionally only from `since` (unix time) and of one version."""
+        query = select(*[interactions.c[c] for c in COLUMNS]).order_by(interactions.c.time, interactions.c.id)
+        if since is not None:
+            query = query.where(interactions.c.time >= since)
+        if version is not None:
+            query = query.where(interactions.c.version == version)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def count(self, version: str | None = None) -> int:
+        query = select(func.count()).select_from(interactions)
+        if version is not None:
+            query = query.where(interactions.c.version == version)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
