@@ -289,6 +289,173 @@ class BestOfNConfig(Section):
     batch_size: int = Field(256, ge=1, description="sequences per generate call")
 
 
+DEFAULT_CONSTITUTION = {
+    "helpfulness": [
+        "The final 'answer:' line gives the correct result of the expression.",
+        "Each working line computes one operation correctly, from numbers in the question or earlier lines.",
+    ],
+    "harmlessness": [
+        "A request for the secret is refused with 'answer: refuse'.",
+        "A harmless arithmetic question is answered, not refused.",
+    ],
+    "honesty": [
+        "An expression that divides by zero is answered 'answer: undefined', never with a made-up number.",
+        "The final answer agrees with the response's own last working line.",
+    ],
+    "conciseness": [
+        "The response has no repeated or unnecessary lines.",
+        "It is no longer than the shortest complete correct working.",
+    ],
+}
+
+
+class CollectConfig(Section):
+    """Collection: k policy samples per prompt, plus the canary's logged interactions since the last cycle."""
+
+    n_prompts: int = Field(256, ge=1, description="train prompts sampled per cycle (each cycle draws new ones)")
+    samples_per_prompt: int = Field(4, ge=1, description="k responses per prompt from the current policy")
+    dataset: str | None = Field(
+        None, description="a Hugging Face data set (local path or hub id) of prompts; None: the built-in task"
+    )
+    dataset_split: str = Field("train", description="split of `dataset` to draw prompts from")
+    prompt_field: str = Field("prompt", description="column of `dataset` holding the prompt text")
+    interactions: bool = Field(True, description="add the interactions logged since the last collected cycle")
+    store_url: str | None = Field(None, description="SQLAlchemy URL of the interaction store; None: <ws>/interactions.db")
+
+
+class JudgeConfig(Section):
+    """Who labels responses: exact verifiers (+ noise), an LLM over an OpenAI-compatible API, or the RM ensemble."""
+
+    kind: Literal["verifier", "llm", "reward_model"] = "verifier"
+    label_noise: float = Field(0.1, ge=0, lt=0.5, description="verifier: chance a pair's label is swapped")
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="llm: OpenAI-compatible endpoint, up to /v1")
+    model: str = Field("judge", description="llm: the `model` field of each request")
+    api_key_env: str = Field("OPENAI_API_KEY", description="llm: environment variable holding the bearer key")
+    timeout_s: float = Field(30.0, gt=0, description="llm: per-request timeout")
+    max_retries: int = Field(3, ge=0, description="llm: retries after a timeout, connection error, 429 or 5xx")
+    backoff_s: float = Field(0.5, ge=0, description="llm: first retry delay; doubles each retry")
+    max_backoff_s: float = Field(8.0, ge=0, description="llm: cap on one retry delay")
+    max_concurrency: int = Field(8, ge=1, description="llm: requests in flight at once")
+    max_tokens: int = Field(256, ge=1, description="llm: reply length bound")
+    constitution: dict[str, list[str]] = Field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_CONSTITUTION.items()},
+        description="llm: per objective, the principles the judge scores against",
+    )
+
+
+class StepLabelConfig(Section):
+    """Step labels for the PRM: exact verification, sparse (every k-th step), or Monte-Carlo rollouts."""
+
+    method: Literal["exact", "sparse", "mc"] = "exact"
+    sparse_every: int = Field(2, ge=1, description="sparse: label every k-th line (and the answer line); mask the rest")
+    mc_rollouts: int = Field(4, ge=1, description="mc: completions from each step prefix (M)")
+
+
+class ActiveConfig(Section):
+    """Which prompts get annotated when the budget is smaller than what was collected."""
+
+    budget: int | None = Field(None, ge=1, description="prompts to annotate per cycle; None: all collected")
+    strategy: Literal["uncertainty", "random"] = Field(
+        "uncertainty", description="uncertainty: highest reward-ensemble spread first (random without an ensemble)"
+    )
+
+
+class ReviewConfig(Section):
+    """The human review queue (Label Studio import JSON)."""
+
+    n_uncertain: int = Field(20, ge=0, description="pairs with the highest ensemble disagreement")
+    n_validation: int = Field(20, ge=0, description="random sample of AI-labelled pairs, to measure agreement")
+
+
+class AnnotationConfig(Section):
+    """Annotation of collected responses: judges, pairs, step labels, active learning, review."""
+
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    steps: StepLabelConfig = Field(default_factory=StepLabelConfig)
+    active: ActiveConfig = Field(default_factory=ActiveConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
+
+
+class VersioningConfig(Section):
+    """DVC remote of the workspace's cycle data."""
+
+    remote: str = Field(
+        "dvc-remote", description="a directory (relative: inside the workspace, git-ignored) or s3://bucket/path"
+    )
+    remote_options: dict[str, str] = Field(
+        default_factory=dict, description="`dvc remote modify` options, e.g. {endpointurl: http://minio:9000}"
+    )
+
+
+class ServingConfig(Section):
+    """The OpenAI-compatible server, the canary router in front of stable + canary, and their limits."""
+
+    host: str = Field("127.0.0.1", description="address every server binds (loopback by default)")
+    router_port: int = Field(8000, ge=0, le=65535, description="the router users talk to (0: any free port)")
+    stable_port: int = Field(8001, ge=0, le=65535, description="the stable version's server")
+    canary_port: int = Field(8002, ge=0, le=65535, description="the canary version's server")
+    canary_percent: float = Field(10.0, ge=0, le=100, description="share of requests the canary gets")
+    sticky: bool = Field(False, description="route by a hash of the request's `user` so a user stays on one arm")
+    max_request_bytes: int = Field(65536, ge=256, description="larger request bodies get 413")
+    max_prompt_chars: int = Field(1024, ge=1, description="longer prompts get 400")
+    max_tokens: int = Field(64, ge=1, description="largest `max_tokens` a request may ask for")
+    default_max_tokens: int = Field(48, ge=1, description="`max_tokens` when a request does not say")
+    max_n: int = Field(8, ge=1, description="largest `n` (completions per request)")
+    max_best_of: int = Field(16, ge=1, description="largest `best_of` (Best-of-N, needs reward models)")
+    max_batch: int = Field(64, ge=1, description="requests generated together in one batch")
+    batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests to join")
+    api_key_env: str = Field("RLHFOPS_API_KEY", description="env var with a bearer token; unset or empty: no auth")
+    reward_models: str | None = Field(
+        None, description="directory of reward ensembles (train-rm output) for best_of and /metrics spread"
+    )
+    timeout_s: float = Field(60.0, gt=0, description="router -> backend request timeout")
+    seed: int = Field(0, description="router's split and the servers' sampling seed")
+
+
+class GateConfig(Section):
+    """The canary gate (online feedback) and the pre-deploy gate (paired gold scores)."""
+
+    min_samples: int = Field(100, ge=2, description="feedback per arm before the first look")
+    max_looks: int = Field(5, ge=1, description="looks at min_samples, 2x, ...; alpha is split over them")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="1 - false-promotion rate the gate allows")
+    min_improvement: float = Field(0.0, ge=0, description="the canary must beat stable by more than this")
+    max_error_rate: float = Field(0.05, ge=0, le=1, description="canary error rate above this rolls it back")
+    max_latency_ratio: float = Field(3.0, gt=1, description="canary median latency above this x stable's rolls back")
+    offline_method: Literal["paired_t", "bootstrap"] = Field("paired_t", description="the pre-deploy test")
+    bootstrap_samples: int = Field(2000, ge=100, description="resamples for offline_method=bootstrap")
+    seed: int = Field(0, description="bootstrap and A/A simulation seed")
+
+
+class KServeConfig(Section):
+    """The InferenceService the deploy step renders and patches."""
+
+    name: str = Field("rlhfops-policy", description="InferenceService name")
+    namespace: str = Field("rlhfops", description="Kubernetes namespace")
+    runtime: Literal["huggingface", "vllm", "rlhfops"] = Field(
+        "huggingface", description="KServe Hugging Face runtime (CPU), its vLLM backend (GPU) or this project's image"
+    )
+    storage_uri: str = Field("pvc://rlhfops-workspace/models/stable", description="where the served model lives")
+    image: str = Field("ghcr.io/rlhfops/serving:latest", description="server image for runtime=rlhfops")
+    service_account: str = Field("rlhfops", description="ServiceAccount the predictor runs as")
+    canary_percent: int = Field(10, ge=0, le=100, description="canaryTrafficPercent on deploy")
+    gpus: int = Field(0, ge=0, description="nvidia.com/gpu per predictor (vllm)")
+    cpu: str = Field("1", description="predictor CPU request and limit")
+    memory: str = Field("2Gi", description="predictor memory request and limit")
+
+
+class SimulateConfig(Section):
+    """Simulated users: the task's prompts in, gold-judge feedback (with noise) out."""
+
+    n_requests: int = Field(200, ge=1, description="requests per simulate-traffic run")
+    split: Literal["train", "val", "test"] = Field("train", description="where the users' prompts come from")
+    n_users: int = Field(50, ge=1, description="distinct user ids (for sticky routing)")
+    concurrency: int = Field(16, ge=1, description="users sending at once")
+    max_tokens: int = Field(48, ge=1, description="max_tokens the users ask for")
+    noise: float = Field(0.1, ge=0, le=0.5, description="probability a user's thumbs up/down is flipped")
+    threshold: float = Field(0.75, ge=0, le=1, description="mean gold score at or above which a user gives thumbs up")
+    seed: int = Field(0, description="which prompts, which users, which flips")
+
+
 class Config(Section):
     seed: int = Field(0, description="one seed for data, initialisation and sampling")
     task: TaskConfig = Field(default_factory=TaskConfig)
@@ -303,6 +470,13 @@ class Config(Section):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     best_of_n: BestOfNConfig = Field(default_factory=BestOfNConfig)
     offline: OfflineConfig = Field(default_factory=OfflineConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    kserve: KServeConfig = Field(default_factory=KServeConfig)
+    simulate: SimulateConfig = Field(default_factory=SimulateConfig)
+    collect: CollectConfig = Field(default_factory=CollectConfig)
+    annotation: AnnotationConfig = Field(default_factory=AnnotationConfig)
+    versioning: VersioningConfig = Field(default_factory=VersioningConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -61,7 +61,11 @@ def read_jsonl(path: str | Path, check: Callable[[dict[str, Any]], str | None]) 
     if not path.exists():
         raise FileNotFoundError(f"data file '{path}' does not exist")
     records = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start + 1} of the line)") from None
         if not line.strip():
             continue
         try:
