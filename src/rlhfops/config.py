@@ -320,7 +320,9 @@ class CollectConfig(Section):
     dataset_split: str = Field("train", description="split of `dataset` to draw prompts from")
     prompt_field: str = Field("prompt", description="column of `dataset` holding the prompt text")
     interactions: bool = Field(True, description="add the interactions logged since the last collected cycle")
-    store_url: str | None = Field(None, description="SQLAlchemy URL of the interaction store; None: <ws>/interactions.db")
+    store_url: str | None = Field(
+        None, description="SQLAlchemy URL of the interaction store; None: <ws>/interactions.db"
+    )
 
 
 class JudgeConfig(Section):
