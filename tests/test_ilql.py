@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from rlhfops.config import load_config
+from rlhfops.generation import generate
 from rlhfops.modeling import init_policy, load_policy, save_policy
 from rlhfops.rl.ilql import (
     ILQL_HEADS,
@@ -19,6 +20,7 @@ from rlhfops.rl.ilql import (
     polyak_update,
     read_offline_data,
     train_offline,
+    trunk_forward,
 )
 from rlhfops.rl.losses import (
     awac_weights,
@@ -197,3 +199,34 @@ def test_load_without_heads_is_a_clear_error(trained):
     init_dir, _, _ = trained
     with pytest.raises(FileNotFoundError, match="ilql_heads"):
         ILQLPolicy.load(init_dir)
+
+
+def test_decoding_shift_uses_the_cached_hidden_state_exactly(trained):
+    """The hook gets generate's last hidden state (KV cache); a full forward pass over the same
+    prefix gives the same shifted logits at every step."""
+    _, _, out = trained
+    policy = ILQLPolicy.load(out)
+    hook = policy.shift_hook(2.0)
+    seen = []
+
+    def recording(ids, logits, last):
+        seen.append((ids.clone(), logits.clone(), hook(ids, logits, last)))
+        return seen[-1][2]
+
+    recording.needs_hidden = True
+    generate(
+        policy.model,
+        policy.tokenizer,
+        ["solve: 3+4", "what is 7/0?"],
+        6,
+        logits_hook=recording,
+        generator=torch.Generator().manual_seed(0),
+    )
+    pad = policy.tokenizer.pad_token_id
+    for ids, logits, shifted in seen:
+        attn = ((ids != pad).cumsum(-1) > 0).long()
+        _, hidden = trunk_forward(policy.model, ids, attn)
+        expected = ilql_decoding_shift(
+            logits, policy.heads.qhat(hidden[:, -1]), policy.heads.v(hidden[:, -1]).squeeze(-1), 2.0
+        )
+        torch.testing.assert_close(shifted, expected, atol=1e-4, rtol=1e-4)

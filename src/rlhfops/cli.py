@@ -76,23 +76,19 @@ def _train_sft(cfg: Config, ws: Workspace, progress: bool) -> Path:
 
 def _evaluate(cfg: Config, ws: Workspace, model_path: Path | None, name: str) -> dict[str, Any]:
     """Gold evaluation of a saved policy, or of the untrained starting policy when model_path is None."""
-    from rlhfops.evaluation import evaluate
+    from rlhfops.evaluation import evaluate, evaluate_dir
     from rlhfops.files import atomic_write_json
-    from rlhfops.modeling import init_policy, load_policy
-    from rlhfops.rl.ilql import ILQL_HEADS, ILQLPolicy
+    from rlhfops.modeling import init_policy
     from rlhfops.tasks import make_task
 
     try:
-        hook = None
-        if model_path is not None and (model_path / ILQL_HEADS).exists():  # an offline-RL policy: shifted decoding
-            ilql = ILQLPolicy.load(model_path)
-            tokenizer, model, hook = ilql.tokenizer, ilql.model, ilql.shift_hook(cfg.offline.decode_beta)
+        if model_path is not None:
+            result = evaluate_dir(cfg, model_path)
         else:
-            tokenizer, model = load_policy(model_path) if model_path is not None else init_policy(cfg)
-        result = evaluate(model, tokenizer, make_task(cfg.task, seed=cfg.seed), cfg, logits_hook=hook)
+            tokenizer, model = init_policy(cfg)
+            result = {"model": "untrained", **evaluate(model, tokenizer, make_task(cfg.task, seed=cfg.seed), cfg)}
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
-    result = {"model": str(model_path) if model_path else "untrained", **result}
     atomic_write_json(ws.eval_path(name), result)
     return result
 

@@ -8,6 +8,7 @@ renders it for a terminal.
 
 from __future__ import annotations
 
+from pathlib import Path
 from statistics import fmean
 from typing import Any
 
@@ -85,6 +86,23 @@ def evaluate(
         else f"{cfg.eval.samples_per_prompt} samples per prompt at temperature {cfg.generation.temperature}"
     )
     return result
+
+
+def evaluate_dir(cfg: Config, model_dir: str | Path) -> dict[str, Any]:
+    """`evaluate` of a saved policy directory; an offline-RL policy (one with ILQL heads) decodes
+    with its beta * (Q - V) shift (`offline.decode_beta`)."""
+    from rlhfops.modeling import load_policy
+    from rlhfops.rl.ilql import ILQL_HEADS, ILQLPolicy
+    from rlhfops.tasks import make_task
+
+    model_dir = Path(model_dir)
+    hook = None
+    if (model_dir / ILQL_HEADS).exists():
+        ilql = ILQLPolicy.load(model_dir)
+        tokenizer, model, hook = ilql.tokenizer, ilql.model, ilql.shift_hook(cfg.offline.decode_beta)
+    else:
+        tokenizer, model = load_policy(model_dir)
+    return {"model": str(model_dir), **evaluate(model, tokenizer, make_task(cfg.task, seed=cfg.seed), cfg, hook)}
 
 
 def _fmt(x: float | None) -> str:

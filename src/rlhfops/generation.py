@@ -65,6 +65,8 @@ def generate(
     step_input, step_positions = ids, position_ids
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens, logps, masks = [], [], []
+    # A hook with `needs_hidden = True` also gets the last position's final hidden state (B, H).
+    needs_hidden = bool(getattr(logits_hook, "needs_hidden", False))
     for _ in range(max_new_tokens):
         out = model(
             input_ids=step_input,
@@ -72,9 +74,12 @@ def generate(
             position_ids=step_positions,
             past_key_values=cache,
             use_cache=True,
+            output_hidden_states=needs_hidden,
         )
         logits = out.logits[:, -1, :].float()  # (B, V)
-        if logits_hook is not None:
+        if needs_hidden:
+            logits = logits_hook(ids, logits, out.hidden_states[-1][:, -1].float())
+        elif logits_hook is not None:
             logits = logits_hook(ids, logits)
         if greedy:
             logp = torch.log_softmax(logits, dim=-1)

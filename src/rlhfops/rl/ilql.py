@@ -292,20 +292,14 @@ class ILQLPolicy:
         return cls(tokenizer, model, heads)
 
     def shift_hook(self, beta: float):
-        """A `generation.generate` logits hook adding beta * (Qhat - V) at the current step.
-
-        The hook sees only the prefix ids (B, P+t), left-padded, so it runs the trunk over the
-        whole prefix again and takes the last position: quadratic in length, fine for small
-        models, and it never disturbs generate's KV cache."""
-        pad = self.tokenizer.pad_token_id
+        """A `generation.generate` logits hook adding beta * (Qhat - V) at the current step, from the
+        last position's hidden state that generate hands it (`needs_hidden`): linear in length."""
 
         @torch.no_grad()
-        def hook(ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-            attn = ((ids != pad).cumsum(-1) > 0).long()  # left padding: real from the first non-pad
-            _, hidden = trunk_forward(self.model, ids, attn)
-            last = hidden[:, -1]  # (B, H)
+        def hook(ids: torch.Tensor, logits: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
             return ilql_decoding_shift(logits, self.heads.qhat(last), self.heads.v(last).squeeze(-1), beta)
 
+        hook.needs_hidden = True
         return hook
 
     @torch.no_grad()
