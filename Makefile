@@ -62,3 +62,24 @@ bench-dense-prm: setup
 # Rewrite the README's result blocks from the workspace (after demo, rewards, bench-scoring, bench-kinds).
 readme: setup
 	$(BIN)/python -m rlhfops.report README.md workspace
+
+# Container images: images/<kind>.Dockerfile -> $(REGISTRY)/<kind>:$(TAG), built and pushed with docker.
+# The pipeline names them through rlhfops.images: compile with the same RLHFOPS_REGISTRY and RLHFOPS_IMAGE_TAG.
+REGISTRY ?= ghcr.io/rlhfops
+TAG ?= $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' src/rlhfops/__init__.py)
+DOCKER ?= docker
+
+.PHONY: images image-constraints
+images:
+	@test "$(TAG)" != latest || { echo "error: TAG must be a pinned tag, not latest" >&2; exit 2; }
+	$(DOCKER) build -f images/runtime.Dockerfile -t $(REGISTRY)/runtime:$(TAG) .
+	$(DOCKER) build -f images/serving.Dockerfile --build-arg RUNTIME_IMAGE=$(REGISTRY)/runtime:$(TAG) -t $(REGISTRY)/serving:$(TAG) .
+	$(DOCKER) build -f images/trainer.Dockerfile -t $(REGISTRY)/trainer:$(TAG) .
+	$(DOCKER) push $(REGISTRY)/runtime:$(TAG)
+	$(DOCKER) push $(REGISTRY)/serving:$(TAG)
+	$(DOCKER) push $(REGISTRY)/trainer:$(TAG)
+
+# The images install the exact versions the test suite ran with (torch is pinned in each Dockerfile).
+image-constraints: setup
+	{ sed -n '1,2p' images/constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -viE '^(torch|rlhfops|nvidia-|triton)(==| @)'; } > images/constraints.txt.tmp
+	mv images/constraints.txt.tmp images/constraints.txt

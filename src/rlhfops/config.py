@@ -458,6 +458,48 @@ class SimulateConfig(Section):
     seed: int = Field(0, description="which prompts, which users, which flips")
 
 
+class TrackingConfig(Section):
+    """Weights & Biases: offline by default (`wandb sync` later); WANDB_MODE in the environment wins."""
+
+    project: str = Field("rlhfops", description="W&B project")
+    entity: str | None = Field(None, description="W&B team or user; None: the account's default")
+    mode: Literal["offline", "online", "disabled"] = Field("offline", description="used when WANDB_MODE is unset")
+    dir: str | None = Field(None, description="where run files go; None: <workspace>/wandb, relative: in the workspace")
+
+
+class TrainerJobConfig(Section):
+    """A training step larger than one node, run as a Kubeflow Trainer TrainJob (trainer_job.py)."""
+
+    namespace: str = Field("rlhfops", description="namespace the TrainJob is created in")
+    runtime: str = Field(
+        "torch-distributed", description="ClusterTrainingRuntime: its torch policy sets PET_* rendezvous env per node"
+    )
+    image: str | None = Field(None, description="trainer container image; None: rlhfops.images.TRAINER_IMAGE")
+    nodes: int = Field(2, ge=1, description="training nodes (pods)")
+    gpus_per_node: int = Field(8, ge=1, description="nvidia.com/gpu per node; one accelerate process each")
+    cpu_per_node: str = Field("32", description="CPU request and limit per node")
+    memory_per_node: str = Field("256Gi", description="memory request and limit per node")
+    accelerate_config: str = Field(
+        "/app/configs/accelerate/zero3.yaml", description="accelerate + DeepSpeed config inside the image"
+    )
+    workspace_claim: str = Field("rlhfops-workspace", description="PVC holding the workspace")
+    workspace_mount: str = Field("/workspace", description="where the workspace PVC is mounted in every node")
+    secret_env: dict[str, str] = Field(
+        default_factory=lambda: {"WANDB_API_KEY": "rlhfops-secrets:wandb-api-key"},
+        description="env var -> 'secret-name:key' of a Kubernetes Secret",
+    )
+    timeout_s: float = Field(86400.0, gt=0, description="give up waiting after this long")
+    poll_s: float = Field(30.0, gt=0, description="seconds between status polls")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainerJobConfig:
+        for env, ref in self.secret_env.items():
+            name, _, key = ref.partition(":")
+            if not (env and name and key):
+                raise ValueError(f"secret_env '{env}: {ref}' must map an env var to 'secret-name:key'")
+        return self
+
+
 class Config(Section):
     seed: int = Field(0, description="one seed for data, initialisation and sampling")
     task: TaskConfig = Field(default_factory=TaskConfig)
@@ -479,6 +521,8 @@ class Config(Section):
     collect: CollectConfig = Field(default_factory=CollectConfig)
     annotation: AnnotationConfig = Field(default_factory=AnnotationConfig)
     versioning: VersioningConfig = Field(default_factory=VersioningConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    trainer_job: TrainerJobConfig = Field(default_factory=TrainerJobConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
