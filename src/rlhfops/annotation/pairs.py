@@ -12,6 +12,7 @@ Prompts whose k responses all score the same on an objective give no pair for it
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 from typing import Any
@@ -87,10 +88,54 @@ def preference_pairs(
     return pairs, flipped
 
 
+def pair_id(objective: str, prompt: str, chosen: str, rejected: str) -> str:
+    """A stable id of a pair, the same whichever response is chosen (so a human flip keeps it)."""
+    a, b = sorted((chosen, rejected))
+    return f"{objective}-" + hashlib.sha256("\x00".join((objective, prompt, a, b)).encode()).hexdigest()[:16]
+
+
+def judged_pairs(
+    groups: list[tuple[str, list[str], list[dict[str, float | None]]]],
+    objectives: list[str],
+    selection: str,
+    seed: int,
+) -> dict[str, list[dict[str, Any]]]:
+    """Pairs per objective from judged responses: `groups` holds (prompt, distinct responses,
+    judge scores per response). A response the judge left unlabelled (None) for an objective
+    takes no part in that objective's pair. Records carry TRL's fields plus `id`, `objective`,
+    `label_source` ("ai") and the two scores."""
+    rng = random.Random(seed)
+    pairs: dict[str, list[dict[str, Any]]] = {obj: [] for obj in objectives}
+    for prompt, responses, scores in groups:
+        for obj in objectives:
+            labelled = [i for i, row in enumerate(scores) if row.get(obj) is not None]
+            if len(labelled) < 2:
+                continue
+            picked = select_pair([scores[i][obj] for i in labelled], selection, rng)
+            if picked is None:
+                continue
+            c, r = labelled[picked[0]], labelled[picked[1]]
+            pairs[obj].append(
+                {
+                    "prompt": prompt,
+                    "chosen": responses[c],
+                    "rejected": responses[r],
+                    "id": pair_id(obj, prompt, responses[c], responses[r]),
+                    "objective": obj,
+                    "label_source": "ai",
+                    "chosen_score": scores[c][obj],
+                    "rejected_score": scores[r][obj],
+                }
+            )
+    return pairs
+
+
 def check_pair(record: dict[str, Any]) -> str | None:
     for field in FIELDS:
         if not isinstance(record.get(field), str):
             return f"field '{field}' must be a string"
+    if not record["prompt"].strip():
+        return "field 'prompt' is empty"
     if record["chosen"] == record["rejected"]:
         return "chosen and rejected are the same response"
     return None
@@ -100,14 +145,19 @@ def read_pairs(path: str | Path) -> list[dict[str, str]]:
     return read_jsonl(path, check_pair)
 
 
-def build_preference_data(cfg: Config, out_dir: str | Path, policy=None) -> Path:
+def build_preference_data(
+    cfg: Config, out_dir: str | Path, policy=None, splits: tuple[str, ...] = ("train", "val")
+) -> Path:
     """Write `train/<objective>.jsonl` (noisy labels) and `val/<objective>.jsonl` (clean gold labels)
-    plus `stats.json` into `out_dir`; `policy` is a (tokenizer, model) pair or None."""
+    plus `stats.json` into `out_dir`; `policy` is a (tokenizer, model) pair or None. `splits`
+    limits which of the two are built."""
     out_dir = Path(out_dir)
     task = ArithmeticTask(cfg.task, seed=cfg.seed)
     data = cfg.reward.data
     stats: dict[str, Any] = {}
     for split, n, noise in (("train", data.n_prompts, data.label_noise), ("val", data.n_val_prompts, 0.0)):
+        if split not in splits:
+            continue
         examples = task.examples(split, n)
         responses = collect_responses(task, examples, data.responses_per_prompt, cfg.seed, cfg, policy)
         pairs, flipped = preference_pairs(

@@ -8,9 +8,15 @@ One record per response, JSONL on disk:
 
 `completions` are the response's lines in order (every step line, malformed line and the
 `answer: ...` line; the built-in task separates steps with "\\n", so no completion holds one) and
-`labels[i]` says whether line i is good. A label source is a plain function
-`(example, response) -> record | None`; `exact_step_labels` is the one that uses the task's exact
-verifier.
+`labels[i]` says whether line i is good; `null` masks a line (no label: the PRM skips it).
+Monte-Carlo records also carry `soft_labels` (a float per line). Three label sources:
+
+- `exact_step_labels`: the task's exact verifier;
+- `sparse_step_labels`: exact labels on every k-th line and the answer line, the rest masked;
+- `mc_step_labels` (Math-Shepherd): from each step prefix, M completions by the policy; hard label
+  = some completion reaches the right answer, soft label = the fraction that do.
+
+`label_agreement` measures how far sparse or Monte-Carlo labels agree with exact ones.
 
 Every prompt kind is kept: only `solve` prompts carry step lines, while `undefined` and `unsafe`
 responses are usually a single answer line (`answer: undefined`, `answer: refuse`) whose label
@@ -48,6 +54,101 @@ def exact_step_labels(example: Example, response: str) -> dict[str, Any] | None:
     step_valid = iter(verdict.step_valid)  # one entry per step or malformed line, in order
     labels = [verdict.answer_correct if kind == "answer" else next(step_valid) for kind in kinds]
     return {"prompt": example.prompt, "completions": response.split(STEP_SEPARATOR), "labels": labels}
+
+
+def sparse_step_labels(example: Example, response: str, every: int) -> dict[str, Any] | None:
+    """Exact labels on lines every, 2*every, ... (1-based) and on the last line; the others masked (None)."""
+    record = exact_step_labels(example, response)
+    if record is None:
+        return None
+    n = len(record["labels"])
+    record["labels"] = [
+        label if (i + 1) % every == 0 or i == n - 1 else None for i, label in enumerate(record["labels"])
+    ]
+    return record
+
+
+def mc_step_labels(
+    examples: list[Example],
+    responses: list[str],
+    model,
+    tokenizer,
+    generation: GenerationConfig,
+    rollouts: int,
+    seed: int,
+) -> list[dict[str, Any] | None]:
+    """Math-Shepherd labels: per response, per line i, `rollouts` completions of the prefix
+    `prompt + lines[0..i] + "\\n"` sampled from the policy (one batch for every prefix); a line's
+    soft label is the fraction of `lines[0..i] + completion` whose final answer is right, its hard
+    label whether any is. From the first `answer:` line on, the answer is already given, so the
+    label is that answer's correctness (no rollouts). None for an empty response."""
+    jobs: list[tuple[int, int]] = []  # (response index, line index) that need rollouts
+    lines_of = [r.split(STEP_SEPARATOR) if r else [] for r in responses]
+    answer_at = []
+    for r, lines in enumerate(lines_of):
+        kinds = parse_response(responses[r]).kinds
+        first_answer = kinds.index("answer") if "answer" in kinds else len(lines)
+        answer_at.append(first_answer)
+        jobs += [(r, i) for i in range(min(first_answer, len(lines)))]
+    prefixes = [STEP_SEPARATOR.join(lines_of[r][: i + 1]) + STEP_SEPARATOR for r, i in jobs]
+    prompts = [examples[r].prompt + prefix for (r, _), prefix in zip(jobs, prefixes, strict=True)]
+    flat = [p for p in prompts for _ in range(rollouts)]
+    completions = sample_texts(model, tokenizer, flat, generation, seed) if flat else []
+    soft: dict[tuple[int, int], float] = {}
+    for j, ((r, i), prefix) in enumerate(zip(jobs, prefixes, strict=True)):
+        outs = completions[j * rollouts : (j + 1) * rollouts]
+        soft[(r, i)] = sum(verify(examples[r], prefix + c).answer_correct for c in outs) / rollouts
+    records: list[dict[str, Any] | None] = []
+    for r, (example, lines) in enumerate(zip(examples, lines_of, strict=True)):
+        if not lines:
+            records.append(None)
+            continue
+        final = float(verify(example, responses[r]).answer_correct)
+        row = [soft[(r, i)] if i < answer_at[r] else final for i in range(len(lines))]
+        records.append(
+            {"prompt": example.prompt, "completions": lines, "labels": [x > 0 for x in row], "soft_labels": row}
+        )
+    return records
+
+
+def label_agreement(exact: list[dict[str, Any]], other: list[dict[str, Any]]) -> dict[str, Any]:
+    """How `other` labels (sparse or Monte-Carlo) agree with `exact` ones on the same records.
+
+    coverage: share of lines `other` labels; agreement: share of labelled lines where both say
+    the same; on_bad / on_good: the same over the lines exact labels call bad / good;
+    imputed_agreement: masked lines take the next labelled line's label (the answer line is
+    always labelled), so sparse labels are compared on every line.
+    """
+    same, on_bad, on_good, imputed = [], [], [], []
+    lines = 0
+    for e, o in zip(exact, other, strict=True):
+        if e["completions"] != o["completions"]:
+            raise ValueError(f"label_agreement needs the same responses, got {e['completions']} vs {o['completions']}")
+        lines += len(e["labels"])
+        following = None
+        filled = []
+        for label in reversed(o["labels"]):
+            following = label if label is not None else following
+            filled.append(following)
+        for gold, label, fill in zip(e["labels"], o["labels"], reversed(filled), strict=True):
+            if fill is not None:
+                imputed.append(fill == gold)
+            if label is None:
+                continue
+            same.append(label == gold)
+            (on_good if gold else on_bad).append(label == gold)
+
+    def share(xs: list[bool]) -> float | None:
+        return sum(xs) / len(xs) if xs else None
+
+    return {
+        "lines": lines,
+        "coverage": len(same) / lines if lines else None,
+        "agreement": share(same),
+        "agreement_on_bad": share(on_bad),
+        "agreement_on_good": share(on_good),
+        "imputed_agreement": share(imputed),
+    }
 
 
 def build_step_data(
@@ -105,10 +206,19 @@ def check_step_record(record: Any) -> str | None:
         return "'completions' must be a non-empty list of strings"
     if any(STEP_SEPARATOR in c for c in completions):
         return "a completion holds a newline, but each completion must be exactly one step line"
-    if not isinstance(labels, list) or not all(isinstance(label, bool) for label in labels):
-        return "'labels' must be a list of true/false values"
+    if not isinstance(labels, list) or not all(label is None or isinstance(label, bool) for label in labels):
+        return "'labels' must be a list of true/false (or null, masked) values"
     if len(labels) != len(completions):
         return f"'labels' has {len(labels)} entries but 'completions' has {len(completions)}"
+    if all(label is None for label in labels):
+        return "every label is masked (null), so the record teaches nothing"
+    soft = record.get("soft_labels")
+    if soft is not None and (
+        not isinstance(soft, list)
+        or len(soft) != len(completions)
+        or not all(isinstance(x, int | float) and not isinstance(x, bool) and 0 <= x <= 1 for x in soft)
+    ):
+        return "'soft_labels' must be a list of numbers in [0, 1], one per completion"
     return None
 
 

@@ -85,7 +85,7 @@ def encode_record(tokenizer: PreTrainedTokenizerBase, record: dict[str, Any], ma
     ids, positions = separator_positions(tokenizer, record["prompt"], record["completions"], max_length)
     labels: list[float] = [IGNORE] * len(ids)
     for position, good in zip(positions, record["labels"], strict=True):
-        if position is not None:
+        if position is not None and good is not None:  # None: a masked (sparse) label
             labels[position] = float(good)
     return {"input_ids": ids, "labels": labels}
 
@@ -236,6 +236,8 @@ def step_accuracy(prm: ProcessRewardModel, records: list[dict[str, Any]]) -> dic
     unscored = 0
     for row, record in zip(probs, records, strict=True):
         for p, good in zip(row, record["labels"], strict=True):
+            if good is None:  # masked (sparse) label
+                continue
             if p is None:
                 unscored += 1
             else:

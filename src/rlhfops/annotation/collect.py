@@ -1,0 +1,188 @@
+"""Collection (the `collect` stage): what a cycle annotates.
+
+`responses.jsonl`, one record per response:
+
+    {"prompt": "q: 2+3?\\n", "response": "2+3=5\\nanswer: 5", "source": "policy" | "interaction",
+     "model_version": "sft", "feedback": 0.8 | null, "id": "..."}
+
+- `policy`: k samples per prompt from the current policy on `collect.n_prompts` train prompts
+  of the built-in task (drawn with seed `seed + cycle`, so each cycle sees other prompts) or of
+  a Hugging Face data set (`collect.dataset`); empty samples are counted, not written.
+- `interaction`: every interaction the canary deployment logged in the interaction store since
+  the last collected cycle, with the version that served it and the user's feedback. Where the
+  last cycle stopped is kept in its `collect.json` (`interactions_until` and the ids logged at
+  that instant), so no interaction is collected twice or skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from rlhfops.config import Config
+from rlhfops.files import atomic_write_json, read_jsonl, write_jsonl
+from rlhfops.workspace import Workspace
+
+RESPONSES = "responses.jsonl"
+MANIFEST = "collect.json"
+SOURCES = ("policy", "interaction")
+
+
+def check_response(record: dict[str, Any]) -> str | None:
+    """What is wrong with a collected-response record, or None."""
+    for field in ("prompt", "response"):
+        if not isinstance(record.get(field), str):
+            return f"field '{field}' must be a string"
+        if not record[field].strip():
+            return f"field '{field}' is empty"
+    if record.get("source") not in SOURCES:
+        return f"field 'source' must be one of {', '.join(SOURCES)}"
+    if not isinstance(record.get("model_version"), str):
+        return "field 'model_version' must be a string"
+    feedback = record.get("feedback")
+    if feedback is not None and (isinstance(feedback, bool) or not isinstance(feedback, int | float)):
+        return "field 'feedback' must be a number or null"
+    return None
+
+
+def read_responses(path: str | Path) -> list[dict[str, Any]]:
+    return read_jsonl(path, check_response)
+
+
+def response_id(prompt: str, response: str, source: str, n: int) -> str:
+    return hashlib.sha256(f"{source}\x00{n}\x00{prompt}\x00{response}".encode()).hexdigest()[:16]
+
+
+def collection_prompts(cfg: Config, cycle: int) -> list[str]:
+    """`collect.n_prompts` prompts for this cycle: task train prompts or data-set rows."""
+    cc = cfg.collect
+    if cc.dataset is None:
+        from rlhfops.tasks.arithmetic import ArithmeticTask
+
+        return [ex.prompt for ex in ArithmeticTask(cfg.task, seed=cfg.seed + cycle).examples("train", cc.n_prompts)]
+    rows = load_prompt_rows(cc.dataset, cc.dataset_split)
+    if cc.prompt_field not in rows.column_names:
+        raise ValueError(
+            f"data set '{cc.dataset}' has no column '{cc.prompt_field}' (columns: {', '.join(rows.column_names)})"
+        )
+    prompts = rows[cc.prompt_field]
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            raise ValueError(f"data set '{cc.dataset}' row {i}: '{cc.prompt_field}' must be non-empty text")
+    order = list(range(len(prompts)))
+    random.Random(cfg.seed + cycle).shuffle(order)
+    return [prompts[i] for i in order[: cc.n_prompts]]
+
+
+def load_prompt_rows(name: str, split: str):
+    """A Hugging Face data set: a `save_to_disk` directory, a local JSON/JSONL/CSV/Parquet file, or a hub id."""
+    import datasets
+
+    path = Path(name)
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        loaded = datasets.load_from_disk(str(path))
+        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    if path.is_file():
+        kind = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix)
+        if kind is None:
+            raise ValueError(f"cannot read prompts from '{path}': use a .jsonl, .json, .csv or .parquet file")
+        return datasets.load_dataset(kind, data_files=str(path), split="train")
+    return datasets.load_dataset(name, split=split)
+
+
+def previous_state(ws: Workspace, cycle: int) -> tuple[float | None, list[str]]:
+    """(interactions_until, ids logged at that instant) of the latest earlier cycle that collected."""
+    for earlier in reversed([c for c in ws.cycle_numbers() if c < cycle]):
+        manifest = ws.cycle_dir(earlier) / MANIFEST
+        if manifest.exists():
+            state = json.loads(manifest.read_text())
+            return state.get("interactions_until"), state.get("interaction_ids_at_until", [])
+    return None, []
+
+
+def new_interactions(store, since: float | None, ids_at_since: list[str]) -> list[dict[str, Any]]:
+    """Interactions logged since the last cycle (`since` is inclusive in the store; the ids already
+    taken at that instant are left out)."""
+    seen = set(ids_at_since)
+    return [r for r in store.interactions(since=since) if not (r["time"] == since and r["id"] in seen)]
+
+
+def collect(
+    cfg: Config, ws: Workspace, policy_dir: str | Path, out_dir: str | Path, *, cycle: int, model_version: str = ""
+) -> dict[str, Any]:
+    """Write `out_dir/responses.jsonl` and `out_dir/collect.json`; return the counts.
+
+    `model_version` labels the policy samples (default: the policy directory's name)."""
+    from rlhfops.generation import sample_texts
+    from rlhfops.modeling import load_policy
+
+    policy_dir, out_dir = Path(policy_dir), Path(out_dir)
+    if not (policy_dir / "config.json").exists():
+        raise FileNotFoundError(f"policy directory '{policy_dir}' does not exist")
+    version = model_version or policy_dir.name
+    k = cfg.collect.samples_per_prompt
+    prompts = collection_prompts(cfg, cycle)
+    tokenizer, model = load_policy(policy_dir)
+    flat = [p for p in prompts for _ in range(k)]
+    texts = sample_texts(model, tokenizer, flat, cfg.generation, seed=cfg.seed * 1000 + cycle)
+    records = [
+        {
+            "prompt": p,
+            "response": t,
+            "source": "policy",
+            "model_version": version,
+            "feedback": None,
+            "id": response_id(p, t, "policy", n),
+        }
+        for n, (p, t) in enumerate(zip(flat, texts, strict=True))
+        if t.strip()
+    ]
+    counts: dict[str, Any] = {
+        "cycle": cycle,
+        "prompts": len(prompts),
+        "policy_samples": len(records),
+        "empty_samples": len(flat) - len(records),
+        "interactions": 0,
+        "interactions_skipped_empty": 0,
+        "with_feedback": 0,
+    }
+    since, ids_at_since = previous_state(ws, cycle)
+    until, ids_at_until = since, ids_at_since
+    if cfg.collect.interactions:
+        from rlhfops.serving.store import InteractionStore
+
+        url = cfg.collect.store_url
+        store = InteractionStore(url) if url else InteractionStore.for_workspace(ws.root)
+        try:
+            logged = new_interactions(store, since, ids_at_since)
+        finally:
+            store.close()
+        for r in logged:
+            if not (isinstance(r["prompt"], str) and r["prompt"].strip() and r["response"] and r["response"].strip()):
+                counts["interactions_skipped_empty"] += 1
+                continue
+            records.append(
+                {
+                    "prompt": r["prompt"],
+                    "response": r["response"],
+                    "source": "interaction",
+                    "model_version": r["version"],
+                    "feedback": r["feedback"],
+                    "id": r["id"],
+                    "status": r["status"],
+                    "time": r["time"],
+                }
+            )
+            counts["interactions"] += 1
+            counts["with_feedback"] += r["feedback"] is not None
+        if logged:
+            until = logged[-1]["time"]
+            ids_at_until = [r["id"] for r in logged if r["time"] == until]
+    write_jsonl(out_dir / RESPONSES, records)
+    counts.update(model_version=version, interactions_since=since)
+    state = {"interactions_until": until, "interaction_ids_at_until": ids_at_until}
+    atomic_write_json(out_dir / MANIFEST, {**counts, **state})
+    return counts
