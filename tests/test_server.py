@@ -1,0 +1,154 @@
+import httpx
+import openai
+import pytest
+import torch
+
+from rlhfops.config import load_config
+from rlhfops.modeling import init_policy, save_policy
+from rlhfops.serving.server import create_app, start_server
+from rlhfops.serving.store import InteractionStore
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config("smoke", ["serving.max_tokens=16", "serving.default_max_tokens=8", "serving.max_n=4"])
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, cfg):
+    tokenizer, model = init_policy(cfg)
+    return save_policy(model, tokenizer, cfg, tmp_path_factory.mktemp("m") / "policy")
+
+
+@pytest.fixture(scope="module")
+def served(model_dir, cfg, tmp_path_factory):
+    store = InteractionStore.for_workspace(tmp_path_factory.mktemp("ws"))
+    running = start_server(create_app(model_dir, "v1", cfg, store=store), "127.0.0.1", 0)
+    yield running, store
+    running.stop()
+
+
+def test_openai_client_shapes(served):
+    running, store = served
+    client = openai.OpenAI(base_url=running.url + "/v1", api_key="unused")
+    assert [m.id for m in client.models.list().data] == ["v1"]
+    c = client.completions.create(model="v1", prompt="q: 2+3?\n", max_tokens=8, n=2, user="alice")
+    assert c.object == "text_completion" and c.model == "v1" and len(c.choices) == 2
+    assert all(isinstance(ch.text, str) and ch.finish_reason in ("stop", "length") for ch in c.choices)
+    assert 0 < c.usage.completion_tokens <= 16
+    assert c.usage.total_tokens == c.usage.prompt_tokens + c.usage.completion_tokens
+    chat = client.chat.completions.create(
+        model="v1", messages=[{"role": "user", "content": "q: 4*2?\n"}], max_tokens=6, temperature=0
+    )
+    assert chat.object == "chat.completion" and chat.choices[0].message.role == "assistant"
+    assert chat.usage.completion_tokens <= 6
+    greedy = [
+        client.completions.create(model="v1", prompt="q: 1+1?\n", max_tokens=6, temperature=0).choices[0].text
+        for _ in range(2)
+    ]
+    assert greedy[0] == greedy[1]  # temperature 0 is greedy decoding
+    rows = store.interactions(version="v1")
+    assert {r["prompt"] for r in rows} >= {"q: 2+3?\n", "q: 4*2?\n"}
+    assert [r["user"] for r in rows if r["prompt"] == "q: 2+3?\n"] == ["alice", "alice"]
+
+
+def test_usage_counts_tokens(served):
+    running, _ = served
+    r = httpx.post(running.url + "/v1/completions", json={"prompt": "q: 2+3?\n", "max_tokens": 5}).json()
+    assert r["usage"]["completion_tokens"] <= 5
+    assert r["usage"]["prompt_tokens"] == len("q: 2+3?\n") + 1  # one token per character plus <bos>
+    assert r["usage"]["total_tokens"] == r["usage"]["prompt_tokens"] + r["usage"]["completion_tokens"]
+
+
+def test_feedback_lands_in_the_store(served):
+    running, store = served
+    client = openai.OpenAI(base_url=running.url + "/v1", api_key="unused")
+    c = client.completions.create(model="v1", prompt="q: 3-1?\n", max_tokens=4)
+    assert httpx.post(running.url + "/v1/feedback", json={"id": c.id, "thumbs": "up"}).status_code == 200
+    assert [r["feedback"] for r in store.interactions() if r["id"] == c.id] == [1.0]
+    assert httpx.post(running.url + "/v1/feedback", json={"id": c.id, "score": 0.25}).status_code == 200
+    assert [r["feedback"] for r in store.interactions() if r["id"] == c.id] == [0.25]
+    r = httpx.post(running.url + "/v1/feedback", json={"id": "nope", "score": 1})
+    assert r.status_code == 404 and "no interaction with id 'nope'" in r.json()["error"]["message"]
+    r = httpx.post(running.url + "/v1/feedback", json={"id": c.id, "thumbs": "sideways"})
+    assert r.status_code == 400 and "'up' or 'down'" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"prompt": "q\n", "max_tokens": 17}, 400, "max_tokens is 17; the limit is 16"),
+        ({"prompt": "q\n", "n": 5}, 400, "n is 5; the limit is 4"),
+        ({"prompt": "x" * 2000}, 400, "a prompt is 2000 characters; the limit is 1024"),
+        ({"prompt": "q\n", "best_of": 2}, 400, "best_of needs reward models"),
+        ({"prompt": "q\n", "stream": True}, 400, "streaming is not supported"),
+        ({"prompt": "q\n", "temperature": -1}, 400, "'temperature'"),
+        ({"max_tokens": 3}, 400, "'prompt'"),
+        ({"prompt": "y" * 70000}, 413, "the limit is 65536"),
+    ],
+)
+def test_limits_are_4xx_with_a_clear_message(served, body, status, fragment):
+    running, _ = served
+    r = httpx.post(running.url + "/v1/completions", json=body)
+    assert r.status_code == status and fragment in r.json()["error"]["message"]
+
+
+def test_openai_client_sees_the_limit_message(served):
+    running, _ = served
+    client = openai.OpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="max_tokens is 99; the limit is 16"):
+        client.completions.create(model="v1", prompt="q\n", max_tokens=99)
+
+
+def test_metrics_and_health(served):
+    running, _ = served
+    assert httpx.get(running.url + "/health").json() == {"status": "ok", "version": "v1"}
+    text = httpx.get(running.url + "/metrics").text
+    assert 'rlhfops_requests_total{code="200",endpoint="/v1/completions"}' in text
+    assert "rlhfops_request_latency_seconds_bucket" in text and "rlhfops_completion_tokens_total" in text
+
+
+def test_bearer_token(model_dir, cfg, monkeypatch):
+    monkeypatch.setenv("RLHFOPS_TEST_KEY", "s3cret")
+    cfg = cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"api_key_env": "RLHFOPS_TEST_KEY"})})
+    running = start_server(create_app(model_dir, "v1", cfg), "127.0.0.1", 0)
+    try:
+        with pytest.raises(openai.AuthenticationError, match="bearer token"):
+            openai.OpenAI(base_url=running.url + "/v1", api_key="wrong", max_retries=0).models.list()
+        ok = openai.OpenAI(base_url=running.url + "/v1", api_key="s3cret").models.list()
+        assert ok.data[0].id == "v1"
+        r = httpx.post(
+            running.url + "/v1/feedback", json={"id": "x", "score": 1}, headers={"authorization": "Bearer s3cret"}
+        )
+        assert r.status_code == 404 and "no interaction store" in r.json()["error"]["message"]
+    finally:
+        running.stop()
+
+
+class ShortestWins:
+    """A stand-in reward ensemble: score = -length, spread = 0.1 * length."""
+
+    def __call__(self, prompts, completions, **columns):
+        return [-float(len(c)) for c in completions]
+
+    def vectors(self, prompts, completions):
+        lengths = torch.tensor([[float(len(c))] for c in completions])
+        return {"spreads": 0.1 * lengths}
+
+
+def test_best_of_n_and_reward_spread_metric(model_dir, cfg):
+    running = start_server(create_app(model_dir, "v1", cfg, scorer=ShortestWins()), "127.0.0.1", 0)
+    try:
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="unused")
+        single = [client.completions.create(model="v1", prompt="q: 5+5?\n", max_tokens=12) for _ in range(8)]
+        best = [client.completions.create(model="v1", prompt="q: 5+5?\n", max_tokens=12, best_of=8) for _ in range(8)]
+        mean_len = sum(len(c.choices[0].text) for c in single) / 8
+        assert sum(len(c.choices[0].text) for c in best) / 8 < mean_len  # the shortest of 8 beats one sample
+        spreads = [s for c in single + best for s in c.model_extra["rlhfops"]["reward_spread"]]
+        assert spreads == pytest.approx([0.1 * len(c.choices[0].text) for c in single + best])
+        text = httpx.get(running.url + "/metrics").text
+        gauge = next(line for line in text.splitlines() if line.startswith("rlhfops_reward_spread_mean "))
+        assert float(gauge.split()[1]) == pytest.approx(sum(spreads) / len(spreads))
+        assert "rlhfops_reward_spread_count 16.0" in text
+    finally:
+        running.stop()
