@@ -1,0 +1,174 @@
+"""The `annotate` stage: collected responses -> judged, paired, step-labelled, queued for review.
+
+    responses.jsonl  --(active learning picks prompts within the budget)-->
+    judge (annotation.judge.kind)        -> judgements.jsonl
+    pairs per objective (reward.data.selection) -> pairs-<objective>.jsonl
+    step labels (annotation.steps.method) -> steps.jsonl
+    review queue (uncertain + validation) -> review.json (Label Studio), review-queue.jsonl, review-config.xml
+    counts                               -> annotate.json
+
+With a reward-model directory, its ensembles score every collected response first: the spread
+ranks prompts for active learning and pairs for review. Without one (cycle 1) prompts are
+picked at random and the review queue holds only the random validation sample.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+from rlhfops.annotation.active import prompt_uncertainty, select_prompts
+from rlhfops.annotation.collect import read_responses
+from rlhfops.annotation.judges import RewardModelJudge, make_judge
+from rlhfops.annotation.pairs import judged_pairs
+from rlhfops.annotation.review import (
+    INTERFACE,
+    LABEL_CONFIG,
+    QUEUE,
+    QUEUE_PRIVATE,
+    label_studio_tasks,
+    pair_items,
+)
+from rlhfops.annotation.steps import exact_step_labels, mc_step_labels, sparse_step_labels, write_step_data
+from rlhfops.config import Config
+from rlhfops.files import atomic_write_json, atomic_write_text, write_jsonl
+from rlhfops.tasks import Example
+from rlhfops.tasks.arithmetic import make_example
+from rlhfops.workspace import Workspace
+
+JUDGEMENTS = "judgements.jsonl"
+STEPS = "steps.jsonl"
+SUMMARY = "annotate.json"
+
+
+def pairs_path(out_dir: Path, objective: str) -> Path:
+    return out_dir / f"pairs-{objective}.jsonl"
+
+
+def group_by_prompt(records: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    """(prompt, distinct responses) in order of first appearance."""
+    groups: dict[str, dict[str, None]] = {}
+    for r in records:
+        groups.setdefault(r["prompt"], {})[r["response"]] = None
+    return [(p, list(rs)) for p, rs in groups.items()]
+
+
+def task_example(prompt: str) -> Example | None:
+    try:
+        return make_example(prompt)
+    except ValueError:
+        return None
+
+
+def step_records(
+    cfg: Config, groups: list[tuple[str, list[str]]], policy_dir: str | Path | None
+) -> list[dict[str, Any]]:
+    """Step labels for every response to a task prompt, by `annotation.steps.method`."""
+    sc = cfg.annotation.steps
+    items = [(ex, r) for p, rs in groups if (ex := task_example(p)) is not None for r in rs]
+    if sc.method == "exact":
+        records = [exact_step_labels(ex, r) for ex, r in items]
+    elif sc.method == "sparse":
+        records = [sparse_step_labels(ex, r, sc.sparse_every) for ex, r in items]
+    elif sc.method == "mc":
+        if policy_dir is None:
+            raise ValueError("annotation.steps.method is mc, which needs the policy (policy_dir) to roll out from")
+        from rlhfops.modeling import load_policy
+
+        tokenizer, model = load_policy(policy_dir)
+        records = mc_step_labels(
+            [ex for ex, _ in items], [r for _, r in items], model, tokenizer, cfg.generation, sc.mc_rollouts, cfg.seed
+        )
+    else:
+        raise ValueError(f"unknown step-label method '{sc.method}'")
+    return [r for r in records if r is not None and any(label is not None for label in r["labels"])]
+
+
+def annotate(
+    cfg: Config,
+    ws: Workspace,
+    responses_path: str | Path,
+    out_dir: str | Path,
+    *,
+    rm_dir: str | Path | None = None,
+    policy_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run the stage (see the module docstring); returns the counts also written to `annotate.json`.
+
+    `rm_dir`: the current reward ensembles (active learning, review ranking, the reward_model
+    judge); `policy_dir`: the policy Monte-Carlo step labels roll out from."""
+    out_dir = Path(out_dir)
+    objectives = list(cfg.reward.objectives)
+    records = read_responses(responses_path)
+    if not records:
+        raise ValueError(f"'{responses_path}' holds no responses to annotate")
+    groups = group_by_prompt(records)
+
+    ensemble = None
+    if rm_dir is not None and all((Path(rm_dir) / o / "manifest.json").exists() for o in objectives):
+        ensemble = RewardModelJudge(cfg, rm_dir, objectives)
+    uncertainty = None
+    spreads: dict[tuple[str, str], dict[str, float]] = {}
+    if ensemble is not None:
+        flat = [(p, r) for p, rs in groups for r in rs]
+        ensemble([p for p, _ in flat], [r for _, r in flat])
+        spreads = dict(zip(flat, ensemble.last_spreads, strict=True))
+        index, at = [], 0
+        for _, rs in groups:
+            index.append(list(range(at, at + len(rs))))
+            at += len(rs)
+        uncertainty = prompt_uncertainty(ensemble.last_spreads, index)
+
+    ac = cfg.annotation.active
+    n_collected = len(groups)
+    picked = select_prompts(uncertainty, n_collected, ac.budget, ac.strategy, cfg.seed)
+    groups = [groups[i] for i in picked]
+
+    jc = cfg.annotation.judge
+    judge = ensemble if jc.kind == "reward_model" and ensemble is not None else make_judge(cfg, objectives, rm_dir)
+    prompts = [p for p, rs in groups for _ in rs]
+    responses = [r for _, rs in groups for r in rs]
+    scores = judge(prompts, responses)
+    judgements = [{"prompt": p, "response": r, "scores": s} for p, r, s in zip(prompts, responses, scores, strict=True)]
+    at, judged = 0, []
+    for p, rs in groups:
+        judged.append((p, rs, scores[at : at + len(rs)]))
+        at += len(rs)
+    pairs = judged_pairs(judged, objectives, cfg.reward.data.selection, cfg.seed)
+    steps = step_records(cfg, groups, policy_dir)
+
+    pair_uncertainty = None
+    if spreads:
+        pair_uncertainty = {
+            p["id"]: fmean((spreads[(p["prompt"], p["chosen"])][o], spreads[(p["prompt"], p["rejected"])][o]))
+            for o in objectives
+            for p in pairs[o]
+        }
+    rc = cfg.annotation.review
+    queue = pair_items(pairs, pair_uncertainty, rc.n_uncertain, rc.n_validation, cfg.seed)
+
+    write_jsonl(out_dir / JUDGEMENTS, judgements)
+    for obj in objectives:
+        write_jsonl(pairs_path(out_dir, obj), pairs[obj])
+    write_step_data(steps, out_dir / STEPS)
+    write_jsonl(out_dir / QUEUE_PRIVATE, queue)
+    atomic_write_json(out_dir / QUEUE, label_studio_tasks(queue))
+    atomic_write_text(out_dir / INTERFACE, LABEL_CONFIG)
+    unlabelled = sum(s.get(o) is None for s in scores for o in objectives)
+    summary = {
+        "judge": jc.kind,
+        "prompts_collected": n_collected,
+        "prompts_annotated": len(groups),
+        "responses_judged": len(responses),
+        "labels": len(responses) * len(objectives) - unlabelled,
+        "unlabelled": unlabelled,
+        "pairs": {o: len(pairs[o]) for o in objectives},
+        "step_records": len(steps),
+        "step_method": cfg.annotation.steps.method,
+        "review_items": len(queue),
+        "active_learning": "uncertainty" if uncertainty is not None and ac.strategy == "uncertainty" else "random",
+        "judge_stats": dict(getattr(judge, "stats", {})),
+    }
+    atomic_write_json(out_dir / SUMMARY, summary)
+    return summary
