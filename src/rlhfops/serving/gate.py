@@ -98,13 +98,14 @@ def compare_feedback(stable: list[float], canary: list[float], cfg: GateConfig) 
 
 
 def arm_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Requests, error rate, feedback count and mean, median latency of one version's interactions."""
+    """Served requests (ok + error), error rate, feedback count and mean, median latency of one version."""
     ok = [r for r in rows if r["status"] == "ok"]
+    errors = sum(r["status"] == "error" for r in rows)  # `rejected` (a bad request) is not the version's fault
     scores = [r["feedback"] for r in rows if r["feedback"] is not None]
     return {
-        "requests": len(rows),
-        "errors": len(rows) - len(ok),
-        "error_rate": (len(rows) - len(ok)) / len(rows) if rows else 0.0,
+        "requests": len(ok) + errors,
+        "errors": errors,
+        "error_rate": errors / (len(ok) + errors) if ok or errors else 0.0,
         "feedback": len(scores),
         "mean_feedback": fmean(scores) if scores else None,
         "latency_p50_ms": median(r["latency_ms"] for r in ok) if ok else None,
