@@ -181,17 +181,14 @@ def train_rm(
     """Train reward-model ensembles: every objective x ensemble member (trl RewardTrainer)."""
     from rich.table import Table
 
-    from rlhfops.annotation.pairs import STATS, build_preference_data
-    from rlhfops.modeling import load_policy
     from rlhfops.reward.train import SUMMARY, train_reward_models
 
     cfg, ws = _setup(config, set_, workspace)
     policy = _require_policy(ws)
     data = ws.data_dir("preferences")
     try:
-        if not (data / STATS).exists():
-            build_preference_data(cfg, data, policy=load_policy(policy))
-        out = train_reward_models(cfg, data, policy, ws.model_dir("reward"), progress=not json_out)
+        # the union of the workspace's cycles when it has cycle data, else pairs sampled from the policy
+        out = train_reward_models(cfg, data, policy, ws.model_dir("reward"), progress=not json_out, workspace=ws)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     summary = json.loads((out / SUMMARY).read_text())
@@ -291,7 +288,9 @@ def train_prm(
     cfg, ws = _setup(config, set_, workspace)
     policy = _require_policy(ws)
     try:
-        metrics = train_prm_on_task(cfg, policy, ws.data_dir("steps"), ws.model_dir("prm"), progress=not json_out)
+        metrics = train_prm_on_task(
+            cfg, policy, ws.data_dir("steps"), ws.model_dir("prm"), progress=not json_out, workspace=ws
+        )
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     if json_out:

@@ -353,18 +353,46 @@ def train_prm(
     return save_policy(model, tokenizer, cfg, out_dir, extras={TRAIN_LOG: log, METRICS: metrics})
 
 
+def union_cycle_steps(workspace) -> tuple[list[dict[str, Any]], list[int]]:
+    """The step labels of every cycle in the workspace (TRL stepwise fields), and their cycles."""
+    from rlhfops.annotation.annotate import STEPS
+
+    records, cycles = [], []
+    for cycle in workspace.cycle_numbers():
+        path = workspace.cycle_dir(cycle) / STEPS
+        if path.exists():
+            records += [{k: r[k] for k in ("prompt", "completions", "labels")} for r in read_step_data(path)]
+            cycles.append(cycle)
+    return records, cycles
+
+
 def train_prm_on_task(
-    cfg: Config, policy_dir: str | Path, data_dir: str | Path, out_dir: str | Path, progress: bool = True
+    cfg: Config,
+    policy_dir: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    progress: bool = True,
+    *,
+    workspace=None,
 ) -> dict[str, Any]:
     """The `train-prm` stage on the built-in task: exact step labels for noisy-teacher responses
     (at `prm.wrong_step_rate` / `prm.skipped_step_rate`) and policy samples (built into `data_dir`
     unless already there), a PRM from the policy, and its
     validation metrics including how often it ranks a reference above the same solution with one
-    wrong step. Returns the metrics written to `<out_dir>/metrics.json`."""
+    wrong step. Returns the metrics written to `<out_dir>/metrics.json`.
+
+    With a `workspace` (`rlhfops.workspace.Workspace`) that has cycle step labels, the training
+    records are the union of its cycles 1..n instead (rewritten each time); validation is built
+    from the task as above."""
     from rlhfops.annotation.steps import build_step_data, write_step_data
     from rlhfops.files import atomic_write_json
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    union, cycles = union_cycle_steps(workspace) if workspace is not None else ([], [])
+    if cycles:
+        if not union:
+            raise ValueError(f"the workspace's cycles {cycles} hold no step labels")
+        write_step_data(union, data_dir / "train.jsonl")
     task = ArithmeticTask(cfg.task, seed=cfg.seed)
     # The teacher writes more wrong and skipped steps for PRM data than for SFT data: the PRM
     # learns what a bad step looks like from them (measured: ranking rate 0.52 -> 0.60 on tiny).

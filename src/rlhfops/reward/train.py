@@ -33,11 +33,14 @@ from transformers import (
 from trl import RewardConfig as TRLRewardConfig
 from trl import RewardTrainer
 
-from rlhfops.annotation.pairs import read_pairs
+from rlhfops.annotation.annotate import pairs_path
+from rlhfops.annotation.pairs import FIELDS as PAIR_FIELDS
+from rlhfops.annotation.pairs import STATS, build_preference_data, read_pairs
 from rlhfops.config import Config
-from rlhfops.files import atomic_directory, atomic_write_json
+from rlhfops.files import atomic_directory, atomic_write_json, write_jsonl
 from rlhfops.modeling import load_tokenizer
 from rlhfops.reward.ensemble import AGGREGATIONS, HEADS, MANIFEST, RewardEnsemble, aggregate, pooled_last_token
+from rlhfops.workspace import Workspace
 
 SUMMARY = "summary.json"
 
@@ -219,13 +222,59 @@ def train_reward_ensemble(
     return manifest["val"]
 
 
+def union_cycle_pairs(ws: Workspace, objective: str) -> tuple[list[dict[str, str]], list[int]]:
+    """The pairs of every cycle in the workspace for one objective (TRL fields only, human labels
+    in force), and the cycles they came from."""
+    records, cycles = [], []
+    for cycle in ws.cycle_numbers():
+        path = pairs_path(ws.cycle_dir(cycle), objective)
+        if path.exists():
+            records += [{k: r[k] for k in PAIR_FIELDS} for r in read_pairs(path)]
+            cycles.append(cycle)
+    return records, cycles
+
+
+def prepare_preference_data(cfg: Config, ws: Workspace, data_dir: str | Path, policy_dir: str | Path) -> str:
+    """Training pairs in `data_dir`: the union of the workspace's cycles 1..n when it has cycle
+    data (clean validation pairs built from the task once), else pairs sampled from the policy as
+    before (built once). Returns "cycles" or "policy"."""
+    from rlhfops.modeling import load_policy
+
+    data_dir = Path(data_dir)
+    unions = {obj: union_cycle_pairs(ws, obj) for obj in cfg.reward.objectives}
+    if not any(cycles for _, cycles in unions.values()):
+        if not (data_dir / STATS).exists():
+            build_preference_data(cfg, data_dir, policy=load_policy(policy_dir))
+        return "policy"
+    for obj, (records, cycles) in unions.items():
+        if not records:
+            raise ValueError(f"the workspace's cycles {cycles or ws.cycle_numbers()} hold no '{obj}' preference pairs")
+        write_jsonl(data_dir / "train" / f"{obj}.jsonl", records)
+    if not all((data_dir / "val" / f"{obj}.jsonl").exists() for obj in cfg.reward.objectives):
+        build_preference_data(cfg, data_dir, policy=load_policy(policy_dir), splits=("val",))
+    stats = {"source": "cycles", "train": {o: {"pairs": len(r), "cycles": c} for o, (r, c) in unions.items()}}
+    atomic_write_json(data_dir / STATS, stats)
+    return "cycles"
+
+
 def train_reward_models(
-    cfg: Config, data_dir: str | Path, policy_dir: str | Path, out_dir: str | Path, progress: bool = True
+    cfg: Config,
+    data_dir: str | Path,
+    policy_dir: str | Path,
+    out_dir: str | Path,
+    progress: bool = True,
+    *,
+    workspace: Workspace | None = None,
 ) -> Path:
-    """All objectives x members: `<out_dir>/<objective>/` ensembles and `<out_dir>/summary.json`."""
+    """All objectives x members: `<out_dir>/<objective>/` ensembles and `<out_dir>/summary.json`.
+
+    With a `workspace`, the training pairs are prepared first (`prepare_preference_data`): the
+    union of its cycles' pairs when it has any, else sampled from the policy."""
     data_dir, policy_dir, out_dir = Path(data_dir), Path(policy_dir), Path(out_dir)
     if not (policy_dir / "config.json").exists():
         raise FileNotFoundError(f"policy directory '{policy_dir}' does not exist; train one with `rlhfops sft`")
+    if workspace is not None:
+        prepare_preference_data(cfg, workspace, data_dir, policy_dir)
     summary = {}
     with Progress(disable=not progress) as bar:
         for objective in cfg.reward.objectives:
