@@ -1,0 +1,91 @@
+"""Simulated users, so the canary loop runs on one machine.
+
+Each user sends a prompt of the built-in task (`simulate.split`) through the router, the gold
+judge scores the response (`rlhfops.tasks.arithmetic.judge`, mean over objectives), and the user
+gives thumbs up when the score is at least `simulate.threshold`, flipped with probability
+`simulate.noise`. `simulate.concurrency` users send at once.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+import httpx
+
+from rlhfops.config import Config
+from rlhfops.tasks import make_task
+from rlhfops.tasks.arithmetic import judge
+
+
+def simulate_traffic(cfg: Config, ws: str | Path, n_requests: int, *, url: str | None = None) -> dict[str, Any]:
+    """Send `n_requests` simulated requests with feedback to the router at `url`; None starts the
+    registry's stable + canary + router on free loopback ports and stops them afterwards."""
+    sim = cfg.simulate
+    examples = make_task(cfg.task, cfg.seed).examples(sim.split, min(n_requests, _split_size(cfg, sim.split)))
+    rng = random.Random(sim.seed)
+    plan = [
+        (rng.choice(examples), f"user{rng.randrange(sim.n_users)}", rng.random() < sim.noise) for _ in range(n_requests)
+    ]
+    stack = None
+    if url is None:
+        from rlhfops.serving.router import start_stack
+
+        stack = start_stack(cfg, ws, any_port=True)
+        url = stack.url
+    key = os.environ.get(cfg.serving.api_key_env)
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    start = time.perf_counter()
+    try:
+        with httpx.Client(base_url=url, timeout=cfg.serving.timeout_s, headers=headers) as client:
+
+            def one(item) -> dict[str, Any]:
+                example, user, flip = item
+                body = {"prompt": example.prompt, "max_tokens": sim.max_tokens, "user": user}
+                try:
+                    r = client.post("/v1/completions", json=body)
+                except httpx.HTTPError as e:
+                    raise ConnectionError(f"cannot reach the router at {url}: {type(e).__name__}") from None
+                if r.status_code != 200:
+                    return {"ok": False, "status": r.status_code}
+                reply = r.json()
+                text = reply["choices"][0]["text"]
+                gold = fmean(judge(example, text).values())
+                thumbs_up = (gold >= sim.threshold) != flip
+                fb = client.post("/v1/feedback", json={"id": reply["id"], "thumbs": "up" if thumbs_up else "down"})
+                return {"ok": fb.status_code == 200, "version": reply["model"], "gold": gold, "up": thumbs_up}
+
+            with ThreadPoolExecutor(sim.concurrency) as pool:
+                results = list(pool.map(one, plan))
+    finally:
+        if stack is not None:
+            stack.stop()
+    seconds = time.perf_counter() - start
+    versions: dict[str, dict[str, Any]] = {}
+    for r in results:
+        if r["ok"]:
+            v = versions.setdefault(r["version"], {"requests": 0, "gold": [], "up": []})
+            v["requests"] += 1
+            v["gold"].append(r["gold"])
+            v["up"].append(float(r["up"]))
+    per_version = {
+        k: {"requests": v["requests"], "mean_gold": fmean(v["gold"]), "thumbs_up_rate": fmean(v["up"])}
+        for k, v in versions.items()
+    }
+    return {
+        "url": url,
+        "requests": n_requests,
+        "errors": sum(not r["ok"] for r in results),
+        "seconds": seconds,
+        "requests_per_s": n_requests / seconds,
+        "versions": per_version,
+    }
+
+
+def _split_size(cfg: Config, split: str) -> int:
+    return {"train": cfg.task.n_train, "val": cfg.task.n_val, "test": cfg.task.n_test}[split]

@@ -1,0 +1,30 @@
+import pytest
+
+from rlhfops.config import load_config
+from rlhfops.modeling import init_policy, save_policy
+from rlhfops.registry import Registry
+from rlhfops.serving.gate import decide
+from rlhfops.serving.simulate import simulate_traffic
+from rlhfops.serving.store import InteractionStore
+
+
+def test_simulated_users_send_prompts_and_feedback(tmp_path):
+    cfg = load_config("smoke", ["serving.canary_percent=25", "simulate.max_tokens=24", "simulate.noise=0"])
+    tokenizer, model = init_policy(cfg)
+    path = save_policy(model, tokenizer, cfg, tmp_path / "models" / "sft")
+    reg = Registry(tmp_path)
+    v1 = reg.register(path, stage="stable")
+    v2 = reg.register(path, parent=v1, stage="canary")
+    out = simulate_traffic(cfg, tmp_path, 200)
+    assert out["errors"] == 0 and out["requests"] == 200
+    assert out["seconds"] < 60
+    store = InteractionStore.for_workspace(tmp_path)
+    rows = store.interactions()
+    assert len(rows) == 200 and all(r["feedback"] in (0.0, 1.0) for r in rows)
+    assert out["versions"][v1]["requests"] + out["versions"][v2]["requests"] == 200
+    assert 0.15 < out["versions"][v2]["requests"] / 200 < 0.35
+    # with noise 0 a thumbs up is exactly a gold mean >= threshold: the logged feedback agrees
+    for v in (v1, v2):
+        up = [r["feedback"] for r in rows if r["version"] == v]
+        assert sum(up) / len(up) == pytest.approx(out["versions"][v]["thumbs_up_rate"])
+    assert decide(store, v1, v2, cfg.gate).decision == "wait"  # 100 feedback per arm is the first look
