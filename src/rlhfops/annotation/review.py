@@ -268,3 +268,75 @@ def fit_study_weights(
         "choices_explained": result.score,
         "n": len(answered),
     }
+
+
+# ---- the stage's file side (`rlhfops review export | import`) ----------------------------------
+
+IMPORTED = "review-import.json"
+
+
+def write_queue(cycle_dir: Path, items: list[dict[str, Any]]) -> None:
+    from rlhfops.files import atomic_write_json, atomic_write_text, write_jsonl
+
+    write_jsonl(cycle_dir / QUEUE_PRIVATE, items)
+    atomic_write_json(cycle_dir / QUEUE, label_studio_tasks(items))
+    atomic_write_text(cycle_dir / INTERFACE, LABEL_CONFIG)
+
+
+def export_queue(cycle_dir: str | Path, out: str | Path) -> int:
+    """Write the cycle's queue as Label Studio import JSON to `out`; returns the number of tasks."""
+    from rlhfops.files import atomic_write_json
+
+    items = read_queue(Path(cycle_dir) / QUEUE_PRIVATE)
+    atomic_write_json(out, label_studio_tasks(items))
+    return len(items)
+
+
+def add_study(cfg, cycle_dir: str | Path, policy_dirs: list[str | Path], n_prompts: int) -> int:
+    """Add weight-preference study items to the cycle's queue: one sample per validation prompt from
+    each policy (e.g. trained with different objective weights), objective vectors from the task's
+    gold judges. Earlier study items are replaced. Returns the number of study items."""
+    from rlhfops.generation import sample_texts
+    from rlhfops.modeling import load_policy
+    from rlhfops.tasks.arithmetic import ArithmeticTask
+
+    cycle_dir = Path(cycle_dir)
+    if len(policy_dirs) < 2:
+        raise ValueError("a weight-preference study compares at least two policies")
+    task = ArithmeticTask(cfg.task, seed=cfg.seed)
+    examples = task.examples("val", n_prompts)
+    prompts = [ex.prompt for ex in examples]
+    responses, vectors = {}, {}
+    for k, policy in enumerate(policy_dirs):
+        name = f"{k}:{Path(policy).name}"
+        tokenizer, model = load_policy(policy)
+        responses[name] = sample_texts(model, tokenizer, prompts, cfg.generation, cfg.seed + k)
+        vectors[name] = [
+            [task.judge(ex, r)[o] for o in cfg.reward.objectives]
+            for ex, r in zip(examples, responses[name], strict=True)
+        ]
+    items = [i for i in read_queue(cycle_dir / QUEUE_PRIVATE) if i["kind"] != "study"]
+    study = study_items(prompts, responses, vectors, cfg.seed)
+    write_queue(cycle_dir, items + study)
+    return len(study)
+
+
+def import_review(cfg, cycle_dir: str | Path, export: str | Path) -> dict[str, Any]:
+    """Apply a Label Studio export to the cycle: human labels override the pairs files; write
+    `review-import.json` (labels, kappa, study weights); return that report."""
+    from rlhfops.annotation.annotate import pairs_path
+    from rlhfops.annotation.pairs import read_pairs
+    from rlhfops.files import atomic_write_json, write_jsonl
+
+    cycle_dir = Path(cycle_dir)
+    queue = read_queue(cycle_dir / QUEUE_PRIVATE)
+    human = read_export(export)
+    objectives = list(cfg.reward.objectives)
+    pairs = {o: read_pairs(pairs_path(cycle_dir, o)) for o in objectives if pairs_path(cycle_dir, o).exists()}
+    updated, report = apply_human_labels(pairs, queue, human)
+    report["study"] = fit_study_weights(queue, human, objectives)
+    report["labels"] = human
+    for obj, records in updated.items():
+        write_jsonl(pairs_path(cycle_dir, obj), records)
+    atomic_write_json(cycle_dir / IMPORTED, report)
+    return {k: v for k, v in report.items() if k != "labels"}
