@@ -146,7 +146,7 @@ class LLMJudge:
             "temperature": 0.0,
             "max_tokens": self.cfg.max_tokens,
         }
-        reached = False  # did any attempt get an HTTP answer?
+        reached = False  # did any attempt reach the server (an answer, or a read that timed out)?
         for attempt in range(self.cfg.max_retries + 1):
             if attempt:
                 self.stats["retries"] += 1
@@ -156,6 +156,7 @@ class LLMJudge:
                 reply = await client.post(self.url, json=body)
             except httpx.TransportError as e:  # timeouts, refused connections, dropped sockets
                 self.errors["transport"] = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                reached = reached or not isinstance(e, httpx.ConnectError | httpx.ConnectTimeout)
                 continue
             reached = True
             if reply.status_code in RETRY_STATUS or reply.status_code >= 500:
