@@ -1,1 +1,283 @@
 """`rlhfops serve | simulate-traffic | models | deploy`: serving and the canary (registered on `rlhfops.cli.app`)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rlhfops.cli import ConfigOpt, JsonOpt, SetOpt, WorkspaceOpt, _emit_json, _fail, _setup, app, console
+from rlhfops.registry import Registry, RegistryError
+
+deploy_app = typer.Typer(help="Canary rollout: locally in the model registry, or on KServe with --kserve.")
+app.add_typer(deploy_app, name="deploy")
+
+KServeOpt = Annotated[bool, typer.Option("--kserve", help="Patch the InferenceService (kserve.*) in the cluster too.")]
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = Path("workspace"),
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="Serve only this model directory (no router), e.g. in KServe.")
+    ] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port for --model; default serving.stable_port.")] = None,
+    version: Annotated[str, typer.Option("--version", help="Model id --model answers as.")] = "model",
+) -> None:
+    """Start stable + canary + the router on loopback (from the registry), until Ctrl-C."""
+    from rlhfops.serving.router import start_stack
+    from rlhfops.serving.server import create_app, start_server
+
+    cfg, ws = _setup(config, set_, workspace)
+    try:
+        if model is not None:
+            running = start_server(create_app(model, version, cfg), cfg.serving.host, port or cfg.serving.stable_port)
+            urls: dict[str, Any] = {"server": running.url}
+            stop = running.stop
+        else:
+            stack = start_stack(cfg, ws.root)
+            urls = {"router": stack.url, **{arm: s.url for arm, s in stack.servers.items()}}
+            urls["versions"] = {arm: b.version for arm, b in stack.backends.items()}
+            stop = stack.stop
+    except (ValueError, FileNotFoundError, RuntimeError, RegistryError) as e:
+        _fail(str(e))
+    if json_out:
+        _emit_json(urls)
+    else:
+        console.print(" ".join(f"{k}: {v}" for k, v in urls.items()) + "  (Ctrl-C stops)")
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()
+
+
+@app.command("simulate-traffic")
+def simulate_traffic_cmd(
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = Path("workspace"),
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+    n_requests: Annotated[int | None, typer.Option("--n-requests", "-n", help="Default simulate.n_requests.")] = None,
+    url: Annotated[str | None, typer.Option("--url", help="A running router; default: start one in process.")] = None,
+) -> None:
+    """Simulated users: task prompts through the router, gold-judge feedback with noise."""
+    from rlhfops.serving.simulate import simulate_traffic
+
+    cfg, ws = _setup(config, set_, workspace)
+    try:
+        result = simulate_traffic(cfg, ws.root, n_requests or cfg.simulate.n_requests, url=url)
+    except (ValueError, FileNotFoundError, ConnectionError, RuntimeError, RegistryError) as e:
+        _fail(str(e))
+    if json_out:
+        _emit_json(result)
+        return
+    console.print(f"{result['requests']} requests, {result['errors']} errors, {result['requests_per_s']:.1f} req/s")
+    for v, s in result["versions"].items():
+        console.print(
+            f"  {v}: {s['requests']} requests, gold {s['mean_gold']:.3f}, thumbs up {s['thumbs_up_rate']:.3f}"
+        )
+
+
+@app.command()
+def models(
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = Path("workspace"),
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List the model registry's versions."""
+    from rich.table import Table
+
+    _, ws = _setup(config, set_, workspace)
+    try:
+        versions = Registry(ws.root).list()
+    except RegistryError as e:
+        _fail(str(e))
+    if json_out:
+        _emit_json(versions)
+        return
+    table = Table(title=f"model registry ({ws.root / 'registry.json'})")
+    for col in ("id", "stage", "name", "parent", "metrics", "last decision", "path"):
+        table.add_column(col)
+    for v in versions:
+        metrics = ", ".join(f"{k}={x:.3f}" if isinstance(x, float) else f"{k}={x}" for k, x in v["metrics"].items())
+        last = v["decisions"][-1]["decision"] if v["decisions"] else ""
+        table.add_row(v["id"], v["stage"], v["name"], v["parent"] or "", metrics, last, v["path"])
+    console.print(table)
+
+
+def _kube_api() -> Any:
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, FileNotFoundError) as e:
+            _fail(f"cannot reach the Kubernetes API: no in-cluster or kubeconfig credentials ({e})")
+    return client.CustomObjectsApi()
+
+
+def _kserve_call(fn, *args) -> dict[str, Any]:
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        return fn(*args)
+    except ApiException as e:
+        _fail(f"the Kubernetes API refused: {e.status} {e.reason}")
+    except HTTPError as e:
+        _fail(f"cannot reach the Kubernetes API: {type(e).__name__}")
+    except ValueError as e:
+        _fail(str(e))
+
+
+@deploy_app.command("canary")
+def deploy_canary_cmd(
+    version: Annotated[str, typer.Argument(help="Registry version to deploy as canary, e.g. v3.")],
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = Path("workspace"),
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+    kserve_: KServeOpt = False,
+    storage_uri: Annotated[
+        str | None, typer.Option("--storage-uri", help="Model URI for KServe; default the version's path.")
+    ] = None,
+) -> None:
+    """Make VERSION the canary (serving.canary_percent locally, kserve.canary_percent on KServe)."""
+    from rlhfops.serving import kserve
+
+    cfg, ws = _setup(config, set_, workspace)
+    registry = Registry(ws.root)
+    try:
+        entry = registry.get(version)
+        if registry.stable() is None:
+            _fail("the registry has no stable version to compare a canary against; register one as stable first")
+        registry.set_stage(version, "canary")
+    except RegistryError as e:
+        _fail(str(e))
+    out: dict[str, Any] = {"canary": version}
+    if kserve_:
+        k = cfg.kserve
+        uri = storage_uri or entry["path"]
+        out["kserve"] = _kserve_call(kserve.deploy_canary, _kube_api(), k.name, k.namespace, uri, k.canary_percent)
+    _emit_json(out) if json_out else console.print(f"{version} is the canary")
+
+
+@deploy_app.command("promote")
+def deploy_promote_cmd(
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = Path("workspace"),
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+    kserve_: KServeOpt = False,
+) -> None:
+    """The canary becomes stable (and takes all traffic on KServe)."""
+    from rlhfops.serving import kserve
+
+    cfg, ws = _setup(config, set_, workspace)
+    try:
+        version = Registry(ws.root).promote_canary()
+    except RegistryError as e:
+        _fail(str(e))
+    out: dict[str, Any] = {"stable": version}
+    if kserve_:
+        out["kserve"] = _kserve_call(kserve.promote, _kube_api(), cfg.kserve.name, cfg.kserve.namespace)
+    _emit_json(out) if json_out else console.print(f"{version} is now stable")
+
+
+@deploy_app.command("rollback")
+def deploy_rollback_cmd(
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = Path("workspace"),
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+    kserve_: KServeOpt = False,
+) -> None:
+    """Archive the canary; stable keeps all traffic (the previous model on KServe)."""
+    from rlhfops.serving import kserve
+
+    cfg, ws = _setup(config, set_, workspace)
+    try:
+        version = Registry(ws.root).rollback_canary()
+    except RegistryError as e:
+        _fail(str(e))
+    out: dict[str, Any] = {"rolled_back": version}
+    if kserve_:
+        out["kserve"] = _kserve_call(kserve.rollback, _kube_api(), cfg.kserve.name, cfg.kserve.namespace)
+    _emit_json(out) if json_out else console.print(f"{version} rolled back")
+
+
+@deploy_app.command("status")
+def deploy_status_cmd(
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = Path("workspace"),
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+    kserve_: KServeOpt = False,
+) -> None:
+    """Stable and canary versions, their logged traffic and the gate's current decision."""
+    from rlhfops.serving import kserve
+    from rlhfops.serving.gate import decide
+    from rlhfops.serving.store import InteractionStore
+
+    cfg, ws = _setup(config, set_, workspace)
+    try:
+        registry = Registry(ws.root)
+        stable, canary = registry.stable(), registry.canary()
+    except RegistryError as e:
+        _fail(str(e))
+    out: dict[str, Any] = {"stable": stable and stable["id"], "canary": canary and canary["id"]}
+    if stable and canary:
+        out["gate"] = decide(InteractionStore.for_workspace(ws.root), stable["id"], canary["id"], cfg.gate).to_dict()
+    if kserve_:
+        out["kserve"] = _kserve_call(kserve.status, _kube_api(), cfg.kserve.name, cfg.kserve.namespace)
+    if json_out:
+        _emit_json(out)
+        return
+    console.print(f"stable: {out['stable'] or '-'}  canary: {out['canary'] or '-'}")
+    if "gate" in out:
+        console.print(f"gate: {out['gate']['decision']} ({out['gate']['reason']})")
+    for t in out.get("kserve", {}).get("traffic", []):
+        console.print(f"  {t['revision']}: {t['percent']}%{' (latest)' if t['latest'] else ''}")
+
+
+@deploy_app.command("gate")
+def deploy_gate_cmd(
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = Path("workspace"),
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+    apply: Annotated[bool, typer.Option("--apply", help="Promote or roll back as the gate decides.")] = False,
+) -> None:
+    """Run the canary gate on the logged feedback and record its decision in the registry."""
+    from rlhfops.serving.gate import decide
+    from rlhfops.serving.store import InteractionStore
+
+    cfg, ws = _setup(config, set_, workspace)
+    registry = Registry(ws.root)
+    try:
+        stable, canary = registry.stable(), registry.canary()
+        if stable is None or canary is None:
+            _fail("the gate needs a stable and a canary version in the registry")
+        result = decide(InteractionStore.for_workspace(ws.root), stable["id"], canary["id"], cfg.gate)
+        registry.record_decision(canary["id"], result.decision, result.stats)
+        if apply and result.decision == "promote":
+            registry.promote_canary()
+        elif apply and result.decision == "rollback":
+            registry.rollback_canary()
+    except RegistryError as e:
+        _fail(str(e))
+    if json_out:
+        _emit_json(result.to_dict())
+    else:
+        console.print(f"{canary['id']}: {result.decision} ({result.reason})")

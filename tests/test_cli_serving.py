@@ -1,0 +1,61 @@
+import json
+
+from typer.testing import CliRunner
+
+from rlhfops.cli import app
+from rlhfops.config import load_config
+from rlhfops.modeling import init_policy, save_policy
+from rlhfops.registry import Registry
+from rlhfops.serving.store import InteractionStore
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [*args])
+
+
+def test_models_deploy_and_gate_locally(tmp_path):
+    ws = str(tmp_path)
+    reg = Registry(tmp_path)
+    v1 = reg.register(tmp_path / "models" / "sft", metrics={"gold": 0.5}, stage="stable")
+    v2 = reg.register(tmp_path / "models" / "ppo", parent=v1)
+    r = run("models", "-w", ws, "--json")
+    assert r.exit_code == 0 and [v["id"] for v in json.loads(r.stdout)] == [v1, v2]
+    assert "candidate" in run("models", "-w", ws).stdout
+    r = run("deploy", "canary", v2, "-w", ws, "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout) == {"canary": v2} and reg.canary()["id"] == v2
+    store = InteractionStore.for_workspace(tmp_path)
+    for i in range(40):
+        store.add_feedback(store.log("q", "a", v1, 5.0, "ok"), float(i % 2))
+        store.add_feedback(store.log("q", "a", v2, 5.0, "ok"), 1.0)
+    status = json.loads(run("deploy", "status", "-w", ws, "--json", "--set", "gate.min_samples=40").stdout)
+    assert status["stable"] == v1 and status["canary"] == v2 and status["gate"]["decision"] == "promote"
+    r = run("deploy", "gate", "-w", ws, "--json", "--apply", "--set", "gate.min_samples=40")
+    assert r.exit_code == 0 and json.loads(r.stdout)["decision"] == "promote"
+    assert reg.stable()["id"] == v2 and reg.get(v2)["decisions"][-1]["decision"] == "promote"
+    r = run("deploy", "rollback", "-w", ws)
+    assert r.exit_code == 2 and "no canary version to roll back" in r.stderr
+
+
+def test_clear_errors(tmp_path):
+    r = run("deploy", "canary", "v5", "-w", str(tmp_path))
+    assert r.exit_code == 2 and "no model version 'v5'" in r.stderr
+    r = run("simulate-traffic", "-w", str(tmp_path), "-n", "3")
+    assert r.exit_code == 2 and "has no stable version" in r.stderr
+    r = run("deploy", "promote", "-w", str(tmp_path))
+    assert r.exit_code == 2 and "no canary version to promote" in r.stderr
+
+
+def test_simulate_traffic_command(tmp_path):
+    cfg = load_config("smoke")
+    tokenizer, model = init_policy(cfg)
+    path = save_policy(model, tokenizer, cfg, tmp_path / "models" / "sft")
+    Registry(tmp_path).register(path, stage="stable")
+    r = run(
+        "simulate-traffic", "-c", "smoke", "-w", str(tmp_path), "-n", "20", "--json", "--set", "simulate.max_tokens=8"
+    )
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["errors"] == 0 and out["versions"]["v1"]["requests"] == 20
+    assert InteractionStore.for_workspace(tmp_path).count("v1") == 20
