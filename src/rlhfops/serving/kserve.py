@@ -70,10 +70,11 @@ def render_inference_service(cfg: KServeConfig, storage_uri: str | None = None) 
     }
 
 
-def to_sdk(obj: dict[str, Any]) -> Any:
-    """The dict as a kserve SDK `V1beta1InferenceService`. The kserve deserializer looks types up
-    in `kserve.models` only; Kubernetes types (V1ObjectMeta, V1ResourceRequirements, ...) are
-    taken from `kubernetes.client.models`. For specs: the SDK lacks the Knative types in `status`."""
+def to_sdk(obj: dict[str, Any], kind: str = "V1beta1InferenceService") -> Any:
+    """The dict as a kserve SDK model (`kind`, an InferenceService by default). The kserve
+    deserializer looks types up in `kserve.models` only; Kubernetes types (V1ObjectMeta,
+    V1Container, ...) come from `kubernetes.client.models`. Specs only: the SDK lacks the Knative
+    types an InferenceService `status` holds."""
     import kserve
     from kubernetes.client import models as k8s_models
 
@@ -86,7 +87,7 @@ def to_sdk(obj: dict[str, Any]) -> Any:
     class Response:  # ApiClient.deserialize reads `.data` as JSON text
         data = json.dumps(obj)
 
-    return Client().deserialize(Response(), "V1beta1InferenceService")
+    return Client().deserialize(Response(), kind)
 
 
 def from_sdk(isvc: Any) -> dict[str, Any]:
