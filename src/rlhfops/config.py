@@ -411,6 +411,9 @@ class ServingConfig(Section):
         None, description="directory of reward ensembles (train-rm output) for best_of and /metrics spread"
     )
     timeout_s: float = Field(60.0, gt=0, description="router -> backend request timeout")
+    store_url: str | None = Field(
+        None, description="SQLAlchemy URL of the interaction store; None: SQLite <workspace>/interactions.db"
+    )
     seed: int = Field(0, description="router's split and the servers' sampling seed")
 
 
