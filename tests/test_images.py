@@ -58,7 +58,10 @@ def test_runtime_uses_cpu_torch_and_trainer_deepspeed():
     assert "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in runtime
     assert trainer.startswith("#") and "FROM nvidia/cuda:" in trainer
     assert "deepspeed==" in trainer and '".[gpu]"' in trainer
-    assert "HEALTHCHECK" in (ROOT / "images" / "serving.Dockerfile").read_text()
+    serving = (ROOT / "images" / "serving.Dockerfile").read_text()
+    assert "HEALTHCHECK" in serving and "/health" in serving
+    # KServe's ServingRuntime (manifests/base/servingruntime.yaml) passes args that start with `serve`
+    assert 'ENTRYPOINT ["rlhfops"]' in serving and 'CMD ["serve", ' in serving
 
 
 def test_constraints_pin_every_package():
