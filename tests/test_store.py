@@ -60,3 +60,9 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     assert errors == []
     assert store.count() == 400 and store.count("v0") == 200
     assert sum(r["feedback"] for r in store.interactions()) == 200
+
+
+def test_for_config_takes_a_url_or_the_workspace(tmp_path):
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    assert InteractionStore.for_config(url, tmp_path / "ws").url == url
+    assert InteractionStore.for_config(None, tmp_path / "ws").url.endswith("ws/interactions.db")

@@ -238,7 +238,8 @@ def deploy_status_cmd(
         _fail(str(e))
     out: dict[str, Any] = {"stable": stable and stable["id"], "canary": canary and canary["id"]}
     if stable and canary:
-        out["gate"] = decide(InteractionStore.for_workspace(ws.root), stable["id"], canary["id"], cfg.gate).to_dict()
+        store = InteractionStore.for_config(cfg.serving.store_url, ws.root)
+        out["gate"] = decide(store, stable["id"], canary["id"], cfg.gate).to_dict()
     if kserve_:
         out["kserve"] = _kserve_call(kserve.status, _kube_api(), cfg.kserve.name, cfg.kserve.namespace)
     if json_out:
@@ -269,7 +270,8 @@ def deploy_gate_cmd(
         stable, canary = registry.stable(), registry.canary()
         if stable is None or canary is None:
             _fail("the gate needs a stable and a canary version in the registry")
-        result = decide(InteractionStore.for_workspace(ws.root), stable["id"], canary["id"], cfg.gate)
+        store = InteractionStore.for_config(cfg.serving.store_url, ws.root)
+        result = decide(store, stable["id"], canary["id"], cfg.gate)
         registry.record_decision(canary["id"], result.decision, result.stats)
         if apply and result.decision == "promote":
             registry.promote_canary()

@@ -205,7 +205,7 @@ def start_stack(
     versions = {"stable": registry.stable(), "canary": registry.canary()}
     if versions["stable"] is None:
         raise ValueError(f"the model registry in '{ws_root}' has no stable version; register one first")
-    store = store or InteractionStore.for_workspace(ws_root)
+    store = store or InteractionStore.for_config(cfg.serving.store_url, ws_root)
     sc = cfg.serving
     ports = {"stable": sc.stable_port, "canary": sc.canary_port, "router": sc.router_port}
     servers: dict[str, RunningServer] = {}

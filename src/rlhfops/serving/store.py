@@ -65,6 +65,11 @@ class InteractionStore:
         root.mkdir(parents=True, exist_ok=True)
         return cls(f"sqlite:///{(root / 'interactions.db').resolve()}")
 
+    @classmethod
+    def for_config(cls, store_url: str | None, ws_root: str | Path) -> InteractionStore:
+        """`serving.store_url` when set (a database in a cluster), else the workspace's SQLite file."""
+        return cls(store_url) if store_url else cls.for_workspace(ws_root)
+
     def log(
         self,
         prompt: str,

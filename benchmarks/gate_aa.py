@@ -1,0 +1,75 @@
+"""False-promotion rate of the gates on A/A traffic, and their power on a real difference.
+
+Online canary gate (sequential, Bonferroni over `max_looks`): simulated thumbs up/down,
+Bernoulli(p) for both arms (A/A) or p + effect for the canary. Offline pre-deploy gate: paired
+per-prompt gold scores of two independent draws of one policy (A/A) or a better candidate.
+
+    python benchmarks/gate_aa.py --out workspace/bench/gate_aa.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+
+from rlhfops.config import GateConfig
+from rlhfops.files import atomic_write_json
+from rlhfops.serving.gate import aa_false_promotion_rate, compare_scores
+
+
+def offline_rate(cfg: GateConfig, trials: int, n: int, effect: float, seed: int) -> float:
+    """Share of trials the pre-deploy gate deploys: stable ~ Bernoulli(0.5), candidate ~ Bernoulli(0.5 + effect)."""
+    rng = random.Random(seed)
+    deploys = 0
+    for _ in range(trials):
+        stable = [float(rng.random() < 0.5) for _ in range(n)]
+        candidate = [float(rng.random() < 0.5 + effect) for _ in range(n)]
+        deploys += compare_scores(stable, candidate, cfg).decision == "deploy"
+    return deploys / trials
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--trials", type=int, default=5000)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    online = []
+    for confidence in (0.9, 0.95, 0.99):
+        for p in (0.3, 0.5, 0.8):
+            cfg = GateConfig(confidence=confidence)
+            aa = aa_false_promotion_rate(cfg, args.trials, p=p, seed=args.seed)
+            power = aa_false_promotion_rate(cfg, args.trials // 5, p=p, seed=args.seed + 1, effect=0.1)
+            online.append(
+                {
+                    "confidence": confidence,
+                    "alpha": round(1 - confidence, 6),
+                    "p": p,
+                    "min_samples": cfg.min_samples,
+                    "max_looks": cfg.max_looks,
+                    "aa_false_promotion_rate": aa["promote_rate"],
+                    "promote_rate_at_effect_0.1": power["promote_rate"],
+                }
+            )
+    offline = []
+    for method in ("paired_t", "bootstrap"):
+        cfg = GateConfig(offline_method=method, bootstrap_samples=1000)
+        trials = args.trials // 10 if method == "bootstrap" else args.trials
+        offline.append(
+            {
+                "method": method,
+                "alpha": round(1 - cfg.confidence, 6),
+                "n_prompts": 128,
+                "trials": trials,
+                "aa_false_deploy_rate": offline_rate(cfg, trials, 128, 0.0, args.seed),
+                "deploy_rate_at_effect_0.15": offline_rate(cfg, trials // 5, 128, 0.15, args.seed + 1),
+            }
+        )
+    result = {"trials": args.trials, "seed": args.seed, "online": online, "offline": offline}
+    atomic_write_json(args.out, result)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
