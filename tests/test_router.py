@@ -106,6 +106,7 @@ def test_unreachable_backend_is_a_logged_502(backends, cfg, tmp_path):
         r = httpx.post(router.url + "/v1/completions", json={"prompt": "q\n"})
         assert r.status_code == 502 and "the canary backend (v9" in r.json()["error"]["message"]
         assert [(x["version"], x["status"]) for x in store.interactions()] == [("v9", "error")]
+        assert "ConnectError" in store.interactions()[0]["response"]
         assert httpx.get(router.url + "/health").status_code == 503
     finally:
         router.stop()

@@ -3,7 +3,8 @@
 A request goes to the canary with probability `serving.canary_percent` / 100 (seeded), or, with
 `serving.sticky` and a `user` in the request, when sha256(user) mod 10000 < percent * 100, so a
 user always sees the same version. Every completion is logged to the interaction store (id,
-time, prompt, response, version, latency, status) under the response id it returns; feedback
+time, prompt, response, version, latency, status) under the response id it returns (for a
+failed request the response field holds the error message); feedback
 (`/v1/feedback`) attaches to it later. Status `ok` is a served completion, `rejected` a 4xx from
 the backend (the request's fault), `error` a 5xx or an unreachable backend (the version's fault).
 """
@@ -78,7 +79,9 @@ def create_router_app(stable: Backend, canary: Backend | None, cfg: ServingConfi
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+        # idle connections are dropped before the backend's keep-alive timeout closes them, so a
+        # request never races a server-side close
+        limits = httpx.Limits(max_connections=512, max_keepalive_connections=512, keepalive_expiry=2.0)
         app.state.client = httpx.AsyncClient(timeout=cfg.timeout_s, limits=limits)
         yield
         await app.state.client.aclose()
@@ -130,13 +133,14 @@ def create_router_app(stable: Backend, canary: Backend | None, cfg: ServingConfi
             reply = r.json()
         except (httpx.HTTPError, ValueError) as e:
             status, reply = "error", None
-            message = f"the {arm} backend ({backend.version} at {backend.url}) failed: {type(e).__name__}"
+            message = f"the {arm} backend ({backend.version} at {backend.url}) failed: {type(e).__name__}: {e}"
         latency_ms = 1000 * (time.perf_counter() - start)
         rid = f"{'cmpl' if path == '/v1/completions' else 'chatcmpl'}-{uuid.uuid4().hex}"
         requests.labels(arm, status).inc()
         latency.labels(arm).observe(latency_ms / 1000)
         if status != "ok":
-            store.log(str(prompt), "", backend.version, latency_ms, status, user=user, request_id=rid)
+            detail = message if reply is None else str(reply.get("error", {}).get("message", ""))[:500]
+            store.log(str(prompt), detail, backend.version, latency_ms, status, user=user, request_id=rid)
             if reply is None:
                 return error_response(502, message, "server_error")
             return JSONResponse(reply, status_code=r.status_code)

@@ -432,7 +432,9 @@ class RunningServer:
 def start_server(app: FastAPI, host: str, port: int, timeout: float = 30.0) -> RunningServer:
     """Run `app` under uvicorn in a daemon thread; returns once it accepts connections (port 0:
     any free port, read back from the socket)."""
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=30
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True, name=f"uvicorn-{port}")
     thread.start()
