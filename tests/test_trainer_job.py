@@ -152,6 +152,15 @@ def test_run_trainjob_submits_the_full_spec_then_waits_for_complete():
     assert final["status"]["conditions"][0]["type"] == "Complete"
 
 
+def test_secrets_default_to_the_pipeline_tasks_secrets():
+    job = trainer_job.build_trainjob(load_config(), "j", STAGE)
+    secrets = load_config().pipeline.secret_env
+    assert {e["name"] for e in job["spec"]["trainer"]["env"]} == set(secrets) and secrets
+    for e in job["spec"]["trainer"]["env"]:
+        ref = e["valueFrom"]["secretKeyRef"]
+        assert f"{ref['name']}:{ref['key']}" == secrets[e["name"]]
+
+
 def test_image_and_labels_can_be_given_per_job():
     cfg = _cfg("trainer_job.image=reg.example/trainer:9")
     job = trainer_job.build_trainjob(cfg, "j", STAGE, labels={"rlhfops.dev/cycle": "3"})
@@ -203,3 +212,15 @@ def test_bad_inputs():
         trainer_job.launch_command(_cfg(), [])
     with pytest.raises(ConfigError, match="secret-name:key"):
         load_config(None, ["trainer_job.secret_env={WANDB_API_KEY: just-a-name}"])
+
+
+def test_cluster_config_loads_and_launches_a_zero3_job(configs_dir):
+    cfg = load_config("cluster")
+    assert cfg.model.name_or_path and cfg.tracking.mode == "online"
+    tj = cfg.trainer_job
+    # the image keeps the repository's configs/ at /app/configs
+    assert (configs_dir / tj.accelerate_config.removeprefix("/app/configs/")).exists()
+    assert "zero_stage: 3" in (configs_dir / "accelerate" / "zero3.yaml").read_text()
+    command = trainer_job.build_trainjob(cfg, "j", STAGE)["spec"]["trainer"]["command"]
+    assert command[command.index("--num_processes") + 1] == str(tj.nodes * tj.gpus_per_node) == "16"
+    assert cfg.pipeline.accelerator_limit >= 1 and cfg.kserve.gpus >= 1

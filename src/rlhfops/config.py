@@ -487,16 +487,15 @@ class TrainerJobConfig(Section):
     )
     workspace_claim: str = Field("rlhfops-workspace", description="PVC holding the workspace")
     workspace_mount: str = Field("/workspace", description="where the workspace PVC is mounted in every node")
-    secret_env: dict[str, str] = Field(
-        default_factory=lambda: {"WANDB_API_KEY": "rlhfops-secrets:wandb-api-key"},
-        description="env var -> 'secret-name:key' of a Kubernetes Secret",
+    secret_env: dict[str, str] | None = Field(
+        None, description="env var -> 'secret-name:key' of a Kubernetes Secret; None: the pipeline's secret_env"
     )
     timeout_s: float = Field(86400.0, gt=0, description="give up waiting after this long")
     poll_s: float = Field(30.0, gt=0, description="seconds between status polls")
 
     @model_validator(mode="after")
     def _check(self) -> TrainerJobConfig:
-        for env, ref in self.secret_env.items():
+        for env, ref in (self.secret_env or {}).items():
             name, _, key = ref.partition(":")
             if not (env and name and key):
                 raise ValueError(f"secret_env '{env}: {ref}' must map an env var to 'secret-name:key'")

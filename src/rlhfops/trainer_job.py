@@ -87,7 +87,8 @@ def build_trainjob(
     tj = cfg.trainer_job
     per_node = {"nvidia.com/gpu": str(tj.gpus_per_node), "cpu": tj.cpu_per_node, "memory": tj.memory_per_node}
     env = []
-    for var, ref in sorted(tj.secret_env.items()):
+    secret_env = tj.secret_env if tj.secret_env is not None else cfg.pipeline.secret_env
+    for var, ref in sorted(secret_env.items()):
         secret, _, key = ref.partition(":")
         env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
     node_pod = {
