@@ -321,7 +321,7 @@ class CollectConfig(Section):
     prompt_field: str = Field("prompt", description="column of `dataset` holding the prompt text")
     interactions: bool = Field(True, description="add the interactions logged since the last collected cycle")
     store_url: str | None = Field(
-        None, description="SQLAlchemy URL of the interaction store; None: <ws>/interactions.db"
+        None, description="SQLAlchemy URL of the interaction store; None: serving.store_url"
     )
 
 

@@ -154,8 +154,8 @@ def collect(
     if cfg.collect.interactions:
         from rlhfops.serving.store import InteractionStore
 
-        url = cfg.collect.store_url
-        store = InteractionStore(url) if url else InteractionStore.for_workspace(ws.root)
+        # the store the canary router writes (serving.store_url) unless collection names another
+        store = InteractionStore.for_config(cfg.collect.store_url or cfg.serving.store_url, ws.root)
         try:
             logged = new_interactions(store, since, ids_at_since)
         finally:
