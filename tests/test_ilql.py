@@ -176,10 +176,18 @@ def test_offline_training_learns_and_saves(trained):
     for key in ("losses/q", "losses/v", "losses/cql", "losses/lm", "losses/total"):
         assert all(math.isfinite(r[key]) for r in log)
     assert (out / ILQL_HEADS).exists() and (out / "rlhfops_config.yaml").exists()
-    _, model = load_policy(out)  # a plain causal LM
+    _, model = load_policy(out)  # a plain causal LM: frozen by default (lm_coef 0, heads on a detached trunk)
     _, start = load_policy(init_dir)
-    changed = any(not torch.equal(a, b) for a, b in zip(model.parameters(), start.parameters(), strict=True))
-    assert changed
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), start.parameters(), strict=True))
+
+
+def test_trunk_trains_when_asked(trained, tmp_path):
+    init_dir, data, _ = trained
+    cfg = load_config("smoke", [*SMOKE, "offline.max_steps=3", "offline.heads_train_trunk=true", "offline.lm_coef=1"])
+    out = train_offline(cfg, init_dir, data, tmp_path / "ilql", progress=False)
+    _, model = load_policy(out)
+    _, start = load_policy(init_dir)
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), start.parameters(), strict=True))
 
 
 def test_ilql_decoding_shift_changes_samples(trained):

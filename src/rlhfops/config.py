@@ -259,19 +259,26 @@ class OfflineConfig(Section):
     cql_alpha: float = Field(0.1, ge=0, description="weight of the conservative term (cql, ilql)")
     awac_beta: float = Field(1.0, ge=0, description="advantage weighting exp(beta * (Q - V)) of the LM loss; 0: plain")
     awac_max_weight: float = Field(20.0, gt=0, description="clip of the AWAC weights")
-    lm_coef: float = Field(1.0, ge=0, description="weight of the behaviour (LM cross-entropy) term")
-    polyak: float = Field(0.005, gt=0, le=1, description="target Q heads: theta' <- (1 - a) theta' + a theta")
-    lr: float = Field(3e-4, gt=0)
-    epochs: float = Field(2.0, gt=0)
+    lm_coef: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the behaviour (LM cross-entropy) term; 0: the logged data is the starting policy's "
+        "own samples, so the starting LM already is the behaviour policy and stays as it is",
+    )
+    polyak: float = Field(0.2, gt=0, le=1, description="target Q heads: theta' <- (1 - a) theta' + a theta, every step")
+    lr: float = Field(1e-3, gt=0)
+    epochs: float = Field(4.0, gt=0)
     max_steps: int = Field(-1, description="if > 0, overrides epochs")
     batch_size: int = Field(32, ge=1)
     max_length: int = Field(96, ge=8)
     samples_per_prompt: int = Field(4, ge=1, description="policy samples per train prompt in the logged data")
-    n_prompts: int = Field(1000, ge=1, description="train prompts whose samples are logged")
+    n_prompts: int = Field(
+        480, ge=1, description="train prompts whose samples are logged (480 x 4 = PPO's 60 x 32 completions)"
+    )
     reward: Literal["composite", "gold"] = Field("composite", description="what scores the logged samples")
-    decode_beta: float = Field(1.0, ge=0, description="decoding: log_softmax(logits) + beta * (Q - V)")
+    decode_beta: float = Field(2.0, ge=0, description="decoding: log_softmax(logits) + beta * (Q - V)")
     heads_train_trunk: bool = Field(
-        True, description="let the Q / V / CQL gradients into the trunk (false: only the LM term trains it)"
+        False, description="let the Q / V / CQL gradients into the trunk (false: only the LM term trains it)"
     )
     decode_top_k: int = Field(0, ge=0)
 
@@ -320,9 +327,7 @@ class CollectConfig(Section):
     dataset_split: str = Field("train", description="split of `dataset` to draw prompts from")
     prompt_field: str = Field("prompt", description="column of `dataset` holding the prompt text")
     interactions: bool = Field(True, description="add the interactions logged since the last collected cycle")
-    store_url: str | None = Field(
-        None, description="SQLAlchemy URL of the interaction store; None: serving.store_url"
-    )
+    store_url: str | None = Field(None, description="SQLAlchemy URL of the interaction store; None: serving.store_url")
 
 
 class JudgeConfig(Section):
@@ -502,6 +507,40 @@ class TrainerJobConfig(Section):
         return self
 
 
+class PipelineConfig(Section):
+    """The cycle pipeline: what runs in a cycle, and how its tasks are scheduled in a cluster."""
+
+    cycles: int = Field(3, ge=1, description="`rlhfops run`: cycles run one after another")
+    offline: bool = Field(True, description="train an offline-RL candidate beside the policy optimiser")
+    eval_prompts: int = Field(256, ge=2, description="test prompts of the per-cycle evaluation (paired for the gate)")
+    eval_best_of_n: int = Field(1, ge=1, description="per-cycle evaluation decodes Best-of-N (1: plain sampling)")
+    simulate: bool = Field(True, description="`rlhfops run`: simulated canary traffic after each deploy")
+    kserve: bool = Field(False, description="deploy / promote / roll back on the cluster's InferenceService too")
+    pvc: str = Field("rlhfops-workspace", description="PersistentVolumeClaim holding the workspace")
+    mount_path: str = Field("/workspace", description="where every task mounts the workspace")
+    accelerator_type: str = Field("nvidia.com/gpu", description="training tasks: set_accelerator_type")
+    accelerator_limit: int = Field(1, ge=0, description="training tasks: GPUs each (0: CPU only)")
+    node_selector: dict[str, str] = Field(
+        default_factory=lambda: {"nvidia.com/gpu.present": "true"}, description="training tasks: node labels"
+    )
+    tolerations: list[dict[str, str]] = Field(
+        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        description="training tasks: tolerations (key, operator, value, effect)",
+    )
+    cpu_request: str = Field("2", description="CPU tasks: cpu request")
+    memory_request: str = Field("8G", description="CPU tasks: memory request")
+    train_cpu_limit: str = Field("16", description="training tasks: cpu limit")
+    train_memory_limit: str = Field("64G", description="training tasks: memory limit")
+    secret_env: dict[str, str] = Field(
+        default_factory=lambda: {
+            "WANDB_API_KEY": "rlhfops-secrets:wandb-api-key",
+            "AWS_ACCESS_KEY_ID": "rlhfops-dvc-remote:access-key-id",
+            "AWS_SECRET_ACCESS_KEY": "rlhfops-dvc-remote:secret-access-key",
+        },
+        description="env var -> 'secret:key' injected into every task (W&B key, DVC remote credentials)",
+    )
+
+
 class Config(Section):
     seed: int = Field(0, description="one seed for data, initialisation and sampling")
     task: TaskConfig = Field(default_factory=TaskConfig)
@@ -525,6 +564,7 @@ class Config(Section):
     versioning: VersioningConfig = Field(default_factory=VersioningConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     trainer_job: TrainerJobConfig = Field(default_factory=TrainerJobConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -13,7 +13,9 @@ under every aggregation and the ensemble's spread on pairs it gets right vs wron
 
 from __future__ import annotations
 
+import json
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from statistics import fmean
@@ -153,6 +155,69 @@ def validate(ensemble: RewardEnsemble, val: list[dict], cfg: Config) -> dict[str
     return summary
 
 
+def _train_full_member(cfg: Config, train: list[dict], k: int, policy_dir: Path, dest: Path) -> dict[str, Any]:
+    """Member k (its own seed, init and bootstrap resample) into `dest`; returns its manifest entry."""
+    rc = cfg.reward
+    seed = cfg.seed * 1000 + k
+    init = rc.member_init[k % len(rc.member_init)] if rc.member_init else str(policy_dir)
+    data = bootstrap(train, seed) if rc.bootstrap else train
+    log = train_member(cfg, data, init, dest, seed)
+    losses = [row["loss"] for row in log if "loss" in row]
+    return {
+        "name": f"member_{k}",
+        "seed": seed,
+        "init": init,
+        "n_train": len(data),
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+    }
+
+
+def _train_all_heads(cfg: Config, train: list[dict], policy_dir: Path, dest: Path) -> list[dict[str, Any]]:
+    """`kind: heads`: the frozen trunk and all K heads into `dest`; returns the manifest entries."""
+    rc = cfg.reward
+    tokenizer = load_tokenizer(policy_dir)
+    trunk = AutoModel.from_pretrained(str(policy_dir), use_safetensors=True).eval()
+    prompts = [r["prompt"] for r in train]
+    fc = trunk_features(trunk, tokenizer, prompts, [r["chosen"] for r in train], rc.max_length)
+    fr = trunk_features(trunk, tokenizer, prompts, [r["rejected"] for r in train], rc.max_length)
+    weight, bias = train_heads(fc, fr, rc.members, cfg.seed)
+    trunk.save_pretrained(dest / "trunk", safe_serialization=True)
+    tokenizer.save_pretrained(dest / "trunk")
+    save_file({"weight": weight.contiguous(), "bias": bias}, dest / HEADS)
+    return [
+        {"name": f"head_{k}", "seed": cfg.seed, "init": str(policy_dir), "n_train": len(train)}
+        for k in range(rc.members)
+    ]
+
+
+def _finish_ensemble(cfg: Config, objective: str, members: list[dict], tmp: Path, val: list[dict]) -> dict[str, Any]:
+    """The manifest, per-member normalisation and validation of an ensemble whose members are in `tmp`."""
+    rc = cfg.reward
+    manifest = {
+        "objective": objective,
+        "kind": rc.kind,
+        "max_length": rc.max_length,
+        "aggregation": rc.aggregation,
+        "uwo_lambda": rc.uwo_lambda,
+        "members": members,
+    }
+    atomic_write_json(tmp / MANIFEST, manifest)
+    summary = validate(RewardEnsemble(tmp), val, cfg)
+    for member, acc, mu, sd in zip(
+        members,
+        summary["member_accuracy"],
+        summary["normalisation"]["mean"],
+        summary["normalisation"]["std"],
+        strict=True,
+    ):
+        member.update(val_accuracy=acc, reward_mean=mu, reward_std=sd)
+    manifest["val"] = {k: v for k, v in summary.items() if k != "normalisation"}
+    atomic_write_json(tmp / MANIFEST, manifest)
+    cfg.save(tmp)
+    return manifest["val"]
+
+
 def train_reward_ensemble(
     cfg: Config, objective: str, data_dir: Path, policy_dir: Path, out_dir: Path, progress: Progress | None = None
 ) -> dict[str, Any]:
@@ -162,64 +227,66 @@ def train_reward_ensemble(
     rc = cfg.reward
     task = progress.add_task(f"reward models: {objective}", total=rc.members) if progress else None
     with atomic_directory(out_dir) as tmp:
-        members = []
         if rc.kind == "full":
+            members = []
             for k in range(rc.members):
-                seed = cfg.seed * 1000 + k
-                init = rc.member_init[k % len(rc.member_init)] if rc.member_init else str(policy_dir)
-                data = bootstrap(train, seed) if rc.bootstrap else train
-                log = train_member(cfg, data, init, tmp / f"member_{k}", seed)
-                losses = [row["loss"] for row in log if "loss" in row]
-                members.append(
-                    {
-                        "name": f"member_{k}",
-                        "seed": seed,
-                        "init": init,
-                        "n_train": len(data),
-                        "first_loss": losses[0] if losses else None,
-                        "final_loss": losses[-1] if losses else None,
-                    }
-                )
+                members.append(_train_full_member(cfg, train, k, policy_dir, tmp / f"member_{k}"))
                 if progress:
                     progress.advance(task)
         else:
-            tokenizer = load_tokenizer(policy_dir)
-            trunk = AutoModel.from_pretrained(str(policy_dir), use_safetensors=True).eval()
-            prompts = [r["prompt"] for r in train]
-            fc = trunk_features(trunk, tokenizer, prompts, [r["chosen"] for r in train], rc.max_length)
-            fr = trunk_features(trunk, tokenizer, prompts, [r["rejected"] for r in train], rc.max_length)
-            weight, bias = train_heads(fc, fr, rc.members, cfg.seed)
-            trunk.save_pretrained(tmp / "trunk", safe_serialization=True)
-            tokenizer.save_pretrained(tmp / "trunk")
-            save_file({"weight": weight.contiguous(), "bias": bias}, tmp / HEADS)
-            members = [
-                {"name": f"head_{k}", "seed": cfg.seed, "init": str(policy_dir), "n_train": len(train)}
-                for k in range(rc.members)
-            ]
+            members = _train_all_heads(cfg, train, policy_dir, tmp)
             if progress:
                 progress.advance(task, rc.members)
-        manifest = {
-            "objective": objective,
-            "kind": rc.kind,
-            "max_length": rc.max_length,
-            "aggregation": rc.aggregation,
-            "uwo_lambda": rc.uwo_lambda,
-            "members": members,
-        }
-        atomic_write_json(tmp / MANIFEST, manifest)
-        summary = validate(RewardEnsemble(tmp), val, cfg)
-        for member, acc, mu, sd in zip(
-            members,
-            summary["member_accuracy"],
-            summary["normalisation"]["mean"],
-            summary["normalisation"]["std"],
-            strict=True,
-        ):
-            member.update(val_accuracy=acc, reward_mean=mu, reward_std=sd)
-        manifest["val"] = {k: v for k, v in summary.items() if k != "normalisation"}
-        atomic_write_json(tmp / MANIFEST, manifest)
-        cfg.save(tmp)
-    return manifest["val"]
+        return _finish_ensemble(cfg, objective, members, tmp, val)
+
+
+# ---- the same, fanned out: one pipeline task per objective x member, then one finishing task ----
+
+PARTS = ".parts"
+
+
+def train_ensemble_member(
+    cfg: Config, objective: str, member: int, data_dir: str | Path, policy_dir: str | Path, out_dir: str | Path
+) -> dict[str, Any]:
+    """Member `member` of `objective`'s ensemble (-1 with `kind: heads`: all heads) into
+    `<out_dir>/<objective>.parts/`; `finish_reward_models` assembles the parts."""
+    data_dir, policy_dir, out_dir = Path(data_dir), Path(policy_dir), Path(out_dir)
+    train = read_pairs(data_dir / "train" / f"{objective}.jsonl")
+    name = f"member_{member}" if member >= 0 else "heads"
+    if (member >= 0) != (cfg.reward.kind == "full") or member >= cfg.reward.members:
+        raise ValueError(f"member {member} does not exist for reward.kind={cfg.reward.kind} x {cfg.reward.members}")
+    with atomic_directory(out_dir / f"{objective}{PARTS}" / name) as tmp:
+        if member >= 0:
+            records = [_train_full_member(cfg, train, member, policy_dir, tmp)]
+        else:
+            records = _train_all_heads(cfg, train, policy_dir, tmp)
+        atomic_write_json(tmp / "members.json", records)
+    return {"objective": objective, "member": member, "n_train": len(train)}
+
+
+def finish_reward_models(cfg: Config, data_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Assemble every objective's trained parts into its ensemble (manifest, normalisation,
+    validation) and write `<out_dir>/summary.json`, as `train_reward_models` does."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    summary = {}
+    for objective in cfg.reward.objectives:
+        parts = out_dir / f"{objective}{PARTS}"
+        names = [f"member_{k}" for k in range(cfg.reward.members)] if cfg.reward.kind == "full" else ["heads"]
+        missing = [n for n in names if not (parts / n / "members.json").exists()]
+        if missing:
+            raise FileNotFoundError(f"reward ensemble '{objective}' lacks trained parts {missing} in '{parts}'")
+        val = read_pairs(data_dir / "val" / f"{objective}.jsonl")
+        with atomic_directory(out_dir / objective) as tmp:
+            members = []
+            for n in names:
+                members += json.loads((parts / n / "members.json").read_text())
+                shutil.copytree(parts / n, tmp if n == "heads" else tmp / n, dirs_exist_ok=True)
+                (tmp / (n if n != "heads" else "") / "members.json").unlink()
+            summary[objective] = _finish_ensemble(cfg, objective, members, tmp, val)
+        shutil.rmtree(parts)
+    summary["mean_ensemble_accuracy"] = fmean(s["ensemble_accuracy"][cfg.reward.aggregation] for s in summary.values())
+    atomic_write_json(out_dir / SUMMARY, summary)
+    return summary
 
 
 def union_cycle_pairs(ws: Workspace, objective: str) -> tuple[list[dict[str, str]], list[int]]:

@@ -1,0 +1,1 @@
+"""The cycle pipeline (DAG), its local run through kfp.local, compile and the recurring schedule."""

@@ -1,0 +1,115 @@
+"""The iterative-RLHF cycle as a Kubeflow pipeline: one run is one cycle; a recurring run repeats it.
+
+    canary_decide -> collect -> annotate -> version_data -> reward_plan
+      -> ParallelFor(objective x member): reward_member -> reward_finish      (and train_prm)
+      -> train_policy  ||  offline_rl
+      -> evaluate (stable vs each candidate) -> gate -> If(gate == "deploy"): canary_deploy
+    all inside an ExitHandler whose record_failure task records a failed cycle in the registry.
+
+Runtime parameters (what the Kubeflow UI asks for): `workspace` (the mounted volume), `config` (a
+name in configs/ or a path on the volume), `overrides` (a list of "a.b=value").
+
+Cluster settings come from the compile-time config's `pipeline` section: every task mounts the
+workspace PVC and gets the secrets as env; training tasks request GPUs (accelerator type and
+limit), tolerate GPU taints, select GPU nodes and get CPU / memory limits. `rlhfops compile`
+writes `pipelines/iterative_rlhf.yaml`.
+"""
+
+from pathlib import Path
+from typing import List
+
+from kfp import compiler, dsl, kubernetes
+
+from components.annotate import annotate
+from components.canary_decide import canary_decide
+from components.canary_deploy import canary_deploy
+from components.collect import collect
+from components.evaluate import evaluate
+from components.gate import gate
+from components.offline_rl import offline_rl
+from components.record_failure import record_failure
+from components.train_policy import train_policy
+from components.train_prm import train_prm
+from components.train_reward import reward_finish, reward_member, reward_plan
+from components.version_data import version_data
+from rlhfops.config import Config, PipelineConfig
+
+PIPELINE_NAME = "rlhfops-iterative-rlhf"
+COMPILED = Path(__file__).with_name("iterative_rlhf.yaml")
+
+
+def _cluster(task: dsl.PipelineTask, pc: PipelineConfig, train: bool) -> dsl.PipelineTask:
+    """The workspace volume and secrets on every task; GPUs, node selection and limits on training tasks."""
+    kubernetes.mount_pvc(task, pvc_name=pc.pvc, mount_path=pc.mount_path)
+    for env, ref in pc.secret_env.items():
+        secret, key = ref.split(":", 1)
+        kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env={key: env})
+    task.set_cpu_request(pc.cpu_request).set_memory_request(pc.memory_request)
+    if train:
+        task.set_cpu_limit(pc.train_cpu_limit).set_memory_limit(pc.train_memory_limit)
+        if pc.accelerator_limit > 0:
+            task.set_accelerator_type(pc.accelerator_type).set_accelerator_limit(pc.accelerator_limit)
+            for key, value in pc.node_selector.items():
+                kubernetes.add_node_selector(task, label_key=key, label_value=value)
+            for tol in pc.tolerations:
+                kubernetes.add_toleration(
+                    task,
+                    key=tol.get("key"),
+                    operator=tol.get("operator", "Equal"),
+                    value=tol.get("value"),
+                    effect=tol.get("effect"),
+                )
+    return task
+
+
+def build_pipeline(cfg: Config):
+    """The cycle pipeline with the cluster settings of `cfg.pipeline` (fixed at compile time)."""
+    pc = cfg.pipeline
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="One iterative-RLHF cycle: collect, annotate, version, "
+        "reward models, policy optimisation and offline RL, evaluation, gate, canary.",
+    )
+    def iterative_rlhf(
+        workspace: str = pc.mount_path,
+        config: str = "tiny",
+        overrides: List[str] = [],  # noqa: B006 (a KFP default value, never mutated)
+    ):
+        group = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
+        on_exit = _cluster(record_failure(workspace=workspace, group=group), pc, train=False)
+        with dsl.ExitHandler(on_exit, name="cycle"):
+            common = {"workspace": workspace, "config": config, "overrides": overrides, "group": group}
+            begin = _cluster(canary_decide(**common).set_display_name("canary decide"), pc, train=False)
+            cycle = begin.outputs["cycle"]
+            common = {**common, "cycle": cycle}
+            responses = _cluster(collect(**common), pc, train=False)
+            labels = _cluster(annotate(**common, responses=responses.outputs["responses"]), pc, train=False)
+            tag = _cluster(version_data(**common, annotations=labels.outputs["annotations"]), pc, train=False)
+            plan = _cluster(reward_plan(**common, data_tag=tag.output), pc, train=False)
+            with dsl.ParallelFor(items=plan.output, name="reward-models") as spec:
+                member = _cluster(reward_member(**common, spec=spec), pc, train=True)
+            reward = _cluster(reward_finish(**common, members=dsl.Collected(member.outputs["member"])), pc, train=True)
+            prm = _cluster(train_prm(**common, data_tag=tag.output), pc, train=True)
+            policy = _cluster(
+                train_policy(**common, reward=reward.outputs["reward"], prm=prm.outputs["prm"]), pc, train=True
+            )
+            offline = _cluster(offline_rl(**common, reward=reward.outputs["reward"]), pc, train=True)
+            scores = _cluster(
+                evaluate(**common, policy=policy.outputs["policy"], offline=offline.outputs["policy"]),
+                pc,
+                train=True,
+            )
+            decision = _cluster(gate(**common, candidate=scores.outputs["Output"]), pc, train=False)
+            with dsl.If(decision.outputs["Output"] == "deploy", name="deploy"):
+                _cluster(canary_deploy(**common), pc, train=False)
+
+    return iterative_rlhf
+
+
+def compile_pipeline(cfg: Config, out: str | Path = COMPILED) -> Path:
+    """Write the KFP IR YAML (what a user uploads in the Kubeflow UI)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(cfg), package_path=str(out))
+    return out

@@ -1,0 +1,84 @@
+"""Run the cycle pipeline on this machine through `kfp.local` (the subprocess runner, no containers).
+
+kfp.local prints every task's executor logs; `run_cycle` sends them to `<workspace>/logs/` and
+shows one progress line per finished stage instead:
+
+    [cycle 2] collect                      ok     14.2 s
+"""
+
+import contextlib
+import io
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rlhfops.config import Config
+from rlhfops.workspace import Workspace
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+EXECUTING = re.compile(r"Executing task '([^']+)'")
+FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+PIPELINE_DONE = re.compile(r"Pipeline '([^']+)' finished with status (\w+)(.*)")
+
+
+class ProgressStream(io.TextIOBase):
+    """A text stream that keeps kfp.local's full log in a file and reports stage ends to `emit`."""
+
+    def __init__(self, log_file: io.TextIOBase, emit: Callable[[str, str, float], None]):
+        self.log_file, self.emit = log_file, emit
+        self.started: dict[str, float] = {}
+        self.buffer = ""
+        self.status, self.failure = "", ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.log_file.write(text)
+        self.buffer += text
+        *lines, self.buffer = self.buffer.split("\n")
+        for line in lines:
+            self._line(ANSI.sub("", line))
+        return len(text)
+
+    def _line(self, line: str) -> None:
+        if m := EXECUTING.search(line):
+            self.started.setdefault(m.group(1), time.perf_counter())
+        elif m := FINISHED.search(line):
+            name, state = m.groups()
+            self.emit(name, state, time.perf_counter() - self.started.pop(name, time.perf_counter()))
+        elif m := PIPELINE_DONE.search(line):
+            self.status, self.failure = m.group(2), m.group(3).strip(" .")
+
+    def flush(self) -> None:
+        self.log_file.flush()
+
+
+def run_cycle(
+    cfg: Config,
+    ws: Workspace,
+    config: str,
+    overrides: list[str],
+    emit: Callable[[str, str, float], None],
+) -> tuple[bool, str, Path]:
+    """One pipeline run (one cycle) through kfp.local; returns (succeeded, failure message, log file)."""
+    from kfp import local
+
+    from pipelines.iterative_rlhf import build_pipeline
+
+    root = ws.root.resolve()
+    logs = root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "pipeline-root"), raise_on_error=False
+    )
+    pipeline = build_pipeline(cfg)
+    with log_path.open("w") as log_file:
+        stream = ProgressStream(log_file, emit)
+        with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+            pipeline(workspace=str(root), config=config, overrides=list(overrides))
+        stream.flush()
+    succeeded = stream.status == "SUCCESS"
+    return succeeded, stream.failure or ("" if succeeded else "the pipeline did not finish"), log_path

@@ -1,0 +1,491 @@
+"""One RLHF cycle's stages as library functions: what the KFP components (`components/`), the DVC
+stages (`dvc.yaml`) and the tests call. No KFP imports here.
+
+Each stage takes the config, the workspace and the cycle number, reads what earlier stages left in
+the workspace and writes its own outputs there (atomically, so a re-run after a crash redoes it):
+
+    decide_canary      the canary the last cycle deployed: promote / rollback / wait (online gate)
+    collect            <ws>/cycles/NNNN/responses.jsonl   (annotation.collect)
+    annotate           <ws>/cycles/NNNN/pairs-*.jsonl, steps.jsonl, review.json   (annotation.annotate)
+    version_data       git + DVC commit of cycles/NNNN, tag cycle-NNNN   (versioning)
+    reward_member      one objective x member of the reward ensembles (trained on cycles 1..n)
+    reward_finish      each objective's manifest, normalisation and validation from its members
+    prm                the process reward model on every cycle's step labels so far
+    policy             the configured optimiser (PPO / GRPO / RLOO) from the stable policy
+    offline            offline RL on every logged, composite-scored sample so far
+    evaluate           gold evaluation (Best-of-N at `pipeline.eval_best_of_n`) of stable and each candidate
+    gate               the pre-deploy gate on paired per-prompt gold scores: deploy | reject
+    deploy_canary      registry: the chosen candidate becomes the canary (+ KServe patch in a cluster)
+    record_failure     the ExitHandler's record of a failed cycle
+
+Models of cycle n live in <ws>/models/cycle-NNNN/<name>/; the registry (`registry.json`) says
+which directory is stable and which is the canary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+from rlhfops.config import Config
+from rlhfops.files import atomic_write_json
+from rlhfops.registry import Registry
+from rlhfops.workspace import Workspace
+
+CANDIDATE_KINDS = ("policy", "offline")
+
+
+def cycle_models(ws: Workspace, cycle: int) -> Path:
+    return ws.model_dir(f"cycle-{cycle:04d}")
+
+
+def cycle_eval_path(ws: Workspace, cycle: int) -> Path:
+    return ws.eval_path(f"cycle-{cycle:04d}")
+
+
+def next_cycle(ws: Workspace) -> int:
+    """1 + the last cycle that finished (its evaluation written), so a failed cycle is redone."""
+    done = [n for n in ws.cycle_numbers() if cycle_eval_path(ws, n).exists()]
+    return max(done, default=0) + 1
+
+
+def ensure_stable(cfg: Config, ws: Workspace) -> dict[str, Any]:
+    """The registry's stable version; on the first cycle the SFT policy becomes it."""
+    registry = Registry(ws.root)
+    stable = registry.stable()
+    if stable is not None:
+        return stable
+    sft = ws.model_dir("sft")
+    if not (sft / "config.json").exists():
+        raise FileNotFoundError(f"no stable model in the registry and no SFT policy in '{sft}'; run `rlhfops sft`")
+    metrics = {}
+    if ws.eval_path("sft").exists():
+        metrics = _headline(json.loads(ws.eval_path("sft").read_text()))
+    registry.register(sft, metrics=metrics, config=cfg.model_dump(mode="json"), stage="stable", name="sft")
+    return registry.stable()
+
+
+def _headline(result: dict[str, Any]) -> dict[str, Any]:
+    keys = ("gold_composite", "solve_accuracy", "over_refusal_rate", "undefined_recall")
+    return {**{k: result.get(k) for k in keys}, **{f"gold/{k}": v for k, v in result.get("gold", {}).items()}}
+
+
+# ---- canary ---------------------------------------------------------------------------------------
+
+
+def begin(cfg: Config, ws: Workspace) -> dict[str, Any]:
+    """The first task of a cycle: a stable model exists (SFT on the first cycle), the last cycle's
+    canary is decided, and the cycle number is fixed for every later task."""
+    ensure_stable(cfg, ws)
+    canary = decide_canary(cfg, ws)
+    return {"cycle": next_cycle(ws), "canary": canary}
+
+
+def decide_canary(cfg: Config, ws: Workspace) -> dict[str, Any]:
+    """Promote, roll back or keep waiting on the canary from its logged interactions; "none" when
+    there is no canary. The decision and its statistics are recorded in the registry."""
+    from rlhfops.serving.gate import decide
+    from rlhfops.serving.store import InteractionStore
+
+    registry = Registry(ws.root)
+    canary, stable = registry.canary(), registry.stable()
+    if canary is None or stable is None:
+        return {"decision": "none", "reason": "no canary deployed"}
+    result = decide(InteractionStore.for_workspace(ws.root), stable["id"], canary["id"], cfg.gate)
+    registry.record_decision(canary["id"], result.decision, result.stats)
+    if result.decision == "promote":
+        registry.promote_canary()
+    elif result.decision == "rollback":
+        registry.rollback_canary()
+    if cfg.pipeline.kserve and result.decision in ("promote", "rollback"):
+        _kserve_apply(cfg, result.decision, canary)
+    return {"decision": result.decision, "reason": result.reason, "version": canary["id"]}
+
+
+def _kserve_apply(cfg: Config, action: str, version: dict[str, Any] | None = None) -> None:
+    """In a cluster (`pipeline.kserve: true`): the same change on the InferenceService."""
+    from kubernetes import client, config
+
+    from rlhfops.serving import kserve
+
+    config.load_incluster_config()
+    api, kc = client.CustomObjectsApi(), cfg.kserve
+    if action == "canary":
+        kserve.deploy_canary(api, kc.name, kc.namespace, _storage_uri(cfg, version), kc.canary_percent)
+    elif action == "promote":
+        kserve.promote(api, kc.name, kc.namespace)
+    else:
+        kserve.rollback(api, kc.name, kc.namespace)
+
+
+def _storage_uri(cfg: Config, version: dict[str, Any]) -> str:
+    """`pvc://<claim>/<path inside the workspace>` for a model directory on the workspace volume."""
+    rel = Path(version["path"]).resolve().relative_to(Path(cfg.pipeline.mount_path).resolve())
+    return f"pvc://{cfg.pipeline.pvc}/{rel.as_posix()}"
+
+
+# ---- data -----------------------------------------------------------------------------------------
+
+
+def collect(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
+    from rlhfops.annotation.collect import collect as collect_responses
+
+    policy = Path(ensure_stable(cfg, ws)["path"])
+    return collect_responses(cfg, ws, policy, ws.cycle_dir(cycle), cycle=cycle)
+
+
+def annotate(cfg: Config, ws: Workspace, cycle: int, responses_path: str | Path | None = None) -> dict[str, Any]:
+    from rlhfops.annotation.annotate import annotate as annotate_responses
+
+    out = ws.cycle_dir(cycle)
+    responses = Path(responses_path) if responses_path else out / "responses.jsonl"
+    return annotate_responses(cfg, ws, responses, out, rm_dir=_latest_reward_dir(ws, cycle))
+
+
+def _latest_reward_dir(ws: Workspace, cycle: int) -> Path | None:
+    """The newest earlier cycle's reward ensembles (active learning and the RM judge use them)."""
+    for n in range(cycle - 1, 0, -1):
+        path = cycle_models(ws, n) / "reward"
+        if (path / "summary.json").exists():
+            return path
+    return None
+
+
+def version_data(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
+    from rlhfops.versioning import commit_cycle
+
+    return {"tag": commit_cycle(ws, cycle, [ws.cycle_dir(cycle)])}
+
+
+# ---- reward side ----------------------------------------------------------------------------------
+
+
+def reward_plan(cfg: Config, ws: Workspace, cycle: int) -> list[str]:
+    """Prepare the reward-model training pairs (the union of cycles 1..n) once, then the fan-out:
+    "<objective>/<member>" for objectives x members (`kind: full`), "<objective>/-1" per objective
+    (`kind: heads`: one task trains all its heads)."""
+    from rlhfops.reward.train import prepare_preference_data
+
+    prepare_preference_data(cfg, ws, ws.data_dir("preferences"), Path(ensure_stable(cfg, ws)["path"]))
+    rc = cfg.reward
+    members = range(rc.members) if rc.kind == "full" else [-1]
+    return [f"{o}/{k}" for o in rc.objectives for k in members]
+
+
+def reward_member(cfg: Config, ws: Workspace, cycle: int, spec: str) -> dict[str, Any]:
+    """One item of `reward_plan`."""
+    from rlhfops.reward.train import train_ensemble_member
+
+    objective, member = spec.rsplit("/", 1)
+    policy = Path(ensure_stable(cfg, ws)["path"])
+    out = cycle_models(ws, cycle) / "reward"
+    return train_ensemble_member(cfg, objective, int(member), ws.data_dir("preferences"), policy, out)
+
+
+def reward_finish(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
+    from rlhfops.reward.train import finish_reward_models
+
+    out = cycle_models(ws, cycle) / "reward"
+    return {"path": str(out), **finish_reward_models(cfg, ws.data_dir("preferences"), out)}
+
+
+def prm(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
+    from rlhfops.reward.prm import train_prm_on_task
+
+    policy = Path(ensure_stable(cfg, ws)["path"])
+    out = cycle_models(ws, cycle) / "prm"
+    return {"path": str(out), **train_prm_on_task(cfg, policy, ws.data_dir("steps"), out, progress=False, workspace=ws)}
+
+
+# ---- policy side ----------------------------------------------------------------------------------
+
+
+def policy(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
+    """The configured optimiser from the stable policy, on the cycle's reward models (and PRM)."""
+    start = Path(ensure_stable(cfg, ws)["path"])
+    models = cycle_models(ws, cycle)
+    out = models / cfg.policy.algorithm
+    rm_dir = models / "reward" if cfg.policy.reward == "composite" else None
+    prm_dir = models / "prm" if (models / "prm" / "config.json").exists() else None
+    if cfg.policy.algorithm == "ppo":
+        from rlhfops.rl.ppo import train_ppo
+
+        train_ppo(cfg, start, out, rm_dir, prm_dir, progress=False)
+    else:
+        from rlhfops.rl.trl_online import train_trl_online
+
+        train_trl_online(cfg, start, rm_dir, out, progress=False, prm_dir=prm_dir)
+    return {"path": str(out), "algorithm": cfg.policy.algorithm, "start": str(start)}
+
+
+def offline(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
+    """Offline RL from the stable policy on every cycle's collected policy samples so far, scored
+    by this cycle's composite reward."""
+    from rlhfops.files import read_jsonl, write_jsonl
+    from rlhfops.reward.functions import CompositeReward, load_ensembles
+    from rlhfops.rl.ilql import train_offline
+
+    if not cfg.pipeline.offline:
+        return {"skipped": True}
+    start = Path(ensure_stable(cfg, ws)["path"])
+    models = cycle_models(ws, cycle)
+    rows = []
+    for n in ws.cycle_numbers():
+        if n <= cycle and (ws.cycle_dir(n) / "responses.jsonl").exists():
+            rows += read_jsonl(ws.cycle_dir(n) / "responses.jsonl", _check_response)
+    if not rows:
+        raise ValueError(f"no collected responses in '{ws.root / 'cycles'}' up to cycle {cycle}")
+    composite = CompositeReward(load_ensembles(models / "reward", cfg.reward.objectives), cfg, None)
+    prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
+    rewards = composite(prompts, responses)
+    data = models / "offline-data.jsonl"
+    write_jsonl(
+        data,
+        [{"prompt": p, "response": c, "reward": float(x)} for p, c, x in zip(prompts, responses, rewards, strict=True)],
+    )
+    train_offline(cfg, start, data, models / "offline", progress=False)
+    return {"path": str(models / "offline"), "samples": len(rows), "start": str(start)}
+
+
+def _check_response(record: dict[str, Any]) -> str | None:
+    for key in ("prompt", "response"):
+        if not isinstance(record.get(key), str):
+            return f"'{key}' must be a string"
+    return None
+
+
+def candidates(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Path]:
+    models = cycle_models(ws, cycle)
+    found = {cfg.policy.algorithm: models / cfg.policy.algorithm}
+    if cfg.pipeline.offline:
+        found["offline"] = models / "offline"
+    return {name: path for name, path in found.items() if (path / "config.json").exists()}
+
+
+# ---- evaluation and gate --------------------------------------------------------------------------
+
+
+def evaluate(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
+    """Gold evaluation of the stable policy and each candidate on the same test prompts, decoding
+    Best-of-N (`pipeline.eval_best_of_n`, scored by this cycle's reward ensembles) when N > 1;
+    per-prompt gold composites for the gate. Written to <ws>/eval/cycle-NNNN.json."""
+    from rlhfops.evaluation import evaluate_dir
+
+    stable = ensure_stable(cfg, ws)
+    eval_cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"n_test": cfg.pipeline.eval_prompts})})
+    models = {"stable": Path(stable["path"]), **candidates(cfg, ws, cycle)}
+    results = {}
+    for name, path in models.items():
+        if cfg.pipeline.eval_best_of_n > 1:
+            results[name] = _evaluate_bon(eval_cfg, path, cycle_models(ws, cycle) / "reward")
+        else:
+            results[name] = evaluate_dir(eval_cfg, path)
+        results[name]["per_prompt"] = results[name].pop("per_prompt", None)
+    best = max((n for n in models if n != "stable"), key=lambda n: results[n]["gold_composite"], default=None)
+    summary = {
+        "cycle": cycle,
+        "stable_version": stable["id"],
+        "best_candidate": best,
+        "models": {n: str(p) for n, p in models.items()},
+        "results": results,
+    }
+    atomic_write_json(cycle_eval_path(ws, cycle), summary)
+    return summary
+
+
+def _evaluate_bon(cfg: Config, policy_dir: Path, rm_dir: Path) -> dict[str, Any]:
+    import torch
+
+    from rlhfops.evaluation import score_responses
+    from rlhfops.inference.best_of_n import best_of_n, make_scorer
+    from rlhfops.modeling import load_policy
+    from rlhfops.reward.functions import load_ensembles
+    from rlhfops.tasks.arithmetic import ArithmeticTask
+
+    task = ArithmeticTask(cfg.task, seed=cfg.seed)
+    examples = task.examples("test", cfg.eval.n_test)
+    tokenizer, model = load_policy(policy_dir)
+    scorer = make_scorer(cfg, load_ensembles(rm_dir, cfg.reward.objectives), None)
+    picks = best_of_n(
+        model,
+        tokenizer,
+        [ex.prompt for ex in examples],
+        cfg.pipeline.eval_best_of_n,
+        scorer,
+        generation=cfg.generation,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        batch_size=cfg.best_of_n.batch_size,
+    )
+    result = score_responses(task, examples, [r.best for r in picks])
+    result["decoding"] = f"Best-of-{cfg.pipeline.eval_best_of_n} (reward ensembles of the cycle)"
+    return {"model": str(policy_dir), **result}
+
+
+def gate(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
+    """deploy | reject the best candidate against stable on paired per-prompt gold scores."""
+    from rlhfops.serving.gate import compare_scores
+
+    summary = json.loads(cycle_eval_path(ws, cycle).read_text())
+    best = summary["best_candidate"]
+    if best is None:
+        return {"decision": "reject", "reason": "no candidate was trained", "candidate": None}
+    stable = summary["results"]["stable"]["per_prompt"]
+    candidate = summary["results"][best]["per_prompt"]
+    result = compare_scores(stable, candidate, cfg.gate)
+    out = {"decision": result.decision, "reason": result.reason, "candidate": best, "stats": result.stats}
+    summary["gate"] = out
+    atomic_write_json(cycle_eval_path(ws, cycle), summary)
+    return out
+
+
+def deploy_canary(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
+    """Register the gated candidate as the canary (archiving an undecided older canary)."""
+    summary = json.loads(cycle_eval_path(ws, cycle).read_text())
+    best = summary["best_candidate"]
+    registry = Registry(ws.root)
+    stable = ensure_stable(cfg, ws)
+    metrics = {**_headline(summary["results"][best]), "cycle": cycle, "gate": summary.get("gate", {}).get("stats")}
+    version = registry.register(
+        summary["models"][best],
+        parent=stable["id"],
+        metrics=metrics,
+        config=cfg.model_dump(mode="json"),
+        stage="canary",
+        name=f"cycle-{cycle:04d}-{best}",
+    )
+    if cfg.pipeline.kserve:
+        _kserve_apply(cfg, "canary", registry.get(version))
+    return {"version": version, "candidate": best}
+
+
+def record_failure(ws: Workspace, cycle: int, message: str) -> None:
+    Registry(ws.root).record_failure(cycle, message)
+
+
+# ---- the entry point of every component and DVC stage -----------------------------------------------
+
+
+def open_stage(workspace: str, config: str, overrides: list[str]) -> tuple[Config, Workspace]:
+    from rlhfops.config import load_config
+
+    return load_config(config or None, overrides), Workspace(workspace)
+
+
+def scalars(result: Any, prefix: str = "") -> dict[str, float]:
+    """The finite numbers in a (nested) stage result, flattened to `a/b` keys, for W&B and KFP Metrics."""
+    out: dict[str, float] = {}
+    if isinstance(result, dict):
+        for key, value in result.items():
+            out.update(scalars(value, f"{prefix}{key}/"))
+    elif isinstance(result, bool) or isinstance(result, int | float) and math.isfinite(result):
+        out[prefix.rstrip("/")] = float(result)
+    return out
+
+
+def run_stage(name: str, workspace: str, config: str, overrides: list[str], cycle: int, group: str, **kwargs) -> Any:
+    """Load the config and workspace, run stage `name` inside its W&B run (job_type = name, group =
+    the pipeline run) and log its numbers."""
+    from rlhfops.tracking import start_run
+
+    cfg, ws = open_stage(workspace, config, overrides)
+    with start_run(cfg, name, group=group, cycle=cycle, workspace=ws.root) as run:
+        result = STAGES[name](cfg, ws, cycle, **kwargs)
+        numbers = scalars(result) if isinstance(result, dict) else {}
+        if numbers:
+            run.log_metrics(numbers)
+        if name == "evaluate":
+            run.log_samples(evaluation_samples(result))
+    return result
+
+
+def export_artifact(workspace: str, cycle: int, name: str, dest: str, exclude: tuple[str, ...] = ()) -> None:
+    """Copy a cycle's data file (or, for name "", its whole directory) to a KFP artifact path."""
+    import shutil
+
+    src = Workspace(workspace).cycle_dir(cycle) / name
+    if src.is_dir():
+        shutil.copytree(src, dest, ignore=shutil.ignore_patterns(*exclude, ".*"), dirs_exist_ok=True)
+    else:
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+
+
+def write_pointer(artifact: Any, result: dict[str, Any]) -> None:
+    """A KFP Model artifact for a model that lives in the workspace: a JSON pointer (where it is and
+    what made it) at the artifact path, the same in its metadata. The weights stay on the workspace
+    volume instead of being copied into the pipeline root."""
+    Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(artifact.path).write_text(json.dumps(result, indent=2, default=str))
+    artifact.metadata.update({k: v for k, v in scalars(result).items()})
+    if "path" in result:
+        artifact.metadata["workspace_path"] = str(result["path"])
+
+
+def log_metrics(metrics: Any, result: dict[str, Any]) -> None:
+    """A stage result's numbers on a KFP Metrics artifact (shown in the run's visualisations)."""
+    for key, value in scalars(result).items():
+        metrics.log_metric(key, value)
+
+
+def evaluation_html(summary: dict[str, Any]) -> str:
+    """The evaluation as an HTML table (the KFP UI renders HTML artifacts)."""
+    import html
+
+    results = summary["results"]
+    objectives = list(next(iter(results.values()))["gold"])
+    head = "".join(f"<th>{html.escape(o)}</th>" for o in ["model", "gold composite", *objectives, "solve acc"])
+    rows = []
+    for name, r in results.items():
+        cells = [name, f"{r['gold_composite']:.3f}", *(f"{r['gold'][o]:.3f}" for o in objectives)]
+        cells.append(f"{r['solve_accuracy']:.3f}" if r.get("solve_accuracy") is not None else "-")
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    title = f"cycle {summary['cycle']}: stable {summary['stable_version']} vs candidates"
+    return (
+        f"<html><body><h3>{html.escape(title)}</h3><table border='1' cellpadding='4'>"
+        f"<tr>{head}</tr>{''.join(rows)}</table>"
+        f"<p>best candidate: {html.escape(str(summary['best_candidate']))}</p></body></html>"
+    )
+
+
+def finish_cycle(workspace: str, group: str, state: str, error: str) -> None:
+    """The ExitHandler: a cycle that did not succeed is recorded in the registry (its cycle is the
+    newest one with data)."""
+    if state == "SUCCEEDED":
+        return
+    ws = Workspace(workspace)
+    cycle = max(ws.cycle_numbers(), default=next_cycle(ws))
+    record_failure(ws, cycle, f"pipeline run {group}: {state}: {error}".strip())
+
+
+def evaluation_samples(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per kept sample response of every evaluated model (W&B table)."""
+    return [
+        {
+            "model": name,
+            "prompt": s["prompt"],
+            "kind": s["kind"],
+            "response": s["response"],
+            "gold": fmean(s["gold"].values()),
+        }
+        for name, result in summary["results"].items()
+        for s in result.get("samples", [])
+    ]
+
+
+STAGES = {
+    "collect": collect,
+    "annotate": annotate,
+    "version_data": version_data,
+    "reward_plan": reward_plan,
+    "reward_member": reward_member,
+    "reward_finish": reward_finish,
+    "prm": prm,
+    "policy": policy,
+    "offline": offline,
+    "evaluate": evaluate,
+    "gate": gate,
+    "deploy_canary": deploy_canary,
+}
