@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: setup demo test lint format clean readme rewards policies bench-scoring bench-kinds bench-ppo bench-dense-prm
+.PHONY: setup demo test lint format clean readme rewards policies bench-scoring bench-kinds bench-ppo bench-dense-prm bench-offline
 
 setup: $(VENV)/.installed
 
@@ -55,6 +55,9 @@ bench-kinds: setup
 
 bench-ppo: setup
 	$(BIN)/python benchmarks/ppo_vs_rloo.py --steps 30 --out workspace/bench/ppo_vs_rloo.json
+
+bench-offline: setup
+	$(BIN)/python benchmarks/offline_vs_ppo.py --out workspace/bench/offline_vs_ppo.json $(ARGS)
 
 bench-dense-prm: setup
 	$(BIN)/python benchmarks/ppo_dense_prm.py --out workspace/bench/ppo_dense_prm.json

@@ -88,7 +88,10 @@ def build_pipeline(cfg: Config):
             tag = _cluster(version_data(**common, annotations=labels.outputs["annotations"]), pc, train=False)
             plan = _cluster(reward_plan(**common, data_tag=tag.output), pc, train=False)
             with dsl.ParallelFor(items=plan.output, name="reward-models") as spec:
-                member = _cluster(reward_member(**common, spec=spec), pc, train=True)
+                # no upstream task outputs inside the loop (kfp.local 2.17 mixes them with the item): the
+                # item carries the cycle
+                loop = {k: v for k, v in common.items() if k != "cycle"}
+                member = _cluster(reward_member(**loop, spec=spec), pc, train=True)
             reward = _cluster(reward_finish(**common, members=dsl.Collected(member.outputs["member"])), pc, train=True)
             prm = _cluster(train_prm(**common, data_tag=tag.output), pc, train=True)
             policy = _cluster(

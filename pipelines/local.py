@@ -45,9 +45,10 @@ class ProgressStream(io.TextIOBase):
     def _line(self, line: str) -> None:
         if m := EXECUTING.search(line):
             self.started.setdefault(m.group(1), time.perf_counter())
-        elif m := FINISHED.search(line):
+        elif (m := FINISHED.search(line)) and m.group(1) in self.started:
+            # (a ParallelFor iteration also reports its task's end, with no start of its own: skipped)
             name, state = m.groups()
-            self.emit(name, state, time.perf_counter() - self.started.pop(name, time.perf_counter()))
+            self.emit(name, state, time.perf_counter() - self.started.pop(name))
         elif m := PIPELINE_DONE.search(line):
             self.status, self.failure = m.group(2), m.group(3).strip(" .")
 

@@ -1,5 +1,6 @@
 import random
 
+import numpy as np
 import pytest
 
 from rlhfops.config import GateConfig
@@ -15,7 +16,7 @@ def test_t_quantile_matches_tables():
 
 
 def test_compare_feedback_by_hand():
-    cfg = GateConfig(min_samples=4, max_looks=1, confidence=0.95)
+    cfg = GateConfig(min_samples=4, max_looks=1, confidence=0.95, online_test="superiority")
     # diff = 1 - 0.25 = 0.75; var_c = 0, var_s = 0.25 -> se = 0.25; z_0.95 = 1.645 -> lower = 0.339
     d = compare_feedback([1, 0, 0, 0], [1, 1, 1, 1], cfg)
     assert d.decision == "promote"
@@ -27,7 +28,7 @@ def test_compare_feedback_by_hand():
 
 
 def test_looks_are_fixed_points_whatever_the_call_count():
-    cfg = GateConfig(min_samples=10, max_looks=3)
+    cfg = GateConfig(min_samples=10, max_looks=3, online_test="superiority")
     rng = random.Random(0)
     s = [float(rng.random() < 0.5) for _ in range(100)]
     c = [float(rng.random() < 0.5) for _ in range(100)]
@@ -45,7 +46,7 @@ def _fill(store, version, n, p, rng, status="ok", latency=10.0):
 
 @pytest.mark.parametrize(("p_canary", "expected"), [(0.8, "promote"), (0.2, "rollback"), (0.5, "rollback")])
 def test_decide_on_the_store(tmp_path, p_canary, expected):
-    cfg = GateConfig(min_samples=100, max_looks=1)
+    cfg = GateConfig(min_samples=100, max_looks=1, online_test="superiority")
     store = InteractionStore.for_workspace(tmp_path)
     rng = random.Random(1)
     assert decide(store, "v1", "v2", cfg).decision == "wait"
@@ -72,7 +73,7 @@ def test_errors_and_latency_roll_back(tmp_path):
 
 
 def test_aa_false_promotion_rate_within_alpha():
-    cfg = GateConfig(min_samples=50, max_looks=5, confidence=0.9)
+    cfg = GateConfig(min_samples=50, max_looks=5, confidence=0.9, online_test="superiority")
     aa = aa_false_promotion_rate(cfg, trials=1000, p=0.5, seed=0)
     # Bonferroni bounds it by alpha = 0.1; fixed seed, so this is one fixed number, not a flaky draw
     assert aa["promote_rate"] <= 0.1
@@ -111,3 +112,20 @@ def test_compare_scores_exact_and_bad_input():
         compare_scores([1.0], [1.0, 2.0], cfg)
     with pytest.raises(ValueError, match="at least 2"):
         compare_scores([1.0], [1.0], cfg)
+
+
+def test_non_inferiority_promotes_an_equal_canary_and_rolls_back_a_worse_one():
+    cfg = GateConfig(min_samples=100, max_looks=1, confidence=0.95, online_test="non_inferiority", margin=0.1)
+    rng = np.random.default_rng(0)
+    stable = rng.normal(0.8, 0.2, 100).tolist()
+    equal = rng.normal(0.8, 0.2, 100).tolist()
+    worse = rng.normal(0.6, 0.2, 100).tolist()
+    promoted = compare_feedback(stable, equal, cfg)
+    assert promoted.decision == "promote" and promoted.stats["lower"] > -0.1
+    rolled = compare_feedback(stable, worse, cfg)
+    assert rolled.decision == "rollback" and rolled.stats["upper"] < -0.1
+    # between the two: not shown within the margin, not shown beyond it; the last look rolls back
+    slightly = [x - 0.09 for x in equal]
+    assert compare_feedback(stable, slightly, cfg).decision == "rollback"
+    two_looks = cfg.model_copy(update={"max_looks": 2})
+    assert compare_feedback(stable, slightly, two_looks).decision == "wait"

@@ -150,3 +150,30 @@ def test_dense_prm_block(tmp_path):
     (ws.root / "bench" / "ppo_dense_prm.json").write_text(json.dumps(runs))
     block = BLOCKS["dense-prm"](ws)
     assert "| outcome only | 2 | 0.850 +- 0.050 |" in block and "| outcome + dense PRM steps | 1 |" in block
+
+
+def test_offline_block(tmp_path):
+    from rlhfops.report import BLOCKS
+
+    ws = Workspace(tmp_path)
+    (ws.root / "bench").mkdir()
+
+    def side(gold):
+        return {"gold_composite": gold, "solve_accuracy": 0.5, "over_refusal_rate": 0.1}
+
+    rows = [
+        {"sft": side(0.8), "offline": side(0.9), "ppo": side(0.8), "offline_train_s": 5, "ppo_train_s": 40},
+        {
+            "sft": side(0.8),
+            "offline": side(0.8),
+            "ppo": side(0.9),
+            "offline_train_s": 7,
+            "ppo_train_s": 60,
+            "offline_data_s": 20,
+        },
+    ]
+    (ws.root / "bench" / "offline_vs_ppo.json").write_text(json.dumps({"rows": rows, "samples": 1920}))
+    block = BLOCKS["offline"](ws)
+    assert "| offline RL (ILQL heads, beta-2 shift) | 2 | 0.850 +- 0.050 | 0.050 +- 0.050 |" in block
+    assert "| PPO | 2 | 0.850 +- 0.050 | 0.050 +- 0.050 | 0.500 +- 0.000 | 0.100 +- 0.000 | 50 |" in block
+    assert "1920 completions" in block and "took 20 s" in block

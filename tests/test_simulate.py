@@ -8,8 +8,10 @@ from rlhfops.serving.simulate import simulate_traffic
 from rlhfops.serving.store import InteractionStore
 
 
-def test_simulated_users_send_prompts_and_feedback(tmp_path):
-    cfg = load_config("smoke", ["serving.canary_percent=25", "simulate.max_tokens=24", "simulate.noise=0"])
+@pytest.mark.parametrize("feedback", ["thumbs", "score"])
+def test_simulated_users_send_prompts_and_feedback(tmp_path, feedback):
+    overrides = ["serving.canary_percent=25", "simulate.max_tokens=24", "simulate.noise=0"]
+    cfg = load_config("smoke", [*overrides, f"simulate.feedback={feedback}"])
     tokenizer, model = init_policy(cfg)
     path = save_policy(model, tokenizer, cfg, tmp_path / "models" / "sft")
     reg = Registry(tmp_path)
@@ -20,11 +22,14 @@ def test_simulated_users_send_prompts_and_feedback(tmp_path):
     assert out["seconds"] < 60
     store = InteractionStore.for_workspace(tmp_path)
     rows = store.interactions()
-    assert len(rows) == 200 and all(r["feedback"] in (0.0, 1.0) for r in rows)
+    assert len(rows) == 200 and all(0.0 <= r["feedback"] <= 1.0 for r in rows)
+    if feedback == "thumbs":
+        assert all(r["feedback"] in (0.0, 1.0) for r in rows)
     assert out["versions"][v1]["requests"] + out["versions"][v2]["requests"] == 200
     assert 0.15 < out["versions"][v2]["requests"] / 200 < 0.35
-    # with noise 0 a thumbs up is exactly a gold mean >= threshold: the logged feedback agrees
+    # with noise 0 a thumbs up is exactly a gold mean >= threshold, a score exactly the gold mean
+    key = "thumbs_up_rate" if feedback == "thumbs" else "mean_gold"
     for v in (v1, v2):
-        up = [r["feedback"] for r in rows if r["version"] == v]
-        assert sum(up) / len(up) == pytest.approx(out["versions"][v]["thumbs_up_rate"])
+        logged = [r["feedback"] for r in rows if r["version"] == v]
+        assert sum(logged) / len(logged) == pytest.approx(out["versions"][v][key])
     assert decide(store, v1, v2, cfg.gate).decision == "wait"  # 100 feedback per arm is the first look

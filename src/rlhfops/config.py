@@ -428,6 +428,12 @@ class GateConfig(Section):
     min_samples: int = Field(100, ge=2, description="feedback per arm before the first look")
     max_looks: int = Field(5, ge=1, description="looks at min_samples, 2x, ...; alpha is split over them")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="1 - false-promotion rate the gate allows")
+    online_test: Literal["superiority", "non_inferiority"] = Field(
+        "non_inferiority",
+        description="online: superiority promotes a canary proven better; non_inferiority one proven not worse "
+        "than stable by more than `margin` (a regression guard: the pre-deploy gate already proved it better)",
+    )
+    margin: float = Field(0.1, ge=0, description="non_inferiority: how much worse (feedback scale) is tolerated")
     min_improvement: float = Field(0.0, ge=0, description="the canary must beat stable by more than this")
     max_error_rate: float = Field(0.05, ge=0, le=1, description="canary error rate above this rolls it back")
     max_latency_ratio: float = Field(3.0, gt=1, description="canary median latency above this x stable's rolls back")
@@ -463,6 +469,9 @@ class SimulateConfig(Section):
     max_tokens: int = Field(48, ge=1, description="max_tokens the users ask for")
     noise: float = Field(0.1, ge=0, le=0.5, description="probability a user's thumbs up/down is flipped")
     threshold: float = Field(0.75, ge=0, le=1, description="mean gold score at or above which a user gives thumbs up")
+    feedback: Literal["score", "thumbs"] = Field(
+        "score", description="score: the gold composite in [0, 1] (noise: 1 - it); thumbs: up/down at `threshold`"
+    )
     seed: int = Field(0, description="which prompts, which users, which flips")
 
 

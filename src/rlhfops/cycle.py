@@ -165,21 +165,25 @@ def version_data(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
 
 def reward_plan(cfg: Config, ws: Workspace, cycle: int) -> list[str]:
     """Prepare the reward-model training pairs (the union of cycles 1..n) once, then the fan-out:
-    "<objective>/<member>" for objectives x members (`kind: full`), "<objective>/-1" per objective
-    (`kind: heads`: one task trains all its heads)."""
+    "<cycle>/<objective>/<member>" for objectives x members (`kind: full`), "<cycle>/<objective>/-1"
+    per objective (`kind: heads`: one task trains all its heads)."""
     from rlhfops.reward.train import prepare_preference_data
 
     prepare_preference_data(cfg, ws, ws.data_dir("preferences"), Path(ensure_stable(cfg, ws)["path"]))
     rc = cfg.reward
     members = range(rc.members) if rc.kind == "full" else [-1]
-    return [f"{o}/{k}" for o in rc.objectives for k in members]
+    # The cycle rides in the item: kfp.local 2.17 hands a loop item to the wrong parameter when a
+    # task inside ParallelFor also takes an upstream task's output.
+    return [f"{cycle}/{o}/{k}" for o in rc.objectives for k in members]
 
 
 def reward_member(cfg: Config, ws: Workspace, cycle: int, spec: str) -> dict[str, Any]:
     """One item of `reward_plan`."""
     from rlhfops.reward.train import train_ensemble_member
 
-    objective, member = spec.rsplit("/", 1)
+    spec_cycle, objective, member = spec.split("/")
+    if int(spec_cycle) != cycle:
+        raise ValueError(f"reward member '{spec}' belongs to cycle {spec_cycle}, not {cycle}")
     policy = Path(ensure_stable(cfg, ws)["path"])
     out = cycle_models(ws, cycle) / "reward"
     return train_ensemble_member(cfg, objective, int(member), ws.data_dir("preferences"), policy, out)

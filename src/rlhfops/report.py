@@ -209,6 +209,42 @@ def dense_prm_block(ws: Workspace) -> str:
     return "\n".join(lines) + "\n\nMean +- population std over seeds; test split, 4 samples per prompt."
 
 
+def offline_block(ws: Workspace) -> str:
+    from statistics import fmean, pstdev
+
+    bench = _read(ws.root / "bench" / "offline_vs_ppo.json", "make bench-offline")
+    rows = bench["rows"]
+
+    def stat(values: list[float]) -> str:
+        return f"{fmean(values):.3f} +- {pstdev(values):.3f}"
+
+    lines = [
+        "| policy | seeds | gold composite | gain over SFT | solve accuracy | over-refusal | training s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for side, label in (("sft", "SFT (start)"), ("offline", "offline RL (ILQL heads, beta-2 shift)"), ("ppo", "PPO")):
+        if side not in rows[0]:
+            continue
+        gold = [r[side]["gold_composite"] for r in rows]
+        gain = [r[side]["gold_composite"] - r["sft"]["gold_composite"] for r in rows]
+        seconds = "-" if side == "sft" else f"{fmean(r[f'{side}_train_s'] for r in rows):.0f}"
+        lines.append(
+            f"| {label} | {len(rows)} | {stat(gold)} | {'-' if side == 'sft' else stat(gain)} | "
+            f"{stat([r[side]['solve_accuracy'] for r in rows])} | {stat([r[side]['over_refusal_rate'] for r in rows])} "
+            f"| {seconds} |"
+        )
+    return "\n".join(lines) + (
+        f"\n\nMean +- population std over seeds; {bench['samples']} completions each (offline: logged SFT samples; "
+        "PPO: sampled on line), both scored by the composite reward; test split, 4 samples per prompt. "
+        "Training seconds: PPO's include its sampling and scoring"
+        + (
+            f"; offline RL's exclude logging its data (sampling and scoring took {fmean(data_s):.0f} s)."
+            if (data_s := [r["offline_data_s"] for r in rows if r.get("offline_data_s")])
+            else "; offline RL's exclude logging its data."
+        )
+    )
+
+
 BLOCKS = {
     "gold-eval": gold_eval_block,
     "reward": reward_block,
@@ -219,6 +255,7 @@ BLOCKS = {
     "policy": policy_block,
     "throughput": throughput_block,
     "dense-prm": dense_prm_block,
+    "offline": offline_block,
 }
 
 

@@ -12,8 +12,14 @@ Online (`decide`), stateless, reading the interaction store:
                 bound = z_{1 - alpha / max_looks} * se with alpha = 1 - confidence: Bonferroni over
                 the looks keeps P(promote | A/A) <= alpha (union bound)
     latency     canary median latency > max_latency_ratio x stable's -> rollback
-    decision    diff - bound > min_improvement -> promote; diff + bound < 0 -> rollback;
-                last look without either -> rollback (no evidence it is better); else wait
+    decision    online_test superiority: diff - bound > min_improvement -> promote; diff + bound < 0
+                -> rollback; last look without either -> rollback (no evidence it is better); else wait.
+                online_test non_inferiority (default): diff - bound > -margin -> promote; diff + bound <
+                -margin -> rollback; last look without either -> rollback; else wait. The canary got
+                there through the pre-deploy gate, which already requires it to be significantly
+                better on paired gold scores (P(deploy | A/A) <= alpha), so the whole procedure still
+                promotes an A/A candidate with probability <= alpha; online, the canary only has to
+                show it does not regress on real traffic.
 
 Offline (`compare_scores`), per-prompt gold scores of stable and candidate on the same prompts:
 d = candidate - stable, one-sided lower confidence bound on mean(d) by a paired t-test or a
@@ -88,10 +94,22 @@ def compare_feedback(stable: list[float], canary: list[float], cfg: GateConfig) 
         upper=diff + z * se,
         p_value_better=p_value,
     )
-    if diff - z * se > cfg.min_improvement:
-        return GateDecision("promote", f"canary better by {diff:.3f} (lower bound {diff - z * se:.3f})", stats)
-    if diff + z * se < 0:
-        return GateDecision("rollback", f"canary worse by {-diff:.3f} (upper bound {diff + z * se:.3f})", stats)
+    lower, upper = diff - z * se, diff + z * se
+    if cfg.online_test == "non_inferiority":
+        stats["margin"] = cfg.margin
+        if lower > -cfg.margin:
+            return GateDecision("promote", f"canary not worse than -{cfg.margin} (lower bound {lower:.3f})", stats)
+        if upper < -cfg.margin:
+            return GateDecision("rollback", f"canary worse by more than {cfg.margin} (upper bound {upper:.3f})", stats)
+        if look == cfg.max_looks:
+            return GateDecision("rollback", f"not shown within {cfg.margin} of stable after {look * m} scores", stats)
+        return GateDecision(
+            "wait", f"look {look}/{cfg.max_looks}: lower bound {lower:.3f} not above -{cfg.margin}", stats
+        )
+    if lower > cfg.min_improvement:
+        return GateDecision("promote", f"canary better by {diff:.3f} (lower bound {lower:.3f})", stats)
+    if upper < 0:
+        return GateDecision("rollback", f"canary worse by {-diff:.3f} (upper bound {upper:.3f})", stats)
     if look == cfg.max_looks:
         return GateDecision("rollback", f"no significant improvement after {look * m} scores per arm", stats)
     return GateDecision("wait", f"look {look}/{cfg.max_looks}: difference {diff:.3f} not significant yet", stats)

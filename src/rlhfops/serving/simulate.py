@@ -57,7 +57,11 @@ def simulate_traffic(cfg: Config, ws: str | Path, n_requests: int, *, url: str |
                 text = reply["choices"][0]["text"]
                 gold = fmean(judge(example, text).values())
                 thumbs_up = (gold >= sim.threshold) != flip
-                fb = client.post("/v1/feedback", json={"id": reply["id"], "thumbs": "up" if thumbs_up else "down"})
+                if sim.feedback == "score":
+                    body = {"id": reply["id"], "score": 1.0 - gold if flip else gold}
+                else:
+                    body = {"id": reply["id"], "thumbs": "up" if thumbs_up else "down"}
+                fb = client.post("/v1/feedback", json=body)
                 return {"ok": fb.status_code == 200, "version": reply["model"], "gold": gold, "up": thumbs_up}
 
             with ThreadPoolExecutor(sim.concurrency) as pool:
