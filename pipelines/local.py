@@ -8,6 +8,7 @@ shows one progress line per finished stage instead:
 
 import contextlib
 import io
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ class ProgressStream(io.TextIOBase):
 
     def __init__(self, log_file: io.TextIOBase, emit: Callable[[str, str, float], None]):
         self.log_file, self.emit = log_file, emit
-        self.started: dict[str, float] = {}
+        self.started: dict[str, list[float]] = {}  # ParallelFor runs two iterations of a task at once
         self.buffer = ""
         self.status, self.failure = "", ""
 
@@ -44,11 +45,11 @@ class ProgressStream(io.TextIOBase):
 
     def _line(self, line: str) -> None:
         if m := EXECUTING.search(line):
-            self.started.setdefault(m.group(1), time.perf_counter())
-        elif (m := FINISHED.search(line)) and m.group(1) in self.started:
-            # (a ParallelFor iteration also reports its task's end, with no start of its own: skipped)
+            self.started.setdefault(m.group(1), []).append(time.perf_counter())
+        elif (m := FINISHED.search(line)) and self.started.get(m.group(1)):
+            # first started, first finished: exact when one runs at a time, close when two overlap
             name, state = m.groups()
-            self.emit(name, state, time.perf_counter() - self.started.pop(name))
+            self.emit(name, state, time.perf_counter() - self.started[name].pop(0))
         elif m := PIPELINE_DONE.search(line):
             self.status, self.failure = m.group(2), m.group(3).strip(" .")
 
@@ -76,10 +77,17 @@ def run_cycle(
         runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "pipeline-root"), raise_on_error=False
     )
     pipeline = build_pipeline(cfg)
+    root_logger = logging.getLogger()
+    handlers, level = root_logger.handlers[:], root_logger.level
     with log_path.open("w") as log_file:
         stream = ProgressStream(log_file, emit)
-        with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
-            pipeline(workspace=str(root), config=config, overrides=list(overrides))
+        try:
+            with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+                pipeline(workspace=str(root), config=config, overrides=list(overrides))
+        finally:
+            # kfp.local leaves its own handler (writing to the stream) on the root logger
+            root_logger.handlers[:] = handlers
+            root_logger.setLevel(level)
         stream.flush()
     succeeded = stream.status == "SUCCESS"
     return succeeded, stream.failure or ("" if succeeded else "the pipeline did not finish"), log_path

@@ -3,6 +3,7 @@ import json
 from typer.testing import CliRunner
 
 from rlhfops.cli import app
+from rlhfops.workspace import Workspace
 
 runner = CliRunner()
 
@@ -41,16 +42,50 @@ def test_sft_then_eval_json(tmp_path):
     assert json.loads((tmp_path / "ws" / "eval" / "sft.json").read_text()) == result
 
 
-def test_run_trains_and_evaluates_beside_the_untrained_policy(tmp_path):
+def test_run_is_one_whole_cycle_through_kfp_local(tmp_path):
+    """The main job at smoke size: SFT, then one cycle pipeline run through kfp.local (collect ->
+    annotate -> DVC version -> reward fan-out -> PRM -> PPO || offline RL -> evaluate -> gate ->
+    canary deploy), simulated canary traffic, and the canary decision."""
+    from rlhfops.registry import Registry
+    from rlhfops.serving.store import InteractionStore
+    from rlhfops.versioning import history
+
     ws = tmp_path / "ws"
-    result = runner.invoke(
-        app, ["run", "-c", "smoke", "-w", str(ws), "--set", "sft.max_steps=5", "--set", "eval.n_test=8", "--json"]
-    )
+    small = ["sft.max_steps=5", "eval.n_test=8", "policy.steps=2", "offline.max_steps=5", "prm.epochs=1"]
+    # a gate that lets the (untrained, smoke-size) candidate through, so the canary path runs too
+    deploy = ["gate.min_improvement=-1", "gate.min_samples=5", "simulate.n_requests=40", "simulate.max_tokens=8"]
+    args = ["run", "-c", "smoke", "-w", str(ws), "--cycles", "1", "--json"]
+    for item in small + deploy:
+        args += ["--set", item]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    results = json.loads(result.stdout)
-    assert set(results) == {"untrained", "sft"}
-    assert results["untrained"]["model"] == "untrained" and results["sft"]["n_prompts"] == 8
-    assert (ws / "eval" / "untrained.json").exists() and (ws / "models" / "sft" / "model.safetensors").exists()
+    report = json.loads(result.stdout)
+    (cycle,) = report["cycles"]
+    assert cycle["cycle"] == 1 and set(cycle["results"]) == {"stable", "ppo", "offline"}
+    assert cycle["gate"]["decision"] == "deploy" and cycle["canary"] is not None
+    assert cycle["traffic"]["errors"] == 0 and cycle["traffic"]["requests"] == 58  # 1.15 x 5 / 10% canary
+    assert report["final_canary"]["decision"] in ("promote", "rollback", "wait")
+    assert report["stable"]["gold_composite"] >= 0
+    registry = Registry(ws)
+    assert registry.get(cycle["canary"])["decisions"] and not registry.failures()
+    assert InteractionStore.for_workspace(ws).count() == 58
+    assert [h["tag"] for h in history(Workspace(ws))] == ["cycle-0001"]
+    models = ws / "models" / "cycle-0001"
+    assert (models / "reward" / "summary.json").exists() and not list((models / "reward").glob("*.parts"))
+    assert (models / "prm" / "config.json").exists() and (models / "offline" / "ilql_heads.safetensors").exists()
+    assert list((ws / "logs").glob("pipeline-*.log"))
+
+
+def test_a_failed_cycle_is_recorded_and_exits_non_zero(tmp_path):
+    from rlhfops.registry import Registry
+
+    ws = tmp_path / "ws"
+    args = ["run", "-c", "smoke", "-w", str(ws), "--cycles", "1", "--set", "sft.max_steps=5", "--set", "eval.n_test=8"]
+    result = runner.invoke(app, [*args, "--set", f"collect.dataset={tmp_path / 'no-such-dataset'}"])
+    assert result.exit_code == 2
+    assert "cycle 1 failed" in result.output and "collect" in result.output
+    (failure,) = Registry(ws).failures()
+    assert failure["cycle"] in (1, "1") and "FAILED" in failure["message"]
 
 
 def test_offline_trains_and_evaluates_with_the_shifted_decoding(tmp_path):

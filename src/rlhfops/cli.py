@@ -163,9 +163,16 @@ def run(
     n_cycles = cycles if cycles is not None else cfg.pipeline.cycles
     if n_cycles < 1:
         _fail(f"--cycles must be at least 1, got {n_cycles}")
+    import time
+
+    from rlhfops.files import atomic_write_json
+
+    started = time.perf_counter()
     sft = ws.model_dir("sft")
+    sft_seconds = None
     if not (sft / "config.json").exists():
         sft = _train_sft(cfg, ws, progress=not json_out)
+        sft_seconds = time.perf_counter() - started
         results = {"untrained": _evaluate(cfg, ws, None, "untrained"), "sft": _evaluate(cfg, ws, sft, "sft")}
         if not json_out:
             console.print(eval_table(results))
@@ -173,13 +180,15 @@ def run(
         _evaluate(cfg, ws, sft, "sft")
     if not json_out:
         console.print(f"SFT policy in {sft}/")
-    report = {"sft": _read_json(ws.eval_path("sft")), "cycles": []}
+    report = {"sft": _read_json(ws.eval_path("sft")), "sft_seconds": sft_seconds, "cycles": []}
     for _ in range(n_cycles):
         cycle = next_cycle(ws)
         report["cycles"].append(_run_cycle(cfg, ws, config, set_ or [], cycle, quiet=json_out))
     final = decide_canary(cfg, ws)  # the last cycle's canary, on the traffic it got
     report["final_canary"] = final
     report["stable"] = _stable_gold(cfg, ws)
+    report["seconds"] = time.perf_counter() - started
+    atomic_write_json(ws.eval_path("run"), report)  # `make readme` tabulates it
     if json_out:
         _emit_json(report)
         return
@@ -196,7 +205,7 @@ def _run_cycle(cfg: Config, ws: Workspace, config: str | None, overrides: list[s
     import time
 
     from pipelines.local import run_cycle
-    from rlhfops.cycle import cycle_eval_path
+    from rlhfops.cycle import cycle_eval_path, cycle_gate_path
     from rlhfops.registry import Registry
 
     terminal = Console(file=sys.stdout)  # kfp.local's own output is redirected to the log while it runs
@@ -204,7 +213,7 @@ def _run_cycle(cfg: Config, ws: Workspace, config: str | None, overrides: list[s
     def emit(task: str, state: str, seconds: float) -> None:
         if not quiet:
             colour = "green" if state == "SUCCESS" else "red"
-            terminal.print(f"  [cycle {cycle}] {task:<30} [{colour}]{state.lower():<8}[/{colour}] {seconds:7.1f} s")
+            terminal.print(f"  \\[cycle {cycle}] {task:<30} [{colour}]{state.lower():<8}[/{colour}] {seconds:7.1f} s")
 
     if not quiet:
         console.rule(f"cycle {cycle}")
@@ -221,13 +230,14 @@ def _run_cycle(cfg: Config, ws: Workspace, config: str | None, overrides: list[s
         "results": {
             k: {m: v for m, v in r.items() if m not in ("samples", "per_prompt")} for k, r in summary["results"].items()
         },
-        "gate": summary.get("gate"),
+        "gate": _read_json(cycle_gate_path(ws, cycle)) if cycle_gate_path(ws, cycle).exists() else None,
         "canary": canary["id"] if deployed else None,
     }
     if deployed and cfg.pipeline.simulate:
         from rlhfops.serving.simulate import simulate_traffic
 
         row["traffic"] = simulate_traffic(cfg, ws.root, _traffic_needed(cfg))
+    row["seconds"] = time.perf_counter() - start  # the pipeline run and the simulated traffic
     if not quiet:
         _print_cycle(row)
     return row
@@ -281,6 +291,50 @@ def _stable_gold(cfg: Config, ws: Workspace) -> dict[str, Any]:
     if path.exists():
         return _read_json(path)
     return _evaluate(cfg, ws, Path(stable["path"]), f"stable-{stable['id']}")
+
+
+@app.command()
+def stage(
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="a stage of rlhfops.cycle.STAGES, e.g. collect, annotate, reward_plan, prm, policy, evaluate, gate"
+        ),
+    ],
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = Path("workspace"),
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+    cycle: Annotated[int, typer.Option("--cycle", help="the cycle the stage works on")] = 1,
+    metrics: Annotated[
+        Path | None, typer.Option("--metrics", help="also write the stage's numbers here (JSON)")
+    ] = None,
+) -> None:
+    """Run one stage of a cycle on its own: the same library function a KFP component calls (dvc.yaml uses this)."""
+    from rlhfops.cycle import STAGES, ensure_stable, run_stage, scalars
+    from rlhfops.files import atomic_write_json
+
+    if name not in STAGES:
+        _fail(f"unknown stage '{name}'; stages: {', '.join(STAGES)}")
+    if cycle < 1:
+        _fail(f"--cycle must be at least 1, got {cycle}")
+    cfg, ws = _setup(config, set_, workspace)
+    try:
+        ensure_stable(cfg, ws)
+        result = run_stage(name, str(ws.root), config or "", list(set_ or []), cycle, f"stage-{name}")
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    if name == "reward_plan":  # the fan-out, run here one after another
+        for spec in result:
+            run_stage("reward_member", str(ws.root), config or "", list(set_ or []), cycle, f"stage-{name}", spec=spec)
+        result = {"members": len(result)}
+    numbers = scalars(result) if isinstance(result, dict) else {}
+    if metrics is not None:
+        atomic_write_json(metrics, numbers)
+    if json_out:
+        _emit_json(result)
+    else:
+        console.print(f"{name} (cycle {cycle}): " + ", ".join(f"{k} {v:g}" for k, v in list(numbers.items())[:8]))
 
 
 @app.command("compile")

@@ -434,7 +434,9 @@ class GateConfig(Section):
         "than stable by more than `margin` (a regression guard: the pre-deploy gate already proved it better)",
     )
     margin: float = Field(0.1, ge=0, description="non_inferiority: how much worse (feedback scale) is tolerated")
-    min_improvement: float = Field(0.0, ge=0, description="the canary must beat stable by more than this")
+    min_improvement: float = Field(
+        0.0, ge=-1, description="the candidate / canary must beat stable by more than this (negative: may be worse)"
+    )
     max_error_rate: float = Field(0.05, ge=0, le=1, description="canary error rate above this rolls it back")
     max_latency_ratio: float = Field(3.0, gt=1, description="canary median latency above this x stable's rolls back")
     offline_method: Literal["paired_t", "bootstrap"] = Field("paired_t", description="the pre-deploy test")
@@ -525,6 +527,9 @@ class PipelineConfig(Section):
     eval_best_of_n: int = Field(1, ge=1, description="per-cycle evaluation decodes Best-of-N (1: plain sampling)")
     simulate: bool = Field(True, description="`rlhfops run`: simulated canary traffic after each deploy")
     kserve: bool = Field(False, description="deploy / promote / roll back on the cluster's InferenceService too")
+    trainer_job: bool = Field(
+        False, description="the policy step runs as a Kubeflow Trainer TrainJob over `trainer_job.nodes` nodes"
+    )
     pvc: str = Field("rlhfops-workspace", description="PersistentVolumeClaim holding the workspace")
     mount_path: str = Field("/workspace", description="where every task mounts the workspace")
     accelerator_type: str = Field("nvidia.com/gpu", description="training tasks: set_accelerator_type")

@@ -14,7 +14,9 @@ the workspace and writes its own outputs there (atomically, so a re-run after a 
     policy             the configured optimiser (PPO / GRPO / RLOO) from the stable policy
     offline            offline RL on every logged, composite-scored sample so far
     evaluate           gold evaluation (Best-of-N at `pipeline.eval_best_of_n`) of stable and each candidate
+                       -> <ws>/eval/cycle-NNNN.json
     gate               the pre-deploy gate on paired per-prompt gold scores: deploy | reject
+                       -> <ws>/eval/cycle-NNNN-gate.json
     deploy_canary      registry: the chosen candidate becomes the canary (+ KServe patch in a cluster)
     record_failure     the ExitHandler's record of a failed cycle
 
@@ -44,6 +46,10 @@ def cycle_models(ws: Workspace, cycle: int) -> Path:
 
 def cycle_eval_path(ws: Workspace, cycle: int) -> Path:
     return ws.eval_path(f"cycle-{cycle:04d}")
+
+
+def cycle_gate_path(ws: Workspace, cycle: int) -> Path:
+    return ws.eval_path(f"cycle-{cycle:04d}-gate")
 
 
 def next_cycle(ws: Workspace) -> int:
@@ -212,6 +218,8 @@ def policy(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     start = Path(ensure_stable(cfg, ws)["path"])
     models = cycle_models(ws, cycle)
     out = models / cfg.policy.algorithm
+    if cfg.pipeline.trainer_job:
+        return _policy_trainjob(cfg, ws, cycle, out, start)
     rm_dir = models / "reward" if cfg.policy.reward == "composite" else None
     prm_dir = models / "prm" if (models / "prm" / "config.json").exists() else None
     if cfg.policy.algorithm == "ppo":
@@ -223,6 +231,21 @@ def policy(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
 
         train_trl_online(cfg, start, rm_dir, out, progress=False, prm_dir=prm_dir)
     return {"path": str(out), "algorithm": cfg.policy.algorithm, "start": str(start)}
+
+
+def _policy_trainjob(cfg: Config, ws: Workspace, cycle: int, out: Path, start: Path) -> dict[str, Any]:
+    """The policy step on `trainer_job.nodes` nodes: a Kubeflow Trainer TrainJob runs this same stage
+    (`rlhfops stage policy`, with `pipeline.trainer_job=false`) under accelerate + DeepSpeed on every
+    node, from the resolved config written next to the cycle's models; this task waits for it."""
+    from rlhfops.trainer_job import job_name, run_trainjob
+
+    models = cycle_models(ws, cycle)
+    models.mkdir(parents=True, exist_ok=True)
+    config = cfg.save(models)
+    args = ["stage", "policy", "--config", str(config), "--workspace", str(ws.root), "--cycle", str(cycle)]
+    args += ["--set", "pipeline.trainer_job=false"]
+    job = run_trainjob(cfg, args, name=job_name("policy", cycle))
+    return {"path": str(out), "algorithm": cfg.policy.algorithm, "start": str(start), "trainjob": job}
 
 
 def offline(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
@@ -335,13 +358,14 @@ def gate(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     summary = json.loads(cycle_eval_path(ws, cycle).read_text())
     best = summary["best_candidate"]
     if best is None:
-        return {"decision": "reject", "reason": "no candidate was trained", "candidate": None}
+        out = {"decision": "reject", "reason": "no candidate was trained", "candidate": None}
+        atomic_write_json(cycle_gate_path(ws, cycle), out)
+        return out
     stable = summary["results"]["stable"]["per_prompt"]
     candidate = summary["results"][best]["per_prompt"]
     result = compare_scores(stable, candidate, cfg.gate)
     out = {"decision": result.decision, "reason": result.reason, "candidate": best, "stats": result.stats}
-    summary["gate"] = out
-    atomic_write_json(cycle_eval_path(ws, cycle), summary)
+    atomic_write_json(cycle_gate_path(ws, cycle), out)
     return out
 
 
@@ -351,7 +375,9 @@ def deploy_canary(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     best = summary["best_candidate"]
     registry = Registry(ws.root)
     stable = ensure_stable(cfg, ws)
-    metrics = {**_headline(summary["results"][best]), "cycle": cycle, "gate": summary.get("gate", {}).get("stats")}
+    gate_path = cycle_gate_path(ws, cycle)
+    gate_stats = json.loads(gate_path.read_text()).get("stats") if gate_path.exists() else None
+    metrics = {**_headline(summary["results"][best]), "cycle": cycle, "gate": gate_stats}
     version = registry.register(
         summary["models"][best],
         parent=stable["id"],

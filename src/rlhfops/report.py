@@ -245,7 +245,49 @@ def offline_block(ws: Workspace) -> str:
     )
 
 
+def cycles_block(ws: Workspace) -> str:
+    """The main job's last run: per cycle the stable model and each candidate's gold composite, the
+    gate, the canary and its traffic; then SFT vs the stable model at the end, and the wall times."""
+    run = _read(ws.eval_path("run"), "make demo")
+    lines = [
+        "| cycle | stable | candidates (gold composite) | gate | canary traffic (canary / stable mean gold) | s |",
+        "| ---: | ---: | --- | --- | --- | ---: |",
+    ]
+    for c in run["cycles"]:
+        res = c["results"]
+        cands = ", ".join(f"{n} {r['gold_composite']:.3f}" for n, r in res.items() if n != "stable")
+        gate = c.get("gate") or {}
+        decision = f"{gate.get('decision', '-')} {gate.get('candidate') or ''}".strip()
+        if gate.get("stats", {}).get("lower") is not None:
+            decision += f" (diff {gate['stats']['diff']:+.3f}, lower {gate['stats']['lower']:+.3f})"
+        traffic = "-"
+        if c.get("traffic"):
+            per = c["traffic"]["versions"]
+            canary = per.get(c["canary"], {})
+            stable = next((v for k, v in per.items() if k != c["canary"]), {})
+            traffic = (
+                f"{c['canary']}: {canary.get('requests', 0)} of {c['traffic']['requests']} requests, "
+                f"{canary.get('mean_gold', float('nan')):.3f} / {stable.get('mean_gold', float('nan')):.3f}"
+            )
+        lines.append(
+            f"| {c['cycle']} | {res['stable']['gold_composite']:.3f} | {cands} | {decision} | {traffic} "
+            f"| {c['seconds']:.0f} |"
+        )
+    final = run["final_canary"]
+    sft_s = f"SFT training {run['sft_seconds']:.0f} s, then " if run.get("sft_seconds") else ""
+    lines += [
+        "",
+        f"Last canary: {final['decision']} ({final.get('reason', '')}). Gold composite on the full test split: "
+        f"SFT {run['sft']['gold_composite']:.3f} -> stable after the run {run['stable']['gold_composite']:.3f} "
+        f"(solve accuracy {run['sft']['solve_accuracy']:.3f} -> {run['stable']['solve_accuracy']:.3f}). "
+        f"Wall time: {sft_s}{len(run['cycles'])} cycles in {sum(c['seconds'] for c in run['cycles']):.0f} s "
+        f"({run['seconds']:.0f} s in all).",
+    ]
+    return "\n".join(lines)
+
+
 BLOCKS = {
+    "cycles": cycles_block,
     "gold-eval": gold_eval_block,
     "reward": reward_block,
     "weights": weights_block,

@@ -1,0 +1,113 @@
+"""rlhfops.cycle: the stage plumbing (the whole cycle runs in tests/test_cli.py through kfp.local)."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from rlhfops import cycle
+from rlhfops.config import load_config
+from rlhfops.modeling import init_policy, save_policy
+from rlhfops.registry import Registry
+from rlhfops.workspace import Workspace
+
+
+@pytest.fixture
+def ws_with_sft(tmp_path):
+    cfg = load_config("smoke")
+    tokenizer, model = init_policy(cfg)
+    save_policy(model, tokenizer, cfg, tmp_path / "models" / "sft")
+    return cfg, Workspace(tmp_path)
+
+
+def test_scalars_flattens_finite_numbers():
+    result = {"a": 1, "b": {"c": 0.5, "d": float("nan"), "e": "text", "f": True}, "g": [1, 2]}
+    assert cycle.scalars(result) == {"a": 1.0, "b/c": 0.5, "b/f": 1.0}
+
+
+def test_first_cycle_makes_sft_stable_and_numbers_cycles(ws_with_sft):
+    cfg, ws = ws_with_sft
+    stable = cycle.ensure_stable(cfg, ws)
+    assert stable["name"] == "sft" and stable["stage"] == "stable"
+    assert cycle.ensure_stable(cfg, ws)["id"] == stable["id"]  # idempotent
+    assert cycle.begin(cfg, ws) == {"cycle": 1, "canary": {"decision": "none", "reason": "no canary deployed"}}
+    ws.cycle_dir(1).mkdir(parents=True)
+    assert cycle.next_cycle(ws) == 1  # data but no evaluation: cycle 1 is redone
+    cycle.cycle_eval_path(ws, 1).parent.mkdir(parents=True, exist_ok=True)
+    cycle.cycle_eval_path(ws, 1).write_text("{}")
+    assert cycle.next_cycle(ws) == 2
+
+
+def test_no_stable_and_no_sft_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="rlhfops sft"):
+        cycle.ensure_stable(load_config("smoke"), Workspace(tmp_path))
+
+
+def test_exit_handler_records_only_failures(ws_with_sft):
+    _, ws = ws_with_sft
+    cycle.finish_cycle(str(ws.root), "run-1", "SUCCEEDED", "")
+    assert Registry(ws.root).failures() == []
+    cycle.finish_cycle(str(ws.root), "run-2", "FAILED", "Task collect failed.")
+    (failure,) = Registry(ws.root).failures()
+    assert failure["cycle"] == 1 and "run-2: FAILED: Task collect failed." in failure["message"]
+
+
+def test_gate_writes_its_own_file_and_deploy_registers_the_canary(ws_with_sft):
+    cfg, ws = ws_with_sft
+    stable = cycle.ensure_stable(cfg, ws)
+    cand = ws.model_dir("cycle-0001/ppo")
+    cand.mkdir(parents=True)
+    base = {"gold_composite": 0.5, "gold": {"helpfulness": 0.5}, "solve_accuracy": 0.1}
+    summary = {
+        "cycle": 1,
+        "stable_version": stable["id"],
+        "best_candidate": "ppo",
+        "models": {"stable": stable["path"], "ppo": str(cand)},
+        "results": {
+            "stable": {**base, "per_prompt": [0.1, 0.2, 0.3, 0.4] * 8},
+            "ppo": {**base, "gold_composite": 0.8, "per_prompt": [0.5, 0.7, 0.6, 0.9] * 8},
+        },
+    }
+    cycle.cycle_eval_path(ws, 1).parent.mkdir(parents=True)
+    cycle.cycle_eval_path(ws, 1).write_text(json.dumps(summary))
+    gate = cycle.gate(cfg, ws, 1)
+    assert gate["decision"] == "deploy" and gate["candidate"] == "ppo"
+    assert json.loads(cycle.cycle_gate_path(ws, 1).read_text())["decision"] == "deploy"
+    assert "gate" not in json.loads(cycle.cycle_eval_path(ws, 1).read_text())  # the evaluation is not rewritten
+    deployed = cycle.deploy_canary(cfg, ws, 1)
+    canary = Registry(ws.root).canary()
+    assert canary["id"] == deployed["version"] and canary["parent"] == stable["id"]
+    assert canary["metrics"]["cycle"] == 1 and canary["metrics"]["gate"]["diff"] > 0
+    html = cycle.evaluation_html(summary)
+    assert "<td>ppo</td><td>0.800</td>" in html and "best candidate: ppo" in html
+
+
+def test_policy_step_as_a_trainjob(ws_with_sft, monkeypatch):
+    import rlhfops.trainer_job as tj
+
+    cfg, ws = ws_with_sft
+    cfg = load_config("smoke", ["pipeline.trainer_job=true"])
+    calls = []
+    monkeypatch.setattr(tj, "run_trainjob", lambda cfg, args, name: calls.append((args, name)) or {"status": "ok"})
+    result = cycle.policy(cfg, ws, 2)
+    ((args, name),) = calls
+    config = ws.model_dir("cycle-0002") / "rlhfops_config.yaml"
+    assert args == [
+        "stage", "policy", "--config", str(config), "--workspace", str(ws.root), "--cycle", "2",
+        "--set", "pipeline.trainer_job=false",
+    ]  # fmt: skip
+    assert name.startswith("rlhfops-policy-c2-") and result["trainjob"] == {"status": "ok"}
+    assert load_config(config).pipeline.trainer_job is True  # the job's own --set turns it off inside
+
+
+def test_storage_uri_on_the_workspace_volume():
+    cfg = load_config(None, ["pipeline.pvc=claim", "pipeline.mount_path=/workspace"])
+    uri = cycle._storage_uri(cfg, {"path": "/workspace/models/cycle-0002/ppo"})
+    assert uri == "pvc://claim/models/cycle-0002/ppo"
+
+
+def test_write_pointer(tmp_path):
+    artifact = SimpleNamespace(path=str(tmp_path / "a" / "model"), metadata={})
+    cycle.write_pointer(artifact, {"path": "/ws/models/x", "n": 3})
+    assert json.loads((tmp_path / "a" / "model").read_text()) == {"path": "/ws/models/x", "n": 3}
+    assert artifact.metadata == {"n": 3.0, "workspace_path": "/ws/models/x"}

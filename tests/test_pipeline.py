@@ -1,0 +1,151 @@
+"""The cycle pipeline: compiled YAML (current, GPUs, volume, secrets), schedule, and the local progress stream.
+The whole cycle through kfp.local runs in tests/test_cli.py (`rlhfops run`)."""
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from pipelines.iterative_rlhf import COMPILED, compile_pipeline
+from pipelines.local import ProgressStream
+from pipelines.schedule import check_cron, schedule
+from rlhfops.config import load_config
+
+TRAINING = {"reward-member", "reward-finish", "train-prm", "train-policy", "offline-rl", "evaluate"}
+
+
+def _compile_fresh(tmp_path: Path) -> Path:
+    """Compile with the defaults in a clean process: image references are fixed at import time from
+    RLHFOPS_REGISTRY / RLHFOPS_IMAGE_TAG, which must not leak in from the environment."""
+    out = tmp_path / "pipeline.yaml"
+    env = {k: v for k, v in os.environ.items() if k not in ("RLHFOPS_REGISTRY", "RLHFOPS_IMAGE_TAG")}
+    code = (
+        "from rlhfops.config import load_config; from pipelines.iterative_rlhf import compile_pipeline; "
+        f"compile_pipeline(load_config(None), {str(out)!r})"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
+    return out
+
+
+def test_checked_in_pipeline_is_current(tmp_path):
+    fresh = _compile_fresh(tmp_path)
+    assert fresh.read_text() == COMPILED.read_text(), "pipelines/iterative_rlhf.yaml is stale: run `rlhfops compile`"
+
+
+def test_training_tasks_request_gpus_and_every_task_mounts_the_workspace():
+    spec, platform = yaml.safe_load_all(COMPILED.read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    names = {name.removeprefix("exec-") for name in executors}
+    assert names >= TRAINING and {"collect", "annotate", "version-data", "gate", "canary-deploy"} <= names
+    for name, executor in executors.items():
+        task = name.removeprefix("exec-")
+        resources = executor["container"].get("resources", {})
+        config = k8s[name]
+        assert config["pvcMount"][0]["mountPath"] == "/workspace", task
+        assert {e["envVar"] for s in config["secretAsEnv"] for e in s["keyToEnv"]} >= {"WANDB_API_KEY"}
+        if task in TRAINING:
+            assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu", task
+            assert resources["accelerator"]["resourceCount"] == "1", task
+            assert config["tolerations"][0]["key"] == "nvidia.com/gpu", task
+            assert config["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}, task
+            assert "/trainer:" in executor["container"]["image"], task
+        else:
+            assert "accelerator" not in resources and "nodeSelector" not in config, task
+            assert "/runtime:" in executor["container"]["image"], task
+
+
+def test_pipeline_shape():
+    spec, _ = yaml.safe_load_all(COMPILED.read_text())
+    root = spec["root"]["dag"]["tasks"]
+    assert (
+        "record-failure" in root
+        and root["record-failure"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    )
+    cycle = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    loop = next(t for n, t in cycle.items() if n.startswith("for-loop"))
+    assert loop["parameterIterator"]["items"]["inputParameter"].endswith("reward-plan-Output")
+    condition = next(t for n, t in cycle.items() if n.startswith("condition"))
+    assert "== 'deploy'" in condition["triggerPolicy"]["condition"]
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(params) == {"workspace", "config", "overrides"}
+
+
+def test_gpu_settings_come_from_the_config(tmp_path):
+    cfg = load_config(None, ["pipeline.accelerator_limit=0"])
+    spec, platform = yaml.safe_load_all(compile_pipeline(cfg, tmp_path / "cpu.yaml").read_text())
+    for executor in spec["deploymentSpec"]["executors"].values():
+        assert "accelerator" not in executor["container"].get("resources", {})
+
+
+class FakeClient:
+    def __init__(self, existing: str | None = None):
+        self.existing, self.calls = existing, []
+
+    def get_pipeline_id(self, name):
+        self.calls.append(("get_pipeline_id", name))
+        return self.existing
+
+    def upload_pipeline(self, package, pipeline_name, description):
+        self.calls.append(("upload_pipeline", pipeline_name))
+        return SimpleNamespace(pipeline_id="p-1")
+
+    def upload_pipeline_version(self, package, pipeline_version_name, pipeline_id):
+        self.calls.append(("upload_pipeline_version", pipeline_id))
+        return SimpleNamespace(pipeline_version_id="v-1")
+
+    def create_experiment(self, name):
+        self.calls.append(("create_experiment", name))
+        return SimpleNamespace(experiment_id="e-1")
+
+    def create_recurring_run(self, **kwargs):
+        self.calls.append(("create_recurring_run", kwargs))
+        return SimpleNamespace(recurring_run_id="r-1")
+
+
+@pytest.mark.parametrize("existing", [None, "p-0"])
+def test_schedule_uploads_a_pipeline_or_a_version_and_creates_one_recurring_run(existing):
+    client = FakeClient(existing)
+    params = {"workspace": "/workspace", "config": "tiny", "overrides": []}
+    done = schedule(client, COMPILED, "0 0 2 * * 0", params=params, version_name="v-test")
+    names = [c[0] for c in client.calls]
+    pipeline_id = existing or "p-1"
+    assert ("upload_pipeline" in names) == (existing is None)
+    run = client.calls[-1][1]
+    assert run == {
+        "experiment_id": "e-1",
+        "job_name": "rlhfops-weekly-cycle",
+        "cron_expression": "0 0 2 * * 0",
+        "max_concurrency": 1,
+        "no_catchup": True,
+        "params": params,
+        "pipeline_id": pipeline_id,
+        "version_id": "v-1",
+        "service_account": None,
+    }
+    assert done.recurring_run_id == "r-1" and done.pipeline_id == pipeline_id
+
+
+def test_schedule_refuses_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="6 fields"):
+        check_cron("0 2 * * 0")
+    with pytest.raises(FileNotFoundError, match="rlhfops compile"):
+        schedule(FakeClient(), tmp_path / "missing.yaml", "0 0 2 * * 0")
+
+
+def test_progress_stream_reports_each_finished_stage_once():
+    seen = []
+    log = io.StringIO()
+    stream = ProgressStream(log, lambda name, state, seconds: seen.append((name, state)))
+    stream.write("11:00:00.0 - INFO - Executing task \x1b[96m'collect'\x1b[0m\nnoise\n")
+    stream.write("11:00:01.0 - INFO - Task 'collect' finished with status \x1b[92mSUCCESS\x1b[0m\n")
+    stream.write("11:00:01.0 - INFO - Task 'collect' finished with status SUCCESS\n")  # no start of its own
+    stream.write("11:00:02.0 - ERROR - Pipeline 'p' finished with status FAILURE. Inner task failed: 'gate'.\n")
+    assert seen == [("collect", "SUCCESS")]
+    assert stream.status == "FAILURE" and "Inner task failed: 'gate'" in stream.failure
+    assert "noise" in log.getvalue()
