@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: setup demo test lint format clean readme rewards policies bench-scoring bench-kinds bench-ppo bench-dense-prm bench-offline
+.PHONY: setup demo test lint format clean readme rewards policies bench-scoring bench-kinds bench-ppo bench-dense-prm bench-offline bench-load bench-gate bench-active
 
 setup: $(VENV)/.installed
 
@@ -55,6 +55,15 @@ bench-kinds: setup
 
 bench-ppo: setup
 	$(BIN)/python benchmarks/ppo_vs_rloo.py --steps 30 --out workspace/bench/ppo_vs_rloo.json
+
+bench-load: setup
+	$(BIN)/python benchmarks/load_router.py --model workspace/models/sft --out workspace/bench/load_router.json $(ARGS)
+
+bench-gate: setup
+	$(BIN)/python benchmarks/gate_aa.py --out workspace/bench/gate_aa.json $(ARGS)
+
+bench-active: setup
+	$(BIN)/python benchmarks/active_learning.py --policy workspace/models/sft --pool 300 --val 160 --rounds 4 --seeds 3 --out workspace/bench/active_learning.json $(ARGS)
 
 bench-offline: setup
 	$(BIN)/python benchmarks/offline_vs_ppo.py --out workspace/bench/offline_vs_ppo.json $(ARGS)

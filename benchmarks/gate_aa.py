@@ -1,7 +1,8 @@
 """False-promotion rate of the gates on A/A traffic, and their power on a real difference.
 
 Online canary gate (sequential, Bonferroni over `max_looks`): simulated thumbs up/down,
-Bernoulli(p) for both arms (A/A) or p + effect for the canary. Offline pre-deploy gate: paired
+Bernoulli(p) for stable and p + effect for the canary; `superiority` (a false promotion: an equal
+canary) and `non_inferiority` (a false promotion: a canary worse by `margin`). Offline pre-deploy gate: paired
 per-prompt gold scores of two independent draws of one policy (A/A) or a better candidate.
 
     python benchmarks/gate_aa.py --out workspace/bench/gate_aa.json
@@ -36,22 +37,29 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     online = []
-    for confidence in (0.9, 0.95, 0.99):
-        for p in (0.3, 0.5, 0.8):
-            cfg = GateConfig(confidence=confidence)
-            aa = aa_false_promotion_rate(cfg, args.trials, p=p, seed=args.seed)
-            power = aa_false_promotion_rate(cfg, args.trials // 5, p=p, seed=args.seed + 1, effect=0.1)
-            online.append(
-                {
-                    "confidence": confidence,
-                    "alpha": round(1 - confidence, 6),
-                    "p": p,
-                    "min_samples": cfg.min_samples,
-                    "max_looks": cfg.max_looks,
-                    "aa_false_promotion_rate": aa["promote_rate"],
-                    "promote_rate_at_effect_0.1": power["promote_rate"],
-                }
-            )
+    for test in ("superiority", "non_inferiority"):
+        for confidence in (0.9, 0.95, 0.99):
+            for p in (0.3, 0.5, 0.8):
+                cfg = GateConfig(confidence=confidence, online_test=test)
+                # superiority: a false promotion is promoting an equal canary (A/A), power at +0.1;
+                # non_inferiority: a false promotion is promoting one worse by the margin, power on A/A
+                false_effect, true_effect = (0.0, 0.1) if test == "superiority" else (-cfg.margin, 0.0)
+                false = aa_false_promotion_rate(cfg, args.trials, p=p, seed=args.seed, effect=false_effect)
+                true = aa_false_promotion_rate(cfg, args.trials // 5, p=p, seed=args.seed + 1, effect=true_effect)
+                online.append(
+                    {
+                        "online_test": test,
+                        "confidence": confidence,
+                        "alpha": round(1 - confidence, 6),
+                        "p": p,
+                        "min_samples": cfg.min_samples,
+                        "max_looks": cfg.max_looks,
+                        "false_effect": false_effect,
+                        "false_promotion_rate": false["promote_rate"],
+                        "true_effect": true_effect,
+                        "promote_rate_at_true_effect": true["promote_rate"],
+                    }
+                )
     offline = []
     for method in ("paired_t", "bootstrap"):
         cfg = GateConfig(offline_method=method, bootstrap_samples=1000)

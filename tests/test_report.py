@@ -177,3 +177,57 @@ def test_offline_block(tmp_path):
     assert "| offline RL (ILQL heads, beta-2 shift) | 2 | 0.850 +- 0.050 | 0.050 +- 0.050 |" in block
     assert "| PPO | 2 | 0.850 +- 0.050 | 0.050 +- 0.050 | 0.500 +- 0.000 | 0.100 +- 0.000 | 50 |" in block
     assert "1920 completions" in block and "took 20 s" in block
+
+
+def test_cycles_load_gates_and_active_blocks(tmp_path):
+    from rlhfops.report import BLOCKS
+
+    ws = Workspace(tmp_path)
+    (ws.root / "bench").mkdir()
+    (ws.root / "eval").mkdir()
+    res = {"gold_composite": 0.85, "solve_accuracy": 0.4}
+    cycle = {
+        "cycle": 1,
+        "seconds": 250.0,
+        "results": {"stable": res, "ppo": {**res, "gold_composite": 0.88}},
+        "gate": {"decision": "deploy", "candidate": "ppo", "stats": {"diff": 0.03, "lower": 0.01}},
+        "canary": "v2",
+        "traffic": {
+            "requests": 100,
+            "versions": {"v1": {"requests": 90, "mean_gold": 0.85}, "v2": {"requests": 10, "mean_gold": 0.9}},
+        },
+    }
+    run = {
+        "sft": res, "sft_seconds": 100.0, "cycles": [cycle], "seconds": 400.0,
+        "final_canary": {"decision": "promote", "reason": "fine"}, "stable": {**res, "gold_composite": 0.88},
+    }  # fmt: skip
+    (ws.root / "eval" / "run.json").write_text(json.dumps(run))
+    block = BLOCKS["cycles"](ws)
+    assert (
+        "| 1 | 0.850 | ppo 0.880 | deploy ppo (diff +0.030, lower +0.010) | "
+        "v2: 10 of 100 requests, 0.900 / 0.850 | 250 |" in block
+    )
+    assert "SFT 0.850 -> stable after the run 0.880" in block and "1 cycles in 250 s" in block
+
+    load = {"requests": 10, "clients": 2, "errors": 0, "records_in_store": 10, "canary_share_pct": 10.0,
+            "canary_percent": 10, "latency_p50_ms": 5.0, "latency_p99_ms": 9.0, "requests_per_s": 3.0,
+            "model_parameters": 1000, "max_tokens": 4, "seconds": 3.3}  # fmt: skip
+    (ws.root / "bench" / "load_router.json").write_text(json.dumps(load))
+    assert "| 10 | 2 | 0 | 10 | 10.00% (target 10%) | 5 | 9 | 3.0 |" in BLOCKS["load"](ws)
+
+    row = {"online_test": "superiority", "alpha": 0.05, "false_effect": 0.0, "false_promotion_rate": 0.03,
+           "promote_rate_at_true_effect": 0.9}  # fmt: skip
+    offline = {"method": "paired_t", "n_prompts": 128, "alpha": 0.05, "aa_false_deploy_rate": 0.05,
+               "deploy_rate_at_effect_0.15": 0.8}  # fmt: skip
+    (ws.root / "bench" / "gate_aa.json").write_text(
+        json.dumps({"trials": 10, "seed": 0, "online": [row, row], "offline": [offline]})
+    )
+    gates = BLOCKS["gates"](ws)
+    assert "| superiority | 0.05 | 0.030 / 0.030 (equal canary) | 0.900 / 0.900 (canary +0.1) |" in gates
+    assert "| paired_t (128 prompts) | 0.05 | 0.050 | 0.800 |" in gates
+
+    point = {"round": 0, "pairs_mean": 20.0, "accuracy_mean": 0.7, "accuracy_std": 0.01}
+    active = {"curves": {"random": [point], "uncertainty": [point]},
+              "config": {"seeds": 3, "members": 5, "pool": 300, "batch": 20}}  # fmt: skip
+    (ws.root / "bench" / "active_learning.json").write_text(json.dumps(active))
+    assert "| 0 | 20, 0.700 +- 0.010 | 20, 0.700 +- 0.010 |" in BLOCKS["active"](ws)

@@ -286,6 +286,68 @@ def cycles_block(ws: Workspace) -> str:
     return "\n".join(lines)
 
 
+def load_block(ws: Workspace) -> str:
+    r = _read(ws.root / "bench" / "load_router.json", "make bench-load")
+    return "\n".join(
+        [
+            "| requests | clients | errors | records in the store | canary share | p50 ms | p99 ms | requests/s |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            f"| {r['requests']} | {r['clients']} | {r['errors']} | {r['records_in_store']} | "
+            f"{r['canary_share_pct']:.2f}% (target {r['canary_percent']:g}%) | {r['latency_p50_ms']:.0f} | "
+            f"{r['latency_p99_ms']:.0f} | {r['requests_per_s']:.1f} |",
+            "",
+            f"Router + stable + canary servers in one process on loopback, each backend the {r['model_parameters']:,}-"
+            f"parameter policy at max_tokens {r['max_tokens']}; {r['seconds']:.0f} s on this 2-core machine.",
+        ]
+    )
+
+
+def gate_block(ws: Workspace) -> str:
+    r = _read(ws.root / "bench" / "gate_aa.json", "make bench-gate")
+    lines = [
+        "| online test | allowed error | false promotions (p = 0.3 / 0.5 / 0.8) | promoted when it should be |",
+        "| --- | ---: | --- | --- |",
+    ]
+    groups: dict[tuple, list] = {}
+    for row in r["online"]:
+        groups.setdefault((row["online_test"], row["alpha"]), []).append(row)
+    for (test, alpha), rows in groups.items():
+        false = " / ".join(f"{x['false_promotion_rate']:.3f}" for x in rows)
+        true = " / ".join(f"{x['promote_rate_at_true_effect']:.3f}" for x in rows)
+        what = "equal canary" if test == "superiority" else f"canary worse by {-rows[0]['false_effect']:g}"
+        good = "canary +0.1" if test == "superiority" else "equal canary"
+        lines.append(f"| {test} | {alpha:g} | {false} ({what}) | {true} ({good}) |")
+    lines += [
+        "",
+        "| pre-deploy gate | allowed error | false deploys (A/A) | deployed at +0.15 |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for row in r["offline"]:
+        lines.append(
+            f"| {row['method']} ({row['n_prompts']} prompts) | {row['alpha']:g} | {row['aa_false_deploy_rate']:.3f} | "
+            f"{row['deploy_rate_at_effect_0.15']:.3f} |"
+        )
+    lines.append(f"\nSimulated thumbs up / down, {r['trials']} trials per cell (seed {r['seed']}).")
+    return "\n".join(lines)
+
+
+def active_block(ws: Workspace) -> str:
+    r = _read(ws.root / "bench" / "active_learning.json", "make bench-active")
+    curves = r["curves"]
+    lines = ["| round | random: pairs, accuracy | uncertainty: pairs, accuracy |", "| ---: | --- | --- |"]
+    for a, b in zip(curves["random"], curves["uncertainty"], strict=True):
+        lines.append(
+            f"| {a['round']} | {a['pairs_mean']:.0f}, {a['accuracy_mean']:.3f} +- {a['accuracy_std']:.3f} | "
+            f"{b['pairs_mean']:.0f}, {b['accuracy_mean']:.3f} +- {b['accuracy_std']:.3f} |"
+        )
+    c = r["config"]
+    lines.append(
+        f"\nMean over the four objectives and {c['seeds']} seeds of the validation accuracy of {c['members']}-head "
+        f"ensembles; pool {c['pool']} prompts, {c['batch']} prompts labelled per round."
+    )
+    return "\n".join(lines)
+
+
 BLOCKS = {
     "cycles": cycles_block,
     "gold-eval": gold_eval_block,
@@ -298,6 +360,9 @@ BLOCKS = {
     "throughput": throughput_block,
     "dense-prm": dense_prm_block,
     "offline": offline_block,
+    "load": load_block,
+    "gates": gate_block,
+    "active": active_block,
 }
 
 
