@@ -217,14 +217,14 @@ def test_cycles_load_gates_and_active_blocks(tmp_path):
 
     row = {"online_test": "superiority", "alpha": 0.05, "false_effect": 0.0, "false_promotion_rate": 0.03,
            "promote_rate_at_true_effect": 0.9}  # fmt: skip
-    offline = {"method": "paired_t", "n_prompts": 128, "alpha": 0.05, "aa_false_deploy_rate": 0.05,
+    offline = {"method": "paired_t", "n_prompts": 128, "alpha": 0.05, "trials": 10, "aa_false_deploy_rate": 0.05,
                "deploy_rate_at_effect_0.15": 0.8}  # fmt: skip
     (ws.root / "bench" / "gate_aa.json").write_text(
         json.dumps({"trials": 10, "seed": 0, "online": [row, row], "offline": [offline]})
     )
     gates = BLOCKS["gates"](ws)
     assert "| superiority | 0.05 | 0.030 / 0.030 (equal canary) | 0.900 / 0.900 (canary +0.1) |" in gates
-    assert "| paired_t (128 prompts) | 0.05 | 0.050 | 0.800 |" in gates
+    assert "| paired_t (128 prompts) | 0.05 | 10 | 0.050 | 0.800 |" in gates
 
     point = {"round": 0, "pairs_mean": 20.0, "accuracy_mean": 0.7, "accuracy_std": 0.01}
     active = {"curves": {"random": [point], "uncertainty": [point]},

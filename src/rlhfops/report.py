@@ -319,15 +319,15 @@ def gate_block(ws: Workspace) -> str:
         lines.append(f"| {test} | {alpha:g} | {false} ({what}) | {true} ({good}) |")
     lines += [
         "",
-        "| pre-deploy gate | allowed error | false deploys (A/A) | deployed at +0.15 |",
-        "| --- | ---: | ---: | ---: |",
+        "| pre-deploy gate | allowed error | trials | false deploys (A/A) | deployed at +0.15 |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
     for row in r["offline"]:
         lines.append(
-            f"| {row['method']} ({row['n_prompts']} prompts) | {row['alpha']:g} | {row['aa_false_deploy_rate']:.3f} | "
-            f"{row['deploy_rate_at_effect_0.15']:.3f} |"
+            f"| {row['method']} ({row['n_prompts']} prompts) | {row['alpha']:g} | {row['trials']} | "
+            f"{row['aa_false_deploy_rate']:.3f} | {row['deploy_rate_at_effect_0.15']:.3f} |"
         )
-    lines.append(f"\nSimulated thumbs up / down, {r['trials']} trials per cell (seed {r['seed']}).")
+    lines.append(f"\nSimulated thumbs up / down, online: {r['trials']} trials per cell (seed {r['seed']}).")
     return "\n".join(lines)
 
 
