@@ -689,7 +689,7 @@ def _load_prm(ws: Workspace):
 
 
 # Sub-commands defined in their own modules register themselves on `app` when imported.
-from rlhfops import cli_data, cli_serving  # noqa: E402, F401
+from rlhfops import cli_bench, cli_data, cli_serving  # noqa: E402, F401
 
 if __name__ == "__main__":
     app()

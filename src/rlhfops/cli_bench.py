@@ -1,0 +1,1 @@
+"""`rlhfops bench | report`: the benchmark suite and the HTML report (registered on `rlhfops.cli.app`)."""
