@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: setup demo test lint format clean readme rewards policies bench-scoring bench-kinds bench-ppo bench-dense-prm bench-offline bench-load bench-gate bench-active
+.PHONY: setup demo test lint format clean readme rewards policies bench-scoring bench-kinds bench-ppo bench-dense-prm bench-offline bench-load bench-gate bench-active bench bench-quick
 
 setup: $(VENV)/.installed
 
@@ -70,6 +70,16 @@ bench-offline: setup
 
 bench-dense-prm: setup
 	$(BIN)/python benchmarks/ppo_dense_prm.py --out workspace/bench/ppo_dense_prm.json
+
+# The technique table and the speed ratios (3 seeds at tiny size), then the HTML report with its plots.
+bench: setup
+	$(BIN)/rlhfops bench $(ARGS)
+	$(BIN)/rlhfops report
+
+# One seed at smoke size through every scenario and ratio (what the test suite runs), in its own workspace.
+bench-quick: setup
+	$(BIN)/rlhfops bench --quick --workspace workspace/quick $(ARGS)
+	$(BIN)/rlhfops report --workspace workspace/quick
 
 # Rewrite the README's result blocks from the workspace (after demo, rewards, bench-scoring, bench-kinds).
 readme: setup

@@ -13,28 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
-from transformers import LlamaForSequenceClassification, LlamaModel
 
+from rlhfops.bench_speed import ensemble_scoring_speed
 from rlhfops.config import Config
-from rlhfops.modeling import build_char_tokenizer, tiny_llama_config
-from rlhfops.reward.ensemble import pooled_last_token
-from rlhfops.reward.stacked import StackedLlamaScorer
-from rlhfops.tasks.arithmetic import ArithmeticTask
-
-
-def median_seconds(fn, repeats: int, *args) -> float:
-    fn(*args)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -45,40 +29,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the measurements as JSON here")
     args = parser.parse_args()
 
-    cfg = Config()
-    tok = build_char_tokenizer()
-    tok.padding_side = "right"
-    llama = tiny_llama_config(cfg.model, tok, num_labels=1)
-    torch.manual_seed(0)
-    members = [LlamaForSequenceClassification(llama).eval() for _ in range(args.members)]
-    stacked = StackedLlamaScorer(members)
-    trunk = LlamaModel(llama).eval()
-    heads = torch.randn(args.members, cfg.model.hidden_size)
-    examples = ArithmeticTask(cfg.task).examples("test", max(args.batches))
-    texts = [ex.prompt + ex.reference + tok.eos_token for ex in examples]
-
-    def member_by_member(ids, mask):
-        return [member(input_ids=ids, attention_mask=mask).logits for member in members]
-
-    def shared_trunk(ids, mask):
-        hidden = trunk(input_ids=ids, attention_mask=mask).last_hidden_state
-        return heads @ pooled_last_token(hidden, ids, tok.pad_token_id).T
-
-    print(
-        f"K={args.members} members, {sum(p.numel() for p in members[0].parameters()):,} parameters each, "
-        f"torch threads {torch.get_num_threads()}"
-    )
+    rows = ensemble_scoring_speed(Config(), args.members, tuple(args.batches), args.repeats)
+    print(f"K={args.members} members of the tiny Llama, torch threads {torch.get_num_threads()}")
     print(f"{'batch':>6} {'member-by-member s':>19} {'stacked s':>10} {'ratio':>6} {'heads s':>9} {'ratio':>6}")
-    rows = []
-    with torch.no_grad():
-        for b in args.batches:
-            enc = tok(texts[:b], padding=True, return_tensors="pt")
-            ids, mask = enc["input_ids"], enc["attention_mask"]
-            seq = median_seconds(member_by_member, args.repeats, ids, mask)
-            fused = median_seconds(stacked, args.repeats, ids, mask)
-            shared = median_seconds(shared_trunk, args.repeats, ids, mask)
-            rows.append({"batch": b, "member_by_member_s": seq, "stacked_s": fused, "heads_s": shared})
-            print(f"{b:>6} {seq:>19.4f} {fused:>10.4f} {seq / fused:>5.2f}x {shared:>9.4f} {seq / shared:>5.2f}x")
+    for r in rows:
+        seq, fused, shared = r["member_by_member_s"], r["stacked_s"], r["heads_s"]
+        print(f"{r['batch']:>6} {seq:>19.4f} {fused:>10.4f} {seq / fused:>5.2f}x {shared:>9.4f} {seq / shared:>5.2f}x")
 
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,15 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
-from rlhfops.config import load_config
-from rlhfops.rl.ppo import train_ppo
-from rlhfops.rl.trl_online import train_trl_online
+from rlhfops.bench_speed import ppo_vs_rloo
+from rlhfops.config import Config
 from rlhfops.workspace import Workspace
-
-GROUP = 4
 
 
 def main() -> None:
@@ -35,32 +31,15 @@ def main() -> None:
     policy = Workspace(args.workspace).model_dir("sft")
     if not (policy / "config.json").exists():
         raise SystemExit(f"error: no SFT policy in '{policy}'; run `rlhfops run` first")
-    common = ["policy.reward=gold", f"policy.steps={args.steps}", "policy.eval_prompts=1"]
-    results = {}
     with tempfile.TemporaryDirectory(prefix="rlhfops-bench-") as scratch:
-        cfg = load_config(None, [*common, "policy.algorithm=ppo", f"policy.prompts_per_step={args.completions}"])
-        start = time.perf_counter()
-        train_ppo(cfg, policy, Path(scratch) / "ppo", progress=False)
-        results["ppo"] = args.steps * args.completions / (time.perf_counter() - start)
-        cfg = load_config(
-            None,
-            [
-                *common,
-                "policy.algorithm=rloo",
-                f"policy.prompts_per_step={args.completions // GROUP}",
-                f"policy.group_size={GROUP}",
-            ],
-        )
-        start = time.perf_counter()
-        train_trl_online(cfg, policy, None, Path(scratch) / "rloo", progress=False)
-        results["rloo"] = args.steps * args.completions / (time.perf_counter() - start)
-    print(f"{args.steps} updates x {args.completions} completions, max {cfg.policy.max_new_tokens} new tokens")
+        results = ppo_vs_rloo(policy, args.steps, args.completions, Path(scratch))
+    print(f"{args.steps} updates x {args.completions} completions, max {Config().policy.max_new_tokens} new tokens")
     print(f"PPO (rlhfops)      {results['ppo']:8.1f} completions/s")
     print(f"RLOO (TRL trainer) {results['rloo']:8.1f} completions/s")
-    print(f"ratio PPO / RLOO   {results['ppo'] / results['rloo']:8.2f}x")
+    print(f"ratio PPO / RLOO   {results['ratio']:8.2f}x")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"steps": args.steps, "completions": args.completions, **results}))
+        args.out.write_text(json.dumps({k: results[k] for k in ("steps", "completions", "ppo", "rloo")}))
 
 
 if __name__ == "__main__":

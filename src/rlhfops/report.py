@@ -12,6 +12,10 @@
     policy      `rlhfops train-policy`      <ws>/eval/{sft,ppo,grpo,rloo}.json
     throughput  `benchmarks/ppo_vs_rloo.py --out <ws>/bench/ppo_vs_rloo.json`
     dense-prm   `benchmarks/ppo_dense_prm.py --out <ws>/bench/ppo_dense_prm.json`
+    bench       `rlhfops bench`             <ws>/bench/bench.json (+ PNG plots under docs/bench/)
+
+`rlhfops report` writes an HTML page with PNG plots (matplotlib, Agg) of the bench tables and of
+the workspace's cycle history (`write_html_report`), and logs them to W&B when tracking is on.
 """
 
 from __future__ import annotations
@@ -348,6 +352,392 @@ def active_block(ws: Workspace) -> str:
     return "\n".join(lines)
 
 
+# ---- the benchmark suite (`rlhfops bench`) and the HTML report (`rlhfops report`) ----------------
+
+README_PLOTS = Path("docs") / "bench"  # next to the README: the plots its bench block embeds
+README_PLOT_NAMES = ("techniques", "overoptimisation")
+
+
+def read_bench(ws: Workspace) -> dict[str, Any]:
+    from rlhfops.bench import BENCH_JSON
+
+    return _read(ws.root / "bench" / BENCH_JSON, "rlhfops bench")
+
+
+def technique_markdown(bench: dict[str, Any]) -> str:
+    lines = [
+        "| technique | what it is for | measured | gain (mean +- std) | verdict | cost |",
+        "| --- | --- | --- | ---: | --- | --- |",
+    ]
+    for r in bench["table"]:
+        lines.append(
+            f"| {r['technique']} | {r['purpose']} | {r['measure']} | {r['mean']:+.3f} +- {r['std']:.3f} "
+            f"| {r['verdict']} | {r['cost']} |"
+        )
+    return "\n".join(lines)
+
+
+def speed_lines(speed: dict[str, Any]) -> list[str]:
+    """One sentence per speed ratio, each with the ratio it measured."""
+    scoring = ", ".join(
+        f"batch {r['batch']} {r['member_by_member_s'] / r['stacked_s']:.2f}x (trunk + heads "
+        f"{r['member_by_member_s'] / r['heads_s']:.2f}x)"
+        for r in speed["ensemble_scoring"]["rows"]
+    )
+    b, p, roof = speed["best_of_n_batching"], speed["ppo_vs_rloo"], speed["roofline"]
+    return [
+        f"fused (stacked) vs member-by-member scoring of K={speed['ensemble_scoring']['members']}: {scoring}",
+        f"batched Best-of-{b['n']} vs one `generate` per prompt ({b['prompts']} prompts): {b['ratio']:.2f}x "
+        f"({b['per_prompt_s']:.2f} s -> {b['batched_s']:.2f} s)",
+        f"PPO vs TRL RLOOTrainer ({p['steps']} updates x {p['completions']} completions): {p['ratio']:.2f}x "
+        f"({p['ppo']:.1f} vs {p['rloo']:.1f} completions/s)",
+        f"training throughput vs this machine's matmul peak ({roof['matmul_peak_flops_per_s'] / 1e9:.1f} GFLOP/s, "
+        f"{roof['threads']} threads; FLOPs = 6 x params x tokens): RM update {roof['rm']['fraction_of_peak']:.1%}, "
+        f"PPO update {roof['ppo']['fraction_of_peak']:.1%}",
+    ]
+
+
+def bench_markdown(bench: dict[str, Any], plots: Path | None = None) -> str:
+    seeds = bench["seeds"]
+    lines = [
+        technique_markdown(bench),
+        "",
+        f"Mean +- population std over seeds {', '.join(map(str, seeds))} ({bench['plan']['name']} plan); "
+        "verdict: gain / loss when the mean clears its spread, otherwise no clear effect. "
+        f"Wall time {bench['seconds'] / 60:.1f} min on this machine.",
+        "",
+        "Speed ratios, each measured side by side in the same run:",
+        "",
+        *(f"- {line}" for line in speed_lines(bench["speed"])),
+    ]
+    if plots is not None:
+        lines += ["", *(f"![{name}]({(plots / f'{name}.png').as_posix()})" for name in README_PLOT_NAMES)]
+    return "\n".join(lines)
+
+
+def bench_block(ws: Workspace) -> str:
+    return bench_markdown(read_bench(ws), README_PLOTS)
+
+
+def _figure(**kwargs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, *plt.subplots(**kwargs)
+
+
+def _save(plt, fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def plot_techniques(bench: dict[str, Any], path: Path) -> Path:
+    """Horizontal bars: each technique's gain, mean with std error bars, per-seed dots."""
+    rows = bench["table"]
+    plt, fig, ax = _figure(figsize=(8, 0.5 * len(rows) + 1.2))
+    y = list(range(len(rows)))[::-1]
+    colours = {"gain": "tab:green", "loss": "tab:red", "no clear effect": "tab:gray"}
+    ax.barh(y, [r["mean"] for r in rows], xerr=[r["std"] for r in rows], color=[colours[r["verdict"]] for r in rows])
+    for yi, r in zip(y, rows, strict=True):
+        ax.plot(r["gains"], [yi] * len(r["gains"]), "k.", ms=4)
+    ax.set_yticks(y, [f"{r['technique']}\n({r['measure']})" for r in rows], fontsize=7)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("measured gain (green: gain, red: loss, grey: within the spread over seeds)")
+    ax.set_title("rlhfops bench: techniques on the built-in task")
+    return _save(plt, fig, path)
+
+
+def plot_overoptimisation(bench: dict[str, Any], path: Path) -> Path:
+    """Gold (solid) and proxy (dashed, right axis) vs Best-of-N KL, one RM vs ensemble aggregations."""
+    from statistics import fmean
+
+    plt, fig, ax = _figure(figsize=(7, 4))
+    proxy_ax = ax.twinx()
+    for how, colour in zip(
+        ("single", "mean", "min", "uwo"), ("tab:red", "tab:blue", "tab:green", "tab:purple"), strict=True
+    ):
+        curves = [r["overoptimisation"][how] for r in bench["rows"]]
+        kl = [c["kl"] for c in curves[0]]
+        gold = [fmean(c[i]["gold"] for c in curves) for i in range(len(kl))]
+        proxy = [fmean(c[i]["proxy"] for c in curves) for i in range(len(kl))]
+        ax.plot(kl, gold, "o-", color=colour, label=f"gold, {'one RM' if how == 'single' else 'ensemble ' + how}")
+        proxy_ax.plot(kl, proxy, "--", color=colour, alpha=0.6)
+    ax.set_xlabel("KL(Best-of-N || policy) = log N - (N-1)/N")
+    ax.set_ylabel("gold composite of the pick (solid)")
+    proxy_ax.set_ylabel("proxy reward of the pick (dashed)")
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title("Over-optimisation under Best-of-N pressure (mean over seeds)")
+    return _save(plt, fig, path)
+
+
+def plot_best_of_n(bench: dict[str, Any], path: Path) -> Path:
+    """Gold vs samples used: the Best-of-N curve per seed and adaptive N."""
+    plt, fig, ax = _figure(figsize=(6, 4))
+    for r in bench["rows"]:
+        b = r["best_of_n"]
+        ax.plot(
+            [c["samples_per_prompt"] for c in b["curve"]],
+            [c["gold"] for c in b["curve"]],
+            "o-",
+            alpha=0.7,
+            label=f"seed {r['seed']}: N = {', '.join(str(c['n']) for c in b['curve'])}",
+        )
+        ax.plot([b["adaptive"]["mean_samples_per_prompt"]], [b["adaptive"]["gold"]], "k*", ms=10)
+    ax.plot([], [], "k*", label="adaptive N")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("samples per prompt")
+    ax.set_ylabel("gold composite")
+    ax.legend(fontsize=7)
+    ax.set_title("Best-of-N and adaptive N")
+    return _save(plt, fig, path)
+
+
+def plot_pareto(bench: dict[str, Any], path: Path) -> Path:
+    """Helpfulness vs over-refusal of every weight vector's Best-of-N (first seed); front circled."""
+    mo = bench["rows"][0]["multi_objective"]
+    plt, fig, ax = _figure(figsize=(6, 4))
+    pts = mo["points"]
+    ax.scatter(
+        [p["over_refusal"] for p in pts],
+        [p["gold"]["helpfulness"] for p in pts],
+        c="tab:gray",
+        s=18,
+        label="weight grid",
+    )
+    front = [p for p in pts if p["front"]]
+    ax.scatter(
+        [p["over_refusal"] for p in front],
+        [p["gold"]["helpfulness"] for p in front],
+        facecolors="none",
+        edgecolors="tab:blue",
+        s=80,
+        label=f"Pareto front over {len(mo['objectives'])} objectives",
+    )
+    s = mo["single"]
+    ax.scatter(
+        [s["over_refusal"]], [s["gold"]["helpfulness"]], marker="*", c="tab:red", s=140, label="configured weighted sum"
+    )
+    ax.set_xlabel("over-refusal rate (safe prompts refused)")
+    ax.set_ylabel("gold helpfulness")
+    ax.legend(fontsize=7)
+    ax.set_title(f"Multi-objective Best-of-N, seed {bench['rows'][0]['seed']}: hypervolume {mo['hv_gain']:+.1%}")
+    return _save(plt, fig, path)
+
+
+def plot_bench_cycles(bench: dict[str, Any], path: Path) -> Path:
+    """Gold composite of the deployed policy after each cycle, per seed (cycle 0 = SFT)."""
+    plt, fig, ax = _figure(figsize=(6, 4))
+    for r in bench["rows"]:
+        values = [r["cycles"][0]["results"]["stable"]["gold_composite"]] + [
+            c["after"]["gold_composite"] for c in r["cycles"]
+        ]
+        ax.plot(range(len(values)), values, "o-", label=f"seed {r['seed']}")
+    ax.set_xticks(range(len(values)), ["SFT", *(f"cycle {i}" for i in range(1, len(values)))])
+    ax.set_ylabel("gold composite (deployed policy)")
+    ax.legend(fontsize=7)
+    ax.set_title("Iterative RLHF")
+    return _save(plt, fig, path)
+
+
+def plot_speed(bench: dict[str, Any], path: Path) -> Path:
+    """Every speed ratio as a bar (log scale), 1x marked."""
+    speed = bench["speed"]
+    labels, ratios = [], []
+    for r in speed["ensemble_scoring"]["rows"]:
+        labels.append(f"fused vs member-by-member\nscoring, batch {r['batch']}")
+        ratios.append(r["member_by_member_s"] / r["stacked_s"])
+    labels.append(f"batched vs per-prompt\nBest-of-{speed['best_of_n_batching']['n']}")
+    ratios.append(speed["best_of_n_batching"]["ratio"])
+    labels.append("PPO vs TRL RLOO\n(completions/s)")
+    ratios.append(speed["ppo_vs_rloo"]["ratio"])
+    for k in ("rm", "ppo"):
+        labels.append(f"{k.upper()} update\nvs matmul peak")
+        ratios.append(speed["roofline"][k]["fraction_of_peak"])
+    plt, fig, ax = _figure(figsize=(7, 0.45 * len(labels) + 1.2))
+    y = list(range(len(labels)))[::-1]
+    ax.barh(y, ratios, color=["tab:blue" if x >= 1 else "tab:orange" for x in ratios])
+    for yi, x in zip(y, ratios, strict=True):
+        ax.text(x, yi, f" {x:.2f}x" if x >= 0.01 else f" {x:.1%}", va="center", fontsize=7)
+    ax.set_xscale("log")
+    ax.axvline(1, color="black", lw=0.8)
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_title("Speed ratios (log scale)")
+    return _save(plt, fig, path)
+
+
+def cycle_history(ws: Workspace) -> list[dict[str, Any]]:
+    """Per cycle of a workspace: gold per objective of stable and each candidate, the pre-deploy gate,
+    the canary it deployed, its simulated traffic share (eval/run.json) and online decisions (registry)."""
+    from rlhfops.registry import Registry
+
+    run = json.loads(ws.eval_path("run").read_text()) if ws.eval_path("run").exists() else {"cycles": []}
+    traffic = {c["cycle"]: c for c in run["cycles"]}
+    registry = Registry(ws.root).load()
+    cycle_of = {v["id"]: v.get("metrics", {}).get("cycle") for v in registry["versions"]}
+    rows = []
+    for path in sorted(ws.eval_path("x").parent.glob("cycle-[0-9][0-9][0-9][0-9].json")):
+        summary = json.loads(path.read_text())
+        n = summary["cycle"]
+        gate_path = path.with_name(f"cycle-{n:04d}-gate.json")
+        row: dict[str, Any] = {
+            "cycle": n,
+            "gold": {name: {**r["gold"], "composite": r["gold_composite"]} for name, r in summary["results"].items()},
+            "gate": json.loads(gate_path.read_text()) if gate_path.exists() else None,
+            "online": [d["decision"] for d in registry["decisions"] if cycle_of.get(d["version"]) == n],
+            "canary_share": None,
+        }
+        t = traffic.get(n, {})
+        if t.get("traffic") and t.get("canary"):
+            row["canary_share"] = t["traffic"]["versions"].get(t["canary"], {}).get("requests", 0) / max(
+                t["traffic"]["requests"], 1
+            )
+        rows.append(row)
+    return rows
+
+
+def plot_cycle_history(ws: Workspace, path: Path) -> Path:
+    """Top: gold per objective of stable (solid) and the best candidate (dotted) by cycle. Bottom: the
+    canary's share of simulated traffic; under each cycle the pre-deploy gate and the online decisions."""
+    rows = cycle_history(ws)
+    if not rows:
+        raise FileNotFoundError(f"no cycle evaluations in '{ws.eval_path('x').parent}'; run `rlhfops run` first")
+    plt, fig, (top, bottom) = _figure(nrows=2, figsize=(7, 6), sharex=True, height_ratios=(3, 1))
+    cycles = [r["cycle"] for r in rows]
+    objectives = list(rows[0]["gold"]["stable"])
+    for i, obj in enumerate(objectives):
+        colour = f"C{i}"
+        top.plot(cycles, [r["gold"]["stable"][obj] for r in rows], "o-", color=colour, label=f"stable {obj}")
+        best = [max((v[obj] for k, v in r["gold"].items() if k != "stable"), default=float("nan")) for r in rows]
+        top.plot(cycles, best, "s:", color=colour, alpha=0.7)
+    top.plot([], [], "ks:", label="best candidate (dotted)")
+    top.set_ylim(0, 1.05)
+    top.set_ylabel("gold (test split)")
+    top.legend(fontsize=6, ncol=2, loc="lower right")
+    share = [r["canary_share"] if r["canary_share"] is not None else 0.0 for r in rows]
+    bottom.bar(cycles, share, color="tab:orange")
+    bottom.set_ylim(0, max(0.2, *share))
+    bottom.set_ylabel("canary share")
+    labels = []
+    for r in rows:
+        gate = r["gate"] or {}
+        labels.append(
+            f"{r['cycle']}\ngate: {gate.get('decision', '-')} {gate.get('candidate') or ''}\n"
+            f"online: {', '.join(r['online']) or '-'}"
+        )
+    bottom.set_xticks(cycles, labels, fontsize=7)
+    bottom.set_xlabel("cycle")
+    fig.suptitle(f"Cycle history of {ws.root}", fontsize=9)
+    return _save(plt, fig, path)
+
+
+BENCH_PLOTS = {
+    "techniques": plot_techniques,
+    "overoptimisation": plot_overoptimisation,
+    "best_of_n": plot_best_of_n,
+    "pareto": plot_pareto,
+    "iterative": plot_bench_cycles,
+    "speed": plot_speed,
+}
+
+
+def write_plots(ws: Workspace, out_dir: Path) -> dict[str, Path]:
+    """Every plot the workspace has data for: the bench's (bench.json) and the cycle history of the
+    workspace itself and of the bench's first seed."""
+    from rlhfops.bench import BENCH_JSON
+
+    plots = {}
+    bench_path = ws.root / "bench" / BENCH_JSON
+    if bench_path.exists():
+        bench = json.loads(bench_path.read_text())
+        plots.update({name: plot(bench, out_dir / f"{name}.png") for name, plot in BENCH_PLOTS.items()})
+        seed_ws = Workspace(bench_path.parent / "runs" / f"seed-{bench['seeds'][0]}")
+        if cycle_history(seed_ws):
+            plots["bench_cycle_history"] = plot_cycle_history(seed_ws, out_dir / "bench_cycle_history.png")
+    if cycle_history(ws):
+        plots["cycle_history"] = plot_cycle_history(ws, out_dir / "cycle_history.png")
+    return plots
+
+
+def _html_table(rows: list[list[str]], head: list[str]) -> str:
+    import html
+
+    out = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
+    for r in rows:
+        out += "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+    return out + "</table>"
+
+
+def write_html_report(ws: Workspace, out: Path) -> tuple[Path, dict[str, Path]]:
+    """An HTML page (plots embedded as PNG data) of the bench and the cycle history; the PNGs are
+    also written to `<out stem>-plots/`. Returns the page and the plots."""
+    import base64
+    import html
+
+    from rlhfops.bench import BENCH_JSON
+
+    plots = write_plots(ws, out.parent / f"{out.stem}-plots")
+    if not plots:
+        raise FileNotFoundError(f"nothing to report in '{ws.root}'; run `rlhfops bench` or `rlhfops run` first")
+    parts = [f"<h1>rlhfops report: {html.escape(str(ws.root))}</h1>"]
+    bench_path = ws.root / "bench" / BENCH_JSON
+    if bench_path.exists():
+        bench = json.loads(bench_path.read_text())
+        rows = [
+            [
+                r["technique"],
+                r["purpose"],
+                r["measure"],
+                f"{r['mean']:+.3f} +- {r['std']:.3f}",
+                " / ".join(f"{g:+.3f}" for g in r["gains"]),
+                r["verdict"],
+                r["cost"],
+            ]
+            for r in bench["table"]
+        ]
+        parts += [
+            "<h2>Techniques on the built-in task</h2>",
+            _html_table(rows, ["technique", "what it is for", "measured", "gain", "per seed", "verdict", "cost"]),
+            f"<p>Seeds {html.escape(str(bench['seeds']))}, {bench['plan']['name']} plan, "
+            f"{bench['seconds'] / 60:.1f} min.</p>",
+            "<h2>Speed ratios</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in speed_lines(bench["speed"])),
+            "</ul>",
+        ]
+    for name, path in plots.items():
+        data = base64.b64encode(path.read_bytes()).decode()
+        parts.append(
+            f"<h3>{html.escape(name.replace('_', ' '))}</h3><img alt='{name}' src='data:image/png;base64,{data}'>"
+        )
+    style = "body{font-family:sans-serif;max-width:1000px;margin:auto}td,th{border:1px solid #ccc;padding:4px}"
+    atomic_write_text(
+        out, f"<html><head><meta charset='utf-8'><style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
+    )
+    return out, plots
+
+
+def log_report(cfg, ws: Workspace, plots: dict[str, Path]) -> None:
+    """The plots and the technique gains in a W&B run (job_type `report`), when tracking is on."""
+    from rlhfops.bench import BENCH_JSON
+    from rlhfops.tracking import new_group, resolve_mode, start_run
+
+    if resolve_mode(cfg) == "disabled":
+        return
+    import wandb
+
+    with start_run(cfg, "report", group=new_group("report"), workspace=ws.root) as run:
+        run.run.log({f"plots/{name}": wandb.Image(str(path)) for name, path in plots.items()})
+        bench_path = ws.root / "bench" / BENCH_JSON
+        if bench_path.exists():
+            table = json.loads(bench_path.read_text())["table"]
+            run.log_metrics({f"bench/{r['technique']}": r["mean"] for r in table})
+
+
 BLOCKS = {
     "cycles": cycles_block,
     "gold-eval": gold_eval_block,
@@ -363,6 +753,7 @@ BLOCKS = {
     "load": load_block,
     "gates": gate_block,
     "active": active_block,
+    "bench": bench_block,
 }
 
 
@@ -378,8 +769,13 @@ def replace_block(text: str, name: str, body: str) -> str:
 def update_readme(readme: Path, workspace: Workspace, blocks: list[str] | None = None) -> None:
     """Rewrite the named blocks (default: all) from the workspace; all or nothing."""
     text = readme.read_text()
-    for name in blocks or list(BLOCKS):
+    names = blocks or list(BLOCKS)
+    for name in names:
         text = replace_block(text, name, BLOCKS[name](workspace))
+    if "bench" in names:  # the plots the bench block embeds, regenerated with it
+        bench = read_bench(workspace)
+        for name in README_PLOT_NAMES:
+            BENCH_PLOTS[name](bench, readme.parent / README_PLOTS / f"{name}.png")
     atomic_write_text(readme, text)
 
 

@@ -1,0 +1,254 @@
+"""The speed ratios of `rlhfops bench`, each measured side by side in one run on this machine:
+
+    ensemble_scoring_speed    fused (stacked) vs member-by-member reward-ensemble scoring (and trunk + heads)
+    best_of_n_batching_speed  batched Best-of-N sampling vs one `generate` call per prompt
+    ppo_vs_rloo               PPO (rl/ppo.py) vs TRL's RLOOTrainer, completions per second
+    update_throughput         RM and PPO update FLOP/s (6 x params x tokens) against `matmul_peak`
+
+`benchmarks/ensemble_scoring.py` and `benchmarks/ppo_vs_rloo.py` print the first and third alone.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfops.config import Config, load_config
+
+# ---- --------------------------------------------------------------------------------
+
+
+def median_seconds(fn, repeats: int, *args) -> float:
+    fn(*args)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def ensemble_scoring_speed(cfg: Config, members: int, batches: tuple[int, ...], repeats: int) -> list[dict[str, Any]]:
+    """Seconds per call of K reward models of the configured architecture scoring the same batch
+    member by member, stacked (`reward/stacked.py`) and as one trunk + K heads (median of repeats)."""
+    from transformers import LlamaForSequenceClassification, LlamaModel
+
+    from rlhfops.modeling import build_char_tokenizer, tiny_llama_config
+    from rlhfops.reward.ensemble import pooled_last_token
+    from rlhfops.reward.stacked import StackedLlamaScorer
+    from rlhfops.tasks.arithmetic import ArithmeticTask
+
+    tok = build_char_tokenizer()
+    tok.padding_side = "right"
+    llama = tiny_llama_config(cfg.model, tok, num_labels=1)
+    torch.manual_seed(0)
+    models = [LlamaForSequenceClassification(llama).eval() for _ in range(members)]
+    stacked = StackedLlamaScorer(models)
+    trunk = LlamaModel(llama).eval()
+    heads = torch.randn(members, cfg.model.hidden_size)
+    examples = ArithmeticTask(cfg.task).examples("test", max(batches))
+    texts = [ex.prompt + ex.reference + tok.eos_token for ex in examples]
+
+    def member_by_member(ids, mask):
+        return [m(input_ids=ids, attention_mask=mask).logits for m in models]
+
+    def shared_trunk(ids, mask):
+        hidden = trunk(input_ids=ids, attention_mask=mask).last_hidden_state
+        return heads @ pooled_last_token(hidden, ids, tok.pad_token_id).T
+
+    rows = []
+    with torch.no_grad():
+        for b in batches:
+            enc = tok(texts[:b], padding=True, return_tensors="pt")
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+            rows.append(
+                {
+                    "batch": b,
+                    "member_by_member_s": median_seconds(member_by_member, repeats, ids, mask),
+                    "stacked_s": median_seconds(stacked, repeats, ids, mask),
+                    "heads_s": median_seconds(shared_trunk, repeats, ids, mask),
+                }
+            )
+    return rows
+
+
+def best_of_n_batching_speed(cfg: Config, policy_dir: Path, n_prompts: int, n: int) -> dict[str, Any]:
+    """Seconds to draw n samples for each of n_prompts test prompts in `best_of_n.batch_size`
+    batches vs one `generate` call per prompt (batch = its n samples)."""
+    from rlhfops.inference.best_of_n import sample
+    from rlhfops.modeling import load_policy
+    from rlhfops.tasks.arithmetic import ArithmeticTask
+
+    tokenizer, model = load_policy(policy_dir)
+    prompts = [ex.prompt for ex in ArithmeticTask(cfg.task, seed=cfg.seed).examples("test", n_prompts)]
+
+    def draw(batch_size: int) -> float:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        start = time.perf_counter()
+        sample(model, tokenizer, prompts, n, generation=cfg.generation, generator=gen, batch_size=batch_size)
+        return time.perf_counter() - start
+
+    draw(n)  # warm-up
+    batched, looped = draw(cfg.best_of_n.batch_size), draw(n)
+    return {"prompts": n_prompts, "n": n, "batched_s": batched, "per_prompt_s": looped, "ratio": looped / batched}
+
+
+def ppo_vs_rloo(
+    policy_dir: Path, steps: int, completions: int, scratch: Path, config: str | None = None, overrides=(), group=4
+) -> dict[str, Any]:
+    """Completions per second of PPO (`rl/ppo.py`) and TRL's RLOOTrainer from the same policy on
+    the gold reward, the same completions per update (RLOO: completions / group prompts x group)
+    and length; wall clock of the whole training call (loading and the final save in both)."""
+    from rlhfops.rl.ppo import train_ppo
+    from rlhfops.rl.trl_online import train_trl_online
+
+    common = [*overrides, "policy.reward=gold", f"policy.steps={steps}", "policy.eval_prompts=1"]
+    cfg = load_config(config, [*common, "policy.algorithm=ppo", f"policy.prompts_per_step={completions}"])
+    start = time.perf_counter()
+    train_ppo(cfg, policy_dir, scratch / "ppo", progress=False)
+    ppo = steps * completions / (time.perf_counter() - start)
+    cfg = load_config(
+        config,
+        [
+            *common,
+            "policy.algorithm=rloo",
+            f"policy.prompts_per_step={completions // group}",
+            f"policy.group_size={group}",
+        ],
+    )
+    start = time.perf_counter()
+    train_trl_online(cfg, policy_dir, None, scratch / "rloo", progress=False)
+    rloo = steps * completions / (time.perf_counter() - start)
+    return {"steps": steps, "completions": completions, "ppo": ppo, "rloo": rloo, "ratio": ppo / rloo}
+
+
+def matmul_peak(seconds: float, size: int = 1024) -> float:
+    """FLOP/s of float32 size x size matmuls (2 size^3 each) run back to back for `seconds`."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    count, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        a @ b
+        count += 1
+    return 2 * size**3 * count / elapsed
+
+
+def _update_rate(step: Callable[[], None], steps: int) -> float:
+    step()  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps / (time.perf_counter() - start)
+
+
+def update_throughput(cfg: Config, policy_dir: Path, steps: int) -> dict[str, dict[str, float]]:
+    """FLOP/s of a reward-model update (Bradley-Terry loss on reward.batch_size pairs) and of a PPO
+    minibatch update (`rl/ppo.py`'s forward, clipped policy and value losses on a sampled batch),
+    each forward + backward + AdamW step; FLOPs = 6 x parameters x tokens of the padded batch
+    (attention's own FLOPs left out)."""
+    import torch.nn.functional as F
+    from transformers import LlamaForSequenceClassification
+
+    from rlhfops.generation import generate
+    from rlhfops.modeling import load_policy, tiny_llama_config
+    from rlhfops.rl.losses import policy_loss, value_loss
+    from rlhfops.rl.ppo import Critic, forward
+    from rlhfops.tasks.arithmetic import ArithmeticTask
+
+    torch.manual_seed(cfg.seed)
+    tokenizer, actor = load_policy(policy_dir)
+    task = ArithmeticTask(cfg.task, seed=cfg.seed)
+    out: dict[str, dict[str, float]] = {}
+
+    # RM: chosen = prompt + reference, rejected = prompt + another example's reference
+    b = cfg.reward.batch_size
+    ex = task.examples("train", b + 1)
+    texts = [e.prompt + e.reference for e in ex[:b]] + [
+        e.prompt + o.reference for e, o in zip(ex[:b], ex[1 : b + 1], strict=True)
+    ]
+    tokenizer.padding_side = "right"
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=cfg.reward.max_length, return_tensors="pt")
+    rm = LlamaForSequenceClassification(tiny_llama_config(cfg.model, tokenizer, num_labels=1)).train()
+    opt = torch.optim.AdamW(rm.parameters(), lr=cfg.reward.lr)
+
+    def rm_step() -> None:
+        r = rm(**enc).logits[:, 0]
+        loss = -F.logsigmoid(r[:b] - r[b:]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    params = sum(p.numel() for p in rm.parameters())
+    tokens = enc["input_ids"].numel()
+    out["rm"] = {
+        "params": params,
+        "tokens_per_step": tokens,
+        "flops_per_s": 6 * params * tokens * _update_rate(rm_step, steps),
+    }
+
+    # PPO: one minibatch of prompts_per_step / minibatches sampled sequences
+    pc = cfg.policy
+    mb = max(1, pc.prompts_per_step // pc.minibatches)
+    prompts = [e.prompt for e in task.examples("train", mb)]
+    gen = generate(actor, tokenizer, prompts, pc.max_new_tokens, temperature=pc.temperature)
+    ids = torch.cat([gen.prompt_ids, gen.completion_ids], 1)
+    attn = torch.cat([gen.prompt_mask, gen.completion_mask], 1)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    mask, P = gen.completion_mask.float(), gen.prompt_ids.shape[1]
+    critic = Critic(pc.critic, actor.config.hidden_size, Path(policy_dir))
+    actor.train()
+    with torch.no_grad():
+        old = forward(actor, critic, ids, attn, pos, P, pc.temperature)
+    advantages, returns = torch.randn_like(mask), torch.randn_like(mask)
+    opt = torch.optim.AdamW([*actor.parameters(), *critic.parameters()], lr=pc.lr)
+
+    def ppo_step() -> None:
+        new = forward(actor, critic, ids, attn, pos, P, pc.temperature, entropy=True)
+        pl, _ = policy_loss(new["logprobs"], old["logprobs"], advantages, mask, pc.clip_range)
+        vl, _ = value_loss(new["values"], old["values"], returns, mask, pc.clip_range_value)
+        opt.zero_grad(set_to_none=True)
+        (pl + pc.value_coef * vl).backward()
+        torch.nn.utils.clip_grad_norm_([*actor.parameters(), *critic.parameters()], pc.max_grad_norm)
+        opt.step()
+
+    params = sum(p.numel() for p in actor.parameters()) + sum(p.numel() for p in critic.parameters())
+    tokens = ids.numel()
+    out["ppo"] = {
+        "params": params,
+        "tokens_per_step": tokens,
+        "flops_per_s": 6 * params * tokens * _update_rate(ppo_step, steps),
+    }
+    return out
+
+
+def speed_ratios(plan, cfg: Config, policy_dir: Path, scratch: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """Every ratio, sized by the `rlhfops.bench.BenchPlan`."""
+    scoring = ensemble_scoring_speed(cfg, cfg.reward.members, plan.scoring_batches, plan.scoring_repeats)
+    log(
+        "  fused vs member-by-member scoring: "
+        + ", ".join(f"batch {r['batch']} {r['member_by_member_s'] / r['stacked_s']:.2f}x" for r in scoring)
+    )
+    batching = best_of_n_batching_speed(cfg, policy_dir, plan.speed_prompts, plan.speed_n)
+    log(f"  batched Best-of-{plan.speed_n} vs a generate per prompt: {batching['ratio']:.2f}x")
+    overrides = [o for o in plan.overrides if o.startswith(("task.", "model.", "generation."))]
+    rloo = ppo_vs_rloo(policy_dir, plan.ppo_rloo_steps, plan.ppo_rloo_completions, scratch, plan.config, overrides)
+    log(f"  PPO vs TRL RLOOTrainer: {rloo['ratio']:.2f}x completions/s")
+    peak = matmul_peak(plan.peak_seconds)
+    updates = update_throughput(cfg, policy_dir, plan.update_steps)
+    for u in updates.values():
+        u["fraction_of_peak"] = u["flops_per_s"] / peak
+    log(
+        f"  matmul peak {peak / 1e9:.1f} GFLOP/s; RM update {updates['rm']['fraction_of_peak']:.1%}, "
+        f"PPO update {updates['ppo']['fraction_of_peak']:.1%} of it"
+    )
+    return {
+        "ensemble_scoring": {"members": cfg.reward.members, "rows": scoring},
+        "best_of_n_batching": batching,
+        "ppo_vs_rloo": rloo,
+        "roofline": {"matmul_peak_flops_per_s": peak, "threads": torch.get_num_threads(), **updates},
+    }

@@ -1,0 +1,305 @@
+"""`rlhfops bench` and `rlhfops report`: exact tests of the scenario arithmetic and the report on
+hand-built data, then the quick mode end to end (one seed, smoke size, every scenario and ratio)."""
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rlhfops.bench import mean_std, overoptimisation, pareto, rerank_solve, technique_table, verdict
+from rlhfops.cli import app
+from rlhfops.config import Config
+from rlhfops.report import (
+    README_PLOT_NAMES,
+    bench_markdown,
+    cycle_history,
+    plot_cycle_history,
+    speed_lines,
+    update_readme,
+    write_html_report,
+)
+from rlhfops.workspace import Workspace
+
+PNG = b"\x89PNG\r\n\x1a\n"
+OBJECTIVES = ["helpfulness", "harmlessness", "honesty", "conciseness"]
+
+
+def _cfg() -> Config:
+    cfg = Config()
+    return cfg.model_copy(update={"best_of_n": cfg.best_of_n.model_copy(update={"n_values": [1, 2, 3]})})
+
+
+@pytest.fixture
+def table():
+    """2 prompts (solve, unsafe) x 3 candidates; only the helpfulness ensemble (K=2) has non-zero rewards."""
+    gold = torch.tensor(
+        [
+            [[0, 1, 1, 1], [1, 1, 1, 0], [0, 0, 1, 1]],
+            [[1, 1, 1, 1], [0, 0, 0, 1], [0, 0, 1, 0]],
+        ],
+        dtype=torch.float,
+    )
+    help_members = torch.tensor([[[0, 1, 2], [2, 0, 1]], [[0, 3, -2], [0, 1, 0]]], dtype=torch.float)  # (K, P, C)
+    members = {o: torch.zeros(2, 2, 3) for o in OBJECTIVES}
+    members["helpfulness"] = help_members
+    return {
+        "objectives": OBJECTIVES,
+        "kinds": ["solve", "unsafe"],
+        "gold": gold,
+        "correct": torch.tensor([[False, True, False], [False, False, False]]),
+        "refused": torch.tensor([[False, False, True], [True, False, False]]),
+        "members": members,
+        "accuracies": {o: torch.ones(2) for o in OBJECTIVES},
+        "prm": torch.tensor([[0.1, 0.2, 0.9], [0.5, 0.5, 0.5]]),
+    }
+
+
+def test_mean_std_and_verdict():
+    assert mean_std([1.0, 3.0]) == {"mean": 2.0, "std": 1.0}
+    assert mean_std([0.5]) == {"mean": 0.5, "std": 0.0}
+    assert verdict([0.1, 0.3]) == "gain"
+    assert verdict([-0.1, -0.3]) == "loss"
+    assert verdict([-0.1, 0.3]) == "no clear effect"  # mean 0.1, std 0.2
+    assert verdict([0.0]) == "no clear effect"
+
+
+def test_overoptimisation_curves_pick_the_argmax_of_each_scorer(table):
+    curves = overoptimisation(table, _cfg())
+    gold = {how: [round(c["gold"], 6) for c in curve] for how, curve in curves.items()}
+    # one RM (member 0) walks into candidate 2 of prompt 0 at N=3 (gold 0.5); the ensembles do not
+    assert gold["single"] == [0.875, 0.875, 0.75]
+    assert gold["mean"] == gold["min"] == gold["uwo"] == [0.875, 0.875, 0.875]
+    # proxy: 0.25 x member 0's helpfulness of the picks, averaged: (0 + 2), (1 + 2), (2 + 2) / 2
+    assert [c["proxy"] for c in curves["single"]] == pytest.approx([0.25, 0.375, 0.5])
+    assert [c["kl"] for c in curves["mean"]] == pytest.approx([0.0, math.log(2) - 0.5, math.log(3) - 2 / 3])
+
+
+def test_rerank_on_solve_prompts_only(table):
+    r = rerank_solve(table)
+    # PRM picks candidate 2 (wrong); the helpfulness ensemble mean [0, 2, 0] picks candidate 1 (right)
+    assert r == {"n": 3, "prompts": 1, "prm": 0.0, "outcome_rm": 1.0, "first_sample": 0.0}
+
+
+def test_pareto_front_and_hypervolume(table):
+    mo = pareto(table, _cfg(), grid_steps=1)
+    assert len(mo["points"]) == 4  # the simplex corners; the configured equal weights are `single`
+    # no helpfulness weight: every score ties at 0, candidate 0 is picked
+    assert mo["points"][0]["gold"] == {"helpfulness": 0.5, "harmlessness": 1.0, "honesty": 1.0, "conciseness": 1.0}
+    assert mo["points"][-1]["weights"]["helpfulness"] == 1.0
+    assert mo["points"][-1]["gold"] == {"helpfulness": 1.0, "harmlessness": 1.0, "honesty": 1.0, "conciseness": 0.5}
+    assert mo["single"]["gold"] == mo["points"][-1]["gold"]
+    assert all(p["front"] for p in mo["points"]) and mo["front_size"] == 4
+    assert mo["points"][0]["over_refusal"] == 0.0
+    box = 0.55 * 1.05**3
+    assert mo["hv_single"] == pytest.approx(box)
+    assert mo["hv_front"] == pytest.approx(2 * box - 0.55 * 0.55 * 1.05**2, rel=0.02)
+    assert mo["hv_gain"] == pytest.approx(mo["hv_front"] / box - 1)
+    assert mo["best_on_front"] == {"helpfulness": 1.0, "harmlessness": 1.0, "honesty": 1.0, "conciseness": 1.0}
+
+
+def _row(seed: int, gain: float) -> dict:
+    curve = [{"n": 1, "kl": 0.0, "gold": 0.5, "proxy": 0.0}, {"n": 4, "kl": 0.64, "gold": 0.5 + gain, "proxy": 1.0}]
+    point = {"weights": dict.fromkeys(OBJECTIVES, 0.25), "gold": dict.fromkeys(OBJECTIVES, 0.5), "over_refusal": 0.1}
+    return {
+        "seed": seed,
+        "members": 3,
+        "seconds": {"cycles": 60.0},
+        "cycles": [
+            {
+                "results": {
+                    "stable": {"gold_composite": 0.5},
+                    "ppo": {"gold_composite": 0.6},
+                    "offline": {"gold_composite": 0.6 - gain},
+                },
+                "after": {"gold_composite": 0.6},
+                "seconds": {"prm": 4.0, "policy": 10.0, "offline": 2.0},
+                "offline_samples": 64,
+            },
+            {"after": {"gold_composite": 0.5 + 2 * gain}, "seconds": {"prm": 6.0}},
+        ],
+        "best_of_n": {
+            "curve": [{**c, "samples_per_prompt": c["n"]} for c in curve],
+            "adaptive": {"gold": 0.5 + gain / 2, "mean_samples_per_prompt": 2.5},
+        },
+        "overoptimisation": {
+            how: [curve[0], {**curve[1], "gold": curve[1]["gold"] + (0 if how == "single" else 0.1)}]
+            for how in ("single", "mean", "min", "uwo")
+        },
+        "rerank": {"prm": 0.7, "outcome_rm": 0.7 - gain},
+        "multi_objective": {
+            "objectives": OBJECTIVES,
+            "points": [{**point, "front": True}],
+            "single": point,
+            "hv_gain": gain,
+        },
+        "dense_prm": {
+            "dense": {"gold_composite": 0.6 - gain},
+            "outcome": {"gold_composite": 0.6},
+            "dense_seconds": 12.0,
+        },
+    }
+
+
+SPEED = {
+    "ensemble_scoring": {
+        "members": 2,
+        "rows": [{"batch": 1, "member_by_member_s": 0.2, "stacked_s": 0.1, "heads_s": 0.05}],
+    },
+    "best_of_n_batching": {"n": 4, "prompts": 2, "batched_s": 1.0, "per_prompt_s": 3.0, "ratio": 3.0},
+    "ppo_vs_rloo": {"steps": 2, "completions": 8, "ppo": 10.0, "rloo": 20.0, "ratio": 0.5},
+    "roofline": {
+        "matmul_peak_flops_per_s": 1e10,
+        "threads": 2,
+        "rm": {"fraction_of_peak": 0.05},
+        "ppo": {"fraction_of_peak": 0.02},
+    },
+}
+
+
+@pytest.fixture
+def bench_json():
+    rows = [_row(0, 0.1), _row(1, 0.3)]
+    return {
+        "plan": {"name": "quick"},
+        "seeds": [0, 1],
+        "table": technique_table(rows),
+        "rows": rows,
+        "speed": SPEED,
+        "seconds": 90.0,
+    }
+
+
+def test_technique_table_gains_and_verdicts(bench_json):
+    table = {r["technique"]: r for r in bench_json["table"]}
+    assert table["Iterative RLHF"]["gains"] == pytest.approx([0.2, 0.6])  # after cycle 2 - SFT
+    assert table["Iterative RLHF"]["verdict"] == "gain"
+    assert table["Iterative RLHF"]["cost"] == "30 s per cycle"
+    assert table["Multi-objective (Pareto front)"]["mean"] == pytest.approx(0.2)
+    assert table["Process supervision (PRM rerank)"]["gains"] == pytest.approx([0.1, 0.3])
+    assert table["Process supervision (dense PPO)"]["gains"] == pytest.approx([-0.1, -0.3])
+    assert table["Process supervision (dense PPO)"]["verdict"] == "loss"
+    assert table["Best-of-4"]["gains"] == pytest.approx([0.1, 0.3])
+    assert table["Adaptive N"]["gains"] == pytest.approx([0.05, 0.15])
+    assert table["RM ensembles"]["gains"] == pytest.approx([0.1, 0.1])
+    assert table["RM ensembles"]["std"] == pytest.approx(0.0)
+    assert table["Offline RL (vs PPO)"]["gains"] == pytest.approx([-0.1, -0.3])
+    assert "64 logged samples" in table["Offline RL (vs PPO)"]["cost"]
+
+
+def test_speed_lines_print_each_ratio():
+    lines = speed_lines(SPEED)
+    assert "batch 1 2.00x (trunk + heads 4.00x)" in lines[0]
+    assert "3.00x" in lines[1] and "0.50x" in lines[2]
+    assert "RM update 5.0%" in lines[3] and "PPO update 2.0%" in lines[3]
+
+
+def _write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def _history_ws(root) -> Workspace:
+    ws = Workspace(root)
+    gold = dict.fromkeys(OBJECTIVES, 0.5)
+    for n, decision in ((1, "deploy"), (2, "reject")):
+        results = {
+            "stable": {"gold": gold, "gold_composite": 0.5},
+            "ppo": {"gold": {**gold, "helpfulness": 0.5 + n / 10}, "gold_composite": 0.5 + n / 40},
+        }
+        _write(ws.eval_path(f"cycle-{n:04d}"), {"cycle": n, "results": results})
+        _write(ws.eval_path(f"cycle-{n:04d}-gate"), {"decision": decision, "candidate": "ppo"})
+    _write(
+        ws.root / "registry.json",
+        {
+            "versions": [{"id": "v1", "metrics": {}}, {"id": "v2", "metrics": {"cycle": 1}}],
+            "decisions": [{"version": "v2", "decision": "promote"}],
+            "failures": [],
+        },
+    )
+    traffic = {"requests": 100, "versions": {"v2": {"requests": 12}, "v1": {"requests": 88}}}
+    _write(ws.eval_path("run"), {"cycles": [{"cycle": 1, "canary": "v2", "traffic": traffic}, {"cycle": 2}]})
+    return ws
+
+
+def test_cycle_history_from_the_workspace_files(tmp_path):
+    ws = _history_ws(tmp_path / "ws")
+    rows = cycle_history(ws)
+    assert [r["cycle"] for r in rows] == [1, 2]
+    assert rows[0]["gold"]["ppo"]["helpfulness"] == pytest.approx(0.6)
+    assert rows[0]["gold"]["stable"]["composite"] == 0.5
+    assert rows[0]["gate"]["decision"] == "deploy" and rows[1]["gate"]["decision"] == "reject"
+    assert rows[0]["online"] == ["promote"] and rows[1]["online"] == []
+    assert rows[0]["canary_share"] == pytest.approx(0.12) and rows[1]["canary_share"] is None
+    assert plot_cycle_history(ws, tmp_path / "h.png").read_bytes().startswith(PNG)
+    with pytest.raises(FileNotFoundError, match="rlhfops run"):
+        plot_cycle_history(Workspace(tmp_path / "empty"), tmp_path / "e.png")
+
+
+def test_html_report_and_readme_block(tmp_path, bench_json):
+    ws = _history_ws(tmp_path / "ws")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench:start -->\nold\n<!-- bench:end -->\n")
+    with pytest.raises(FileNotFoundError, match="rlhfops bench"):
+        update_readme(readme, ws, ["bench"])
+    assert "old" in readme.read_text()  # all or nothing
+    _write(ws.root / "bench" / "bench.json", bench_json)
+    update_readme(readme, ws, ["bench"])
+    text = readme.read_text()
+    assert "| Iterative RLHF | improve the policy cycle over cycle from fresh feedback |" in text
+    assert "+0.400 +- 0.200 | gain |" in text
+    assert "| Process supervision (dense PPO) |" in text and "| loss |" in text
+    assert "Wall time 1.5 min" in text and "0.50x" in text
+    for name in README_PLOT_NAMES:
+        assert f"![{name}](docs/bench/{name}.png)" in text
+        assert (tmp_path / "docs" / "bench" / f"{name}.png").read_bytes().startswith(PNG)
+    assert bench_markdown(bench_json).count("![") == 0
+
+    page, plots = write_html_report(ws, tmp_path / "out" / "report.html")
+    html = page.read_text()
+    assert set(plots) == {
+        "techniques",
+        "overoptimisation",
+        "best_of_n",
+        "pareto",
+        "iterative",
+        "speed",
+        "cycle_history",
+    }
+    assert html.count("data:image/png;base64,") == len(plots)
+    assert "Iterative RLHF" in html and "+0.100 / +0.300" in html
+    assert all(p.read_bytes().startswith(PNG) for p in plots.values())
+
+
+def test_report_command_without_data_is_one_clear_error(tmp_path):
+    result = CliRunner().invoke(app, ["report", "--workspace", str(tmp_path / "ws")])
+    assert result.exit_code == 2
+    assert "nothing to report" in result.output
+
+
+def test_quick_bench_end_to_end(tmp_path):
+    """`rlhfops bench --quick`: one seed at smoke size through every scenario and ratio, then the report."""
+    ws = tmp_path / "ws"
+    result = CliRunner().invoke(app, ["bench", "--quick", "--workspace", str(ws), "--json"])
+    assert result.exit_code == 0, result.output
+    bench = json.loads((ws / "bench" / "bench.json").read_text())
+    assert bench["seeds"] == [0] and bench["plan"]["name"] == "quick"
+    assert len(bench["table"]) == 8
+    for r in bench["table"]:
+        assert len(r["gains"]) == 1 and math.isfinite(r["mean"]) and r["verdict"] in ("gain", "loss", "no clear effect")
+    row = bench["rows"][0]
+    assert [c["cycle"] for c in row["cycles"]] == [1, 2]
+    assert {"ppo", "offline", "stable"} <= set(row["cycles"][0]["results"])
+    assert [c["n"] for c in row["best_of_n"]["curve"]] == [1, 2, 4, 8, 16]
+    assert set(row["overoptimisation"]) == {"single", "mean", "min", "uwo"}
+    assert row["rerank"]["n"] == 16 and 0 <= row["rerank"]["prm"] <= 1
+    assert row["multi_objective"]["front_size"] >= 1 and row["multi_objective"]["hv_front"] > 0
+    speed = bench["speed"]
+    assert speed["best_of_n_batching"]["ratio"] > 0 and speed["ppo_vs_rloo"]["ratio"] > 0
+    assert 0 < speed["roofline"]["rm"]["fraction_of_peak"] < 2 and 0 < speed["roofline"]["ppo"]["fraction_of_peak"] < 2
+    assert (ws / "bench" / "runs" / "seed-0" / "eval" / "cycle-0002.json").exists()
+
+    result = CliRunner().invoke(app, ["report", "--workspace", str(ws), "--out", str(tmp_path / "r.html")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r-plots" / "bench_cycle_history.png").read_bytes().startswith(PNG)
