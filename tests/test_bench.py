@@ -95,7 +95,6 @@ def test_pareto_front_and_hypervolume(table):
     box = 0.55 * 1.05**3
     assert mo["hv_single"] == pytest.approx(box)
     assert mo["hv_front"] == pytest.approx(2 * box - 0.55 * 0.55 * 1.05**2, rel=0.02)
-    assert mo["hv_gain"] == pytest.approx(mo["hv_front"] / box - 1)
     assert mo["best_on_front"] == {"helpfulness": 1.0, "harmlessness": 1.0, "honesty": 1.0, "conciseness": 1.0}
 
 
@@ -132,7 +131,8 @@ def _row(seed: int, gain: float) -> dict:
             "objectives": OBJECTIVES,
             "points": [{**point, "front": True}],
             "single": point,
-            "hv_gain": gain,
+            "hv_front": 1.0 + gain,
+            "hv_single": 1.0,
         },
         "dense_prm": {
             "dense": {"gold_composite": 0.6 - gain},
@@ -177,6 +177,9 @@ def test_technique_table_gains_and_verdicts(bench_json):
     assert table["Iterative RLHF"]["verdict"] == "gain"
     assert table["Iterative RLHF"]["cost"] == "30 s per cycle"
     assert table["Multi-objective (Pareto front)"]["mean"] == pytest.approx(0.2)
+    assert table["Multi-objective (Pareto front)"]["relative"] == pytest.approx({"mean": 0.2, "std": 0.1})
+    assert table["Iterative RLHF"]["values"] == pytest.approx([0.7, 1.1])
+    assert table["Iterative RLHF"]["relative"]["mean"] == pytest.approx((0.2 / 0.5 + 0.6 / 0.5) / 2)
     assert table["Process supervision (PRM rerank)"]["gains"] == pytest.approx([0.1, 0.3])
     assert table["Process supervision (dense PPO)"]["gains"] == pytest.approx([-0.1, -0.3])
     assert table["Process supervision (dense PPO)"]["verdict"] == "loss"
@@ -248,7 +251,7 @@ def test_html_report_and_readme_block(tmp_path, bench_json):
     update_readme(readme, ws, ["bench"])
     text = readme.read_text()
     assert "| Iterative RLHF | improve the policy cycle over cycle from fresh feedback |" in text
-    assert "+0.400 +- 0.200 | gain |" in text
+    assert "+0.400 +- 0.200 | +80.0% +- 40.0% | gain |" in text
     assert "| Process supervision (dense PPO) |" in text and "| loss |" in text
     assert "Wall time 1.5 min" in text and "0.50x" in text
     for name in README_PLOT_NAMES:

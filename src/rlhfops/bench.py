@@ -397,7 +397,6 @@ def pareto(table: dict[str, Any], cfg: Config, grid_steps: int) -> dict[str, Any
         "front_size": int(front[:-1].sum()),
         "hv_front": hv_front,
         "hv_single": hv_single,
-        "hv_gain": hv_front / hv_single - 1,
         "best_on_front": {
             o: max(p["gold"][o] for p, on in zip(points, front.tolist(), strict=True) if on) for o in names
         },
@@ -430,16 +429,21 @@ def dense_prm_ppo(cfg: Config, ws: Workspace, out: Path) -> dict[str, Any]:
 
 
 def technique_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The notes' summary table, measured: per technique what it is for, the gain per seed with
-    mean +- std and a verdict, and the cost."""
+    """The notes' summary table, measured: per technique what it is for, the gain (technique - its
+    baseline, per seed, mean +- std, a verdict), the relative gain (technique / baseline - 1) and the cost."""
 
-    def row(technique: str, purpose: str, measure: str, gains: list[float], cost: str) -> dict[str, Any]:
+    def row(technique: str, purpose: str, measure: str, new: list[float], base: list[float], cost: str):
+        gains = [n - b for n, b in zip(new, base, strict=True)]
+        relative = [n / b - 1 for n, b in zip(new, base, strict=True) if b != 0]
         return {
             "technique": technique,
             "purpose": purpose,
             "measure": measure,
+            "values": new,
+            "baselines": base,
             "gains": gains,
             **mean_std(gains),
+            "relative": mean_std(relative) if len(relative) == len(gains) else None,
             "verdict": verdict(gains),
             "cost": cost,
         }
@@ -448,67 +452,76 @@ def technique_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return fmean(get(r) for r in rows)
 
     n_cycles = len(rows[0]["cycles"])
-    sft = [r["cycles"][0]["results"]["stable"]["gold_composite"] for r in rows]
     first = [r["cycles"][0] for r in rows]
     bon = [{c["n"]: c for c in r["best_of_n"]["curve"]} for r in rows]
     n_max = max(bon[0])
-    agg_best = {how: [r["overoptimisation"][how][-1]["gold"] for r in rows] for how in ("single", "mean", "min", "uwo")}
+    gold_1 = [b[1]["gold"] for b in bon]
+    at_max = {how: [r["overoptimisation"][how][-1]["gold"] for r in rows] for how in ("single", "mean")}
+    ppo = [c["results"]["ppo"]["gold_composite"] for c in first]
     return [
         row(
             "Iterative RLHF",
             "improve the policy cycle over cycle from fresh feedback",
-            f"gold composite after cycle {n_cycles} - SFT",
-            [r["cycles"][-1]["after"]["gold_composite"] - s for r, s in zip(rows, sft, strict=True)],
+            f"gold composite after cycle {n_cycles} vs SFT",
+            [r["cycles"][-1]["after"]["gold_composite"] for r in rows],
+            [c["results"]["stable"]["gold_composite"] for c in first],
             f"{avg(lambda r: r['seconds']['cycles']) / n_cycles:.0f} s per cycle",
         ),
         row(
             "Multi-objective (Pareto front)",
             "pick a trade-off between objectives at inference",
-            "hypervolume of the front / weighted sum's point - 1",
-            [r["multi_objective"]["hv_gain"] for r in rows],
+            "hypervolume (4 gold objectives): front vs the weighted sum's point",
+            [r["multi_objective"]["hv_front"] for r in rows],
+            [r["multi_objective"]["hv_single"] for r in rows],
             f"{len(rows[0]['multi_objective']['points'])} weight vectors over the same scored candidates",
         ),
         row(
             "Process supervision (PRM rerank)",
             "pick solutions whose steps are right",
-            f"solve accuracy, Best-of-{n_max}: PRM - outcome RM",
-            [r["rerank"]["prm"] - r["rerank"]["outcome_rm"] for r in rows],
+            f"solve accuracy of Best-of-{n_max}: PRM vs outcome RM",
+            [r["rerank"]["prm"] for r in rows],
+            [r["rerank"]["outcome_rm"] for r in rows],
             f"a PRM ({avg(lambda r: r['cycles'][-1]['seconds']['prm']):.0f} s to train)",
         ),
         row(
             "Process supervision (dense PPO)",
             "credit each step in RL",
-            "gold composite: dense PRM PPO - outcome PPO",
-            [r["dense_prm"]["dense"]["gold_composite"] - r["dense_prm"]["outcome"]["gold_composite"] for r in rows],
+            "gold composite: PPO with dense PRM rewards vs outcome only",
+            [r["dense_prm"]["dense"]["gold_composite"] for r in rows],
+            [r["dense_prm"]["outcome"]["gold_composite"] for r in rows],
             f"{avg(lambda r: r['dense_prm']['dense_seconds']):.0f} s vs "
             f"{fmean(c['seconds']['policy'] for c in first):.0f} s",
         ),
         row(
             f"Best-of-{n_max}",
             "spend inference compute for quality",
-            f"gold composite: N={n_max} - N=1",
-            [b[n_max]["gold"] - b[1]["gold"] for b in bon],
+            f"gold composite: N={n_max} vs N=1",
+            [b[n_max]["gold"] for b in bon],
+            gold_1,
             f"{n_max}x samples and scoring",
         ),
         row(
             "Adaptive N",
             "spend samples only where the RMs disagree",
-            "gold composite: adaptive - N=1",
-            [r["best_of_n"]["adaptive"]["gold"] - b[1]["gold"] for r, b in zip(rows, bon, strict=True)],
+            "gold composite: adaptive N vs N=1",
+            [r["best_of_n"]["adaptive"]["gold"] for r in rows],
+            gold_1,
             f"{avg(lambda r: r['best_of_n']['adaptive']['mean_samples_per_prompt']):.1f} samples per prompt",
         ),
         row(
             "RM ensembles",
             "robustness to reward over-optimisation",
-            f"gold composite at N={n_max}: ensemble mean - single RM",
-            [m - s for m, s in zip(agg_best["mean"], agg_best["single"], strict=True)],
+            f"gold composite at N={n_max}: ensemble mean vs one RM",
+            at_max["mean"],
+            at_max["single"],
             f"{rows[0]['members']}x RM training and scoring",
         ),
         row(
             "Offline RL (vs PPO)",
             "learn from logged data without sampling",
-            "gold composite: offline - PPO (cycle 1)",
-            [c["results"]["offline"]["gold_composite"] - c["results"]["ppo"]["gold_composite"] for c in first],
+            "gold composite, cycle 1: offline RL vs PPO",
+            [c["results"]["offline"]["gold_composite"] for c in first],
+            ppo,
             f"{fmean(c['seconds']['offline'] for c in first):.0f} s on {first[0]['offline_samples']} logged samples "
             f"vs PPO {fmean(c['seconds']['policy'] for c in first):.0f} s",
         ),

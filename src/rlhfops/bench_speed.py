@@ -93,7 +93,7 @@ def best_of_n_batching_speed(cfg: Config, policy_dir: Path, n_prompts: int, n: i
         sample(model, tokenizer, prompts, n, generation=cfg.generation, generator=gen, batch_size=batch_size)
         return time.perf_counter() - start
 
-    draw(n)  # warm-up
+    sample(model, tokenizer, prompts[:1], n, generation=cfg.generation, generator=None, batch_size=n)  # warm-up
     batched, looped = draw(cfg.best_of_n.batch_size), draw(n)
     return {"prompts": n_prompts, "n": n, "batched_s": batched, "per_prompt_s": looped, "ratio": looped / batched}
 
@@ -177,7 +177,7 @@ def update_throughput(cfg: Config, policy_dir: Path, steps: int) -> dict[str, di
     opt = torch.optim.AdamW(rm.parameters(), lr=cfg.reward.lr)
 
     def rm_step() -> None:
-        r = rm(**enc).logits[:, 0]
+        r = rm(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[:, 0]
         loss = -F.logsigmoid(r[:b] - r[b:]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

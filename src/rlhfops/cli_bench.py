@@ -32,7 +32,7 @@ def bench(
     from rich.table import Table
 
     from rlhfops.bench import FULL, QUICK, run_bench
-    from rlhfops.report import speed_lines
+    from rlhfops.report import relative_text, speed_lines
 
     if more_seeds and not seeds:
         _fail(f"unexpected argument(s) {' '.join(map(str, more_seeds))}; seeds go after --seeds")
@@ -51,8 +51,8 @@ def bench(
         _emit_json({k: result[k] for k in ("seeds", "table", "speed", "seconds")})
         return
     table = Table(title=f"rlhfops bench: seeds {' '.join(map(str, chosen))} ({result['seconds'] / 60:.1f} min)")
-    for col in ("technique", "what it is for", "measured", "gain (mean +- std)", "verdict", "cost"):
-        table.add_column(col, justify="right" if col.startswith("gain") else "left")
+    for col in ("technique", "what it is for", "measured", "gain (mean +- std)", "relative", "verdict", "cost"):
+        table.add_column(col, justify="right" if col in ("gain (mean +- std)", "relative") else "left")
     colours = {"gain": "green", "loss": "red", "no clear effect": "yellow"}
     for r in result["table"]:
         table.add_row(
@@ -60,6 +60,7 @@ def bench(
             r["purpose"],
             r["measure"],
             f"{r['mean']:+.3f} +- {r['std']:.3f}",
+            relative_text(r),
             f"[{colours[r['verdict']]}]{r['verdict']}[/]",
             r["cost"],
         )

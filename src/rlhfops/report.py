@@ -364,15 +364,20 @@ def read_bench(ws: Workspace) -> dict[str, Any]:
     return _read(ws.root / "bench" / BENCH_JSON, "rlhfops bench")
 
 
+def relative_text(row: dict[str, Any]) -> str:
+    rel = row.get("relative")
+    return "-" if rel is None else f"{rel['mean']:+.1%} +- {rel['std']:.1%}"
+
+
 def technique_markdown(bench: dict[str, Any]) -> str:
     lines = [
-        "| technique | what it is for | measured | gain (mean +- std) | verdict | cost |",
-        "| --- | --- | --- | ---: | --- | --- |",
+        "| technique | what it is for | measured | gain (mean +- std) | relative | verdict | cost |",
+        "| --- | --- | --- | ---: | ---: | --- | --- |",
     ]
     for r in bench["table"]:
         lines.append(
             f"| {r['technique']} | {r['purpose']} | {r['measure']} | {r['mean']:+.3f} +- {r['std']:.3f} "
-            f"| {r['verdict']} | {r['cost']} |"
+            f"| {relative_text(r)} | {r['verdict']} | {r['cost']} |"
         )
     return "\n".join(lines)
 
@@ -527,7 +532,8 @@ def plot_pareto(bench: dict[str, Any], path: Path) -> Path:
     ax.set_xlabel("over-refusal rate (safe prompts refused)")
     ax.set_ylabel("gold helpfulness")
     ax.legend(fontsize=7)
-    ax.set_title(f"Multi-objective Best-of-N, seed {bench['rows'][0]['seed']}: hypervolume {mo['hv_gain']:+.1%}")
+    gain = mo["hv_front"] / mo["hv_single"] - 1
+    ax.set_title(f"Multi-objective Best-of-N, seed {bench['rows'][0]['seed']}: front hypervolume {gain:+.1%}")
     return _save(plt, fig, path)
 
 
@@ -696,6 +702,7 @@ def write_html_report(ws: Workspace, out: Path) -> tuple[Path, dict[str, Path]]:
                 r["measure"],
                 f"{r['mean']:+.3f} +- {r['std']:.3f}",
                 " / ".join(f"{g:+.3f}" for g in r["gains"]),
+                relative_text(r),
                 r["verdict"],
                 r["cost"],
             ]
@@ -703,7 +710,9 @@ def write_html_report(ws: Workspace, out: Path) -> tuple[Path, dict[str, Path]]:
         ]
         parts += [
             "<h2>Techniques on the built-in task</h2>",
-            _html_table(rows, ["technique", "what it is for", "measured", "gain", "per seed", "verdict", "cost"]),
+            _html_table(
+                rows, ["technique", "what it is for", "measured", "gain", "per seed", "relative", "verdict", "cost"]
+            ),
             f"<p>Seeds {html.escape(str(bench['seeds']))}, {bench['plan']['name']} plan, "
             f"{bench['seconds'] / 60:.1f} min.</p>",
             "<h2>Speed ratios</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in speed_lines(bench["speed"])),
