@@ -306,3 +306,21 @@ def test_quick_bench_end_to_end(tmp_path):
     result = CliRunner().invoke(app, ["report", "--workspace", str(ws), "--out", str(tmp_path / "r.html")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "r-plots" / "bench_cycle_history.png").read_bytes().startswith(PNG)
+
+
+def test_report_plots_and_gains_go_to_wandb_when_tracking_is_on(monkeypatch, tmp_path, bench_json):
+    from test_tracking import _offline_run
+
+    from rlhfops.report import log_report
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    ws = _history_ws(tmp_path / "ws")
+    _write(ws.root / "bench" / "bench.json", bench_json)
+    _, plots = write_html_report(ws, tmp_path / "report.html")
+    log_report(Config(), ws, plots)
+    _, found = _offline_run(ws.root)
+    assert found["run"].job_type == "report" and found["exit_code"] == 0
+    for name in plots:  # an image is logged as its nested fields
+        assert found["history"][f"plots/{name}/_type"] == "image-file"
+        assert found["history"][f"plots/{name}/format"] == "png"
+    assert found["history"]["bench/Iterative RLHF"] == pytest.approx(0.4)

@@ -193,10 +193,15 @@ def run_cycle(cfg: Config, ws: Workspace, log: Log) -> dict[str, Any]:
 
 
 def run_seed(plan: BenchPlan, cfg: Config, root: Path, log: Log) -> dict[str, Any]:
-    """Everything one seed measures (module docstring), in the workspace `root`."""
+    """Everything one seed measures (module docstring), in the workspace `root` (started afresh: a
+    re-run must not continue an earlier run's cycles)."""
+    import shutil
+
     from rlhfops.cycle import cycle_models
     from rlhfops.sft import run_sft
 
+    if root.exists():
+        shutil.rmtree(root)
     ws = Workspace(root)
     row: dict[str, Any] = {"seed": cfg.seed, "seconds": {}}
     start = time.perf_counter()
