@@ -9,12 +9,14 @@ shows one progress line per finished stage instead:
 import contextlib
 import io
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from rlhfops.config import Config
+from rlhfops.cycle import PARALLEL_THREADS_ENV
 from rlhfops.workspace import Workspace
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -77,6 +79,8 @@ def run_cycle(
         runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "pipeline-root"), raise_on_error=False
     )
     pipeline = build_pipeline(cfg)
+    # kfp.local runs two ParallelFor iterations at once: each gets half the cores for torch
+    os.environ.setdefault(PARALLEL_THREADS_ENV, str(max(1, (os.cpu_count() or 2) // 2)))
     root_logger = logging.getLogger()
     handlers, level = root_logger.handlers[:], root_logger.level
     with log_path.open("w") as log_file:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -38,6 +39,8 @@ from rlhfops.registry import Registry
 from rlhfops.workspace import Workspace
 
 CANDIDATE_KINDS = ("policy", "offline")
+# torch threads for a task that runs beside others (kfp.local runs two ParallelFor iterations at once)
+PARALLEL_THREADS_ENV = "RLHFOPS_PARALLEL_TASK_THREADS"
 
 
 def cycle_models(ws: Workspace, cycle: int) -> Path:
@@ -187,6 +190,10 @@ def reward_member(cfg: Config, ws: Workspace, cycle: int, spec: str) -> dict[str
     """One item of `reward_plan`."""
     from rlhfops.reward.train import train_ensemble_member
 
+    if threads := os.environ.get(PARALLEL_THREADS_ENV):  # set by the local run: two members train at once
+        import torch
+
+        torch.set_num_threads(int(threads))
     spec_cycle, objective, member = spec.split("/")
     if int(spec_cycle) != cycle:
         raise ValueError(f"reward member '{spec}' belongs to cycle {spec_cycle}, not {cycle}")
