@@ -52,7 +52,8 @@ def bench(
         return
     table = Table(title=f"rlhfops bench: seeds {' '.join(map(str, chosen))} ({result['seconds'] / 60:.1f} min)")
     for col in ("technique", "what it is for", "measured", "gain (mean +- std)", "relative", "verdict", "cost"):
-        table.add_column(col, justify="right" if col in ("gain (mean +- std)", "relative") else "left")
+        numeric = col in ("gain (mean +- std)", "relative")
+        table.add_column(col, justify="right" if numeric else "left", no_wrap=numeric or col == "technique")
     colours = {"gain": "green", "loss": "red", "no clear effect": "yellow"}
     for r in result["table"]:
         table.add_row(
