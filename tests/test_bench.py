@@ -324,3 +324,10 @@ def test_report_plots_and_gains_go_to_wandb_when_tracking_is_on(monkeypatch, tmp
         assert found["history"][f"plots/{name}/_type"] == "image-file"
         assert found["history"][f"plots/{name}/format"] == "png"
     assert found["history"]["bench/Iterative RLHF"] == pytest.approx(0.4)
+
+
+def test_seeds_without_the_option_are_one_clear_error(tmp_path):
+    result = CliRunner().invoke(app, ["bench", "1", "2", "--workspace", str(tmp_path / "ws")])
+    assert result.exit_code == 2
+    assert "seeds go after --seeds" in result.output
+    assert not (tmp_path / "ws").exists()
