@@ -208,6 +208,9 @@ def test_cycles_load_gates_and_active_blocks(tmp_path):
         "v2: 10 of 100 requests, 0.900 / 0.850 | 250 |" in block
     )
     assert "SFT 0.850 -> stable after the run 0.880" in block and "1 cycles in 250 s" in block
+    decisions = [{"decision": "wait"}, {"decision": "promote"}]
+    (ws.root / "registry.json").write_text(json.dumps({"versions": [{"id": "v2", "decisions": decisions}]}))
+    assert "0.900 / 0.850 -> promote | 250 |" in BLOCKS["cycles"](ws)
 
     load = {"requests": 10, "clients": 2, "errors": 0, "records_in_store": 10, "canary_share_pct": 10.0,
             "canary_percent": 10, "latency_p50_ms": 5.0, "latency_p99_ms": 9.0, "requests_per_s": 3.0,

@@ -249,6 +249,16 @@ def offline_block(ws: Workspace) -> str:
     )
 
 
+def _canary_decision(ws: Workspace, version: str) -> str | None:
+    """The online gate's last decision on a canary, from the workspace's registry (None if undecided)."""
+    path = ws.root / "registry.json"
+    if not path.exists():
+        return None
+    found = [v for v in json.loads(path.read_text())["versions"] if v["id"] == version]
+    decisions = [d for d in found[0].get("decisions", []) if d.get("decision") != "wait"] if found else []
+    return decisions[-1]["decision"] if decisions else None
+
+
 def cycles_block(ws: Workspace) -> str:
     """The main job's last run: per cycle the stable model and each candidate's gold composite, the
     gate, the canary and its traffic; then SFT vs the stable model at the end, and the wall times."""
@@ -273,6 +283,8 @@ def cycles_block(ws: Workspace) -> str:
                 f"{c['canary']}: {canary.get('requests', 0)} of {c['traffic']['requests']} requests, "
                 f"{canary.get('mean_gold', float('nan')):.3f} / {stable.get('mean_gold', float('nan')):.3f}"
             )
+            if decided := _canary_decision(ws, c["canary"]):
+                traffic += f" -> {decided}"
         lines.append(
             f"| {c['cycle']} | {res['stable']['gold_composite']:.3f} | {cands} | {decision} | {traffic} "
             f"| {c['seconds']:.0f} |"
