@@ -182,17 +182,7 @@ def deploy_promote_cmd(
     kserve_: KServeOpt = False,
 ) -> None:
     """The canary becomes stable (and takes all traffic on KServe)."""
-    from rlhfops.serving import kserve
-
-    cfg, ws = _setup(config, set_, workspace)
-    try:
-        version = Registry(ws.root).promote_canary()
-    except RegistryError as e:
-        _fail(str(e))
-    out: dict[str, Any] = {"stable": version}
-    if kserve_:
-        out["kserve"] = _kserve_call(kserve.promote, _kube_api(), cfg.kserve.name, cfg.kserve.namespace)
-    _emit_json(out) if json_out else console.print(f"{version} is now stable")
+    _end_canary(config, workspace, set_, json_out, kserve_, promote=True)
 
 
 @deploy_app.command("rollback")
@@ -204,17 +194,24 @@ def deploy_rollback_cmd(
     kserve_: KServeOpt = False,
 ) -> None:
     """Archive the canary; stable keeps all traffic (the previous model on KServe)."""
+    _end_canary(config, workspace, set_, json_out, kserve_, promote=False)
+
+
+def _end_canary(config, workspace, set_, json_out: bool, kserve_: bool, promote: bool) -> None:
+    """Promote or roll back the canary in the registry, and on the InferenceService with --kserve."""
     from rlhfops.serving import kserve
 
     cfg, ws = _setup(config, set_, workspace)
+    registry = Registry(ws.root)
     try:
-        version = Registry(ws.root).rollback_canary()
+        version = registry.promote_canary() if promote else registry.rollback_canary()
     except RegistryError as e:
         _fail(str(e))
-    out: dict[str, Any] = {"rolled_back": version}
+    out: dict[str, Any] = {"stable" if promote else "rolled_back": version}
     if kserve_:
-        out["kserve"] = _kserve_call(kserve.rollback, _kube_api(), cfg.kserve.name, cfg.kserve.namespace)
-    _emit_json(out) if json_out else console.print(f"{version} rolled back")
+        call = kserve.promote if promote else kserve.rollback
+        out["kserve"] = _kserve_call(call, _kube_api(), cfg.kserve.name, cfg.kserve.namespace)
+    _emit_json(out) if json_out else console.print(f"{version} {'is now stable' if promote else 'rolled back'}")
 
 
 @deploy_app.command("status")
