@@ -238,3 +238,22 @@ def test_decoding_shift_uses_the_cached_hidden_state_exactly(trained):
             logits, policy.heads.qhat(hidden[:, -1]), policy.heads.v(hidden[:, -1]).squeeze(-1), 2.0
         )
         torch.testing.assert_close(shifted, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_best_of_n_samples_an_offline_policy_with_its_shift(trained):
+    from rlhfops.evaluation import load_decoder
+    from rlhfops.inference.best_of_n import _policy_version, sample
+
+    _, _, out = trained
+    cfg = load_config("smoke", [*SMOKE, "offline.decode_beta=8"])
+    tokenizer, model, hook = load_decoder(cfg, out)
+    assert hook is not None and hook.needs_hidden
+
+    def draw(logits_hook):
+        gen = torch.Generator().manual_seed(0)
+        kwargs = {"generation": cfg.generation, "generator": gen, "batch_size": 8, "logits_hook": logits_hook}
+        return sample(model, tokenizer, ["solve: 3+4", "what is 7/0?"], 3, **kwargs)
+
+    assert draw(hook) != draw(None)
+    # cached Best-of-N candidates are keyed by the decoding shift too
+    assert _policy_version(cfg, out) != _policy_version(load_config("smoke", [*SMOKE, "offline.decode_beta=1"]), out)

@@ -98,20 +98,26 @@ def evaluate(
     return result
 
 
-def evaluate_dir(cfg: Config, model_dir: str | Path) -> dict[str, Any]:
-    """`evaluate` of a saved policy directory; an offline-RL policy (one with ILQL heads) decodes
-    with its beta * (Q - V) shift (`offline.decode_beta`)."""
+def load_decoder(cfg: Config, model_dir: str | Path):
+    """(tokenizer, model, logits hook) for sampling from a saved policy: an offline-RL policy (one
+    with ILQL heads) decodes with its beta * (Q - V) shift (`offline.decode_beta`), others plainly
+    (hook None)."""
     from rlhfops.modeling import load_policy
     from rlhfops.rl.ilql import ILQL_HEADS, ILQLPolicy
-    from rlhfops.tasks import make_task
 
     model_dir = Path(model_dir)
-    hook = None
     if (model_dir / ILQL_HEADS).exists():
         ilql = ILQLPolicy.load(model_dir)
-        tokenizer, model, hook = ilql.tokenizer, ilql.model, ilql.shift_hook(cfg.offline.decode_beta)
-    else:
-        tokenizer, model = load_policy(model_dir)
+        return ilql.tokenizer, ilql.model, ilql.shift_hook(cfg.offline.decode_beta)
+    tokenizer, model = load_policy(model_dir)
+    return tokenizer, model, None
+
+
+def evaluate_dir(cfg: Config, model_dir: str | Path) -> dict[str, Any]:
+    """`evaluate` of a saved policy directory, decoding as `load_decoder` says."""
+    from rlhfops.tasks import make_task
+
+    tokenizer, model, hook = load_decoder(cfg, model_dir)
     return {"model": str(model_dir), **evaluate(model, tokenizer, make_task(cfg.task, seed=cfg.seed), cfg, hook)}
 
 

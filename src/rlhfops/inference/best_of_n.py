@@ -30,13 +30,14 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhfops.config import Config, GenerationConfig
+from rlhfops.evaluation import load_decoder
 from rlhfops.files import atomic_write_json
 from rlhfops.generation import generate
 from rlhfops.inference.cache import BoNCache, cache_key, directory_version
-from rlhfops.modeling import load_policy
 from rlhfops.reward.ensemble import RewardEnsemble
 from rlhfops.reward.functions import CompositeReward, PRMReward, load_ensembles
 from rlhfops.reward.prm import ProcessRewardModel
+from rlhfops.rl.ilql import ILQL_HEADS
 from rlhfops.tasks.arithmetic import ArithmeticTask
 
 ScoreFn = Callable[..., list[float]]  # (prompts, completions, **columns) -> one score per completion
@@ -71,9 +72,11 @@ def sample(
     generation: GenerationConfig,
     generator: torch.Generator | None,
     batch_size: int,
+    logits_hook=None,
 ) -> list[list[str]]:
     """n completions per prompt: rows of the repeated prompt list [p0 x n, p1 x n, ...], one
-    `generate` call per `batch_size` rows. Returns (len(prompts), n) texts."""
+    `generate` call per `batch_size` rows. Returns (len(prompts), n) texts. `logits_hook` changes
+    decoding (an offline-RL policy's Q - V shift)."""
     repeated = [p for p in prompts for _ in range(n)]
     texts: list[str] = []
     for i in range(0, len(repeated), batch_size):
@@ -85,6 +88,7 @@ def sample(
             temperature=generation.temperature,
             top_k=generation.top_k,
             generator=generator,
+            logits_hook=logits_hook,
         ).texts
     return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
 
@@ -116,6 +120,7 @@ def best_of_n(
     cache: BoNCache | None = None,
     policy_version: str = "",
     reward_version: str = "",
+    logits_hook=None,
 ) -> list[BoNResult]:
     """The best of n samples for every prompt, in prompt order. With a `cache`, a prompt already
     stored under (prompt, policy_version, reward_version, n) is served from it, not regenerated."""
@@ -134,7 +139,14 @@ def best_of_n(
     if uncached:
         uncached_prompts = [prompts[i] for i in uncached]
         candidates = sample(
-            model, tokenizer, uncached_prompts, n, generation=generation, generator=generator, batch_size=batch_size
+            model,
+            tokenizer,
+            uncached_prompts,
+            n,
+            generation=generation,
+            generator=generator,
+            batch_size=batch_size,
+            logits_hook=logits_hook,
         )
         scores = score_candidates(score_fn, uncached_prompts, candidates)
         for i, prompt, cs, ss in zip(uncached, uncached_prompts, candidates, scores, strict=True):
@@ -229,6 +241,8 @@ def _reward_version(cfg: Config, rm_dir: Path, prm_dir: Path | None) -> str:
 def _policy_version(cfg: Config, policy_dir: Path) -> str:
     """The policy's weights and the decoding settings its samples were drawn with."""
     parts = {"weights": directory_version(policy_dir), "generation": cfg.generation.model_dump(mode="json")}
+    if (policy_dir / ILQL_HEADS).exists():  # decoded with the offline-RL shift: its beta is part of the samples
+        parts["decode_beta"] = cfg.offline.decode_beta
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -255,7 +269,7 @@ def evaluate_best_of_n(
     task = ArithmeticTask(cfg.task, seed=cfg.seed)
     examples = task.examples("test", bon.n_prompts)
     prompts = [ex.prompt for ex in examples]
-    tokenizer, model = load_policy(policy_dir)
+    tokenizer, model, hook = load_decoder(cfg, policy_dir)
     ensembles = load_ensembles(rm_dir, cfg.reward.objectives)
     prm = ProcessRewardModel.load(prm_dir) if prm_dir is not None else None
     scorer = make_scorer(cfg, ensembles, prm)
@@ -276,6 +290,7 @@ def evaluate_best_of_n(
         cache=cache,
         policy_version=_policy_version(cfg, Path(policy_dir)) if cache is not None else "",
         reward_version=_reward_version(cfg, rm_dir, prm_dir) if cache is not None else "",
+        logits_hook=hook,
     )
     gold = [[fmean(task.judge(ex, c).values()) for c in r.candidates] for ex, r in zip(examples, results, strict=True)]
 
