@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: setup demo test lint format clean readme rewards policies bench-scoring bench-kinds bench-ppo bench-dense-prm bench-offline bench-load bench-gate bench-active bench bench-quick
+.PHONY: setup demo test lint format clean readme rewards policies bench-scoring bench-kinds bench-ppo bench-dense-prm bench-offline bench-load bench-gate bench-active bench-steps bench bench-quick
 
 setup: $(VENV)/.installed
 
@@ -64,6 +64,9 @@ bench-gate: setup
 
 bench-active: setup
 	$(BIN)/python benchmarks/active_learning.py --policy workspace/models/sft --pool 300 --val 160 --rounds 4 --seeds 3 --out workspace/bench/active_learning.json $(ARGS)
+
+bench-steps: setup
+	$(BIN)/python benchmarks/step_labels.py --out workspace/bench/step_labels.json $(ARGS)
 
 bench-offline: setup
 	$(BIN)/python benchmarks/offline_vs_ppo.py --out workspace/bench/offline_vs_ppo.json $(ARGS)

@@ -234,3 +234,17 @@ def test_cycles_load_gates_and_active_blocks(tmp_path):
               "config": {"seeds": 3, "members": 5, "pool": 300, "batch": 20}}  # fmt: skip
     (ws.root / "bench" / "active_learning.json").write_text(json.dumps(active))
     assert "| 0 | 20, 0.700 +- 0.010 | 20, 0.700 +- 0.010 |" in BLOCKS["active"](ws)
+
+
+def test_step_labels_block(tmp_path):
+    from rlhfops.report import BLOCKS
+
+    ws = Workspace(tmp_path)
+    (ws.root / "bench").mkdir()
+    agree = {"coverage": 0.5, "agreement": 1.0, "agreement_on_bad": 1.0, "agreement_on_good": 0.75,
+             "imputed_agreement": 0.9}  # fmt: skip
+    data = {"responses": 7, "every": 3, "rollouts": 4, "sparse": agree, "mc": {**agree, "coverage": 1.0}}
+    (ws.root / "bench" / "step_labels.json").write_text(json.dumps(data))
+    block = BLOCKS["step-labels"](ws)
+    assert "| sparse (1 line in 3 + answer) | 0.500 | 1.000 | 1.000 | 0.750 | 0.900 |" in block
+    assert "| Monte-Carlo (4 rollouts) | 1.000 |" in block and "7 policy solutions" in block

@@ -347,6 +347,25 @@ def gate_block(ws: Workspace) -> str:
     return "\n".join(lines)
 
 
+def step_labels_block(ws: Workspace) -> str:
+    r = _read(ws.root / "bench" / "step_labels.json", "make bench-steps")
+    lines = [
+        "| labels | lines labelled | agreement with exact | on bad steps | on good steps | every line (masked: next) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for key, label in (
+        ("sparse", f"sparse (1 line in {r['every']} + answer)"),
+        ("mc", f"Monte-Carlo ({r['rollouts']} rollouts)"),
+    ):
+        a = r[key]
+        lines.append(
+            f"| {label} | {a['coverage']:.3f} | {a['agreement']:.3f} | {a['agreement_on_bad']:.3f} | "
+            f"{a['agreement_on_good']:.3f} | {a['imputed_agreement']:.3f} |"
+        )
+    lines.append(f"\n{r['responses']} policy solutions to validation prompts, one sample each.")
+    return "\n".join(lines)
+
+
 def active_block(ws: Workspace) -> str:
     r = _read(ws.root / "bench" / "active_learning.json", "make bench-active")
     curves = r["curves"]
@@ -774,6 +793,7 @@ BLOCKS = {
     "load": load_block,
     "gates": gate_block,
     "active": active_block,
+    "step-labels": step_labels_block,
     "bench": bench_block,
 }
 
