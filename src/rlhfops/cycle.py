@@ -38,7 +38,6 @@ from rlhfops.files import atomic_write_json
 from rlhfops.registry import Registry
 from rlhfops.workspace import Workspace
 
-CANDIDATE_KINDS = ("policy", "offline")
 # torch threads for a task that runs beside others (kfp.local runs two ParallelFor iterations at once)
 PARALLEL_THREADS_ENV = "RLHFOPS_PARALLEL_TASK_THREADS"
 
@@ -258,7 +257,8 @@ def _policy_trainjob(cfg: Config, ws: Workspace, cycle: int, out: Path, start: P
 def offline(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     """Offline RL from the stable policy on every cycle's collected policy samples so far, scored
     by this cycle's composite reward."""
-    from rlhfops.files import read_jsonl, write_jsonl
+    from rlhfops.annotation.collect import read_responses
+    from rlhfops.files import write_jsonl
     from rlhfops.reward.functions import CompositeReward, load_ensembles
     from rlhfops.rl.ilql import train_offline
 
@@ -269,7 +269,7 @@ def offline(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     rows = []
     for n in ws.cycle_numbers():
         if n <= cycle and (ws.cycle_dir(n) / "responses.jsonl").exists():
-            rows += read_jsonl(ws.cycle_dir(n) / "responses.jsonl", _check_response)
+            rows += read_responses(ws.cycle_dir(n) / "responses.jsonl")
     if not rows:
         raise ValueError(f"no collected responses in '{ws.root / 'cycles'}' up to cycle {cycle}")
     composite = CompositeReward(load_ensembles(models / "reward", cfg.reward.objectives), cfg, None)
@@ -282,13 +282,6 @@ def offline(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     )
     train_offline(cfg, start, data, models / "offline", progress=False)
     return {"path": str(models / "offline"), "samples": len(rows), "start": str(start)}
-
-
-def _check_response(record: dict[str, Any]) -> str | None:
-    for key in ("prompt", "response"):
-        if not isinstance(record.get(key), str):
-            return f"'{key}' must be a string"
-    return None
 
 
 def candidates(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Path]:
@@ -317,7 +310,6 @@ def evaluate(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
             results[name] = _evaluate_bon(eval_cfg, path, cycle_models(ws, cycle) / "reward")
         else:
             results[name] = evaluate_dir(eval_cfg, path)
-        results[name]["per_prompt"] = results[name].pop("per_prompt", None)
     best = max((n for n in models if n != "stable"), key=lambda n: results[n]["gold_composite"], default=None)
     summary = {
         "cycle": cycle,
