@@ -8,7 +8,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from rlhfops.bench import mean_std, overoptimisation, pareto, rerank_solve, technique_table, verdict
+from rlhfops.bench import (
+    front_summary,
+    mean_std,
+    overoptimisation,
+    pareto,
+    rerank_solve,
+    technique_table,
+    verdict,
+)
 from rlhfops.cli import app
 from rlhfops.config import Config
 from rlhfops.report import (
@@ -96,6 +104,24 @@ def test_pareto_front_and_hypervolume(table):
     assert mo["hv_single"] == pytest.approx(box)
     assert mo["hv_front"] == pytest.approx(2 * box - 0.55 * 0.55 * 1.05**2, rel=0.02)
     assert mo["best_on_front"] == {"helpfulness": 1.0, "harmlessness": 1.0, "honesty": 1.0, "conciseness": 1.0}
+    assert mo["single_dominated"] is False  # the single point equals a grid point; nothing beats it everywhere
+
+
+def test_front_summary_can_lose_to_the_single_policy():
+    """The weighted-sum policy is not part of the grid: when it dominates every grid policy the
+    front's hypervolume is the smaller one (the comparison can fail)."""
+
+    def point(*gold):
+        return {"gold": dict(zip(OBJECTIVES, gold, strict=True))}
+
+    grid = [point(0.5, 0.2, 0.2, 0.2), point(0.2, 0.5, 0.2, 0.2), point(0.4, 0.4, 0.1, 0.1)]
+    s = front_summary(grid, point(0.6, 0.6, 0.6, 0.6), OBJECTIVES, seed=0)
+    assert [p["front"] for p in s["points"]] == [True, True, True]
+    assert s["hv_single"] == pytest.approx(0.65**4)
+    assert s["hv_front"] < s["hv_single"] and not s["single_dominated"]
+    s = front_summary([*grid, point(0.7, 0.6, 0.6, 0.6)], point(0.6, 0.6, 0.6, 0.6), OBJECTIVES, seed=0)
+    assert s["single_dominated"] and [p["front"] for p in s["points"]] == [False, False, False, True]
+    assert s["best_on_front"] == {"helpfulness": 0.7, "harmlessness": 0.6, "honesty": 0.6, "conciseness": 0.6}
 
 
 def _row(seed: int, gain: float) -> dict:
@@ -132,6 +158,15 @@ def _row(seed: int, gain: float) -> dict:
             "points": [{**point, "front": True}],
             "single": point,
             "hv_front": 1.0 + gain,
+            "hv_single": 1.0,
+            "train_seconds": 8.0,
+            "samples": 64,
+        },
+        "multi_objective_bon": {
+            "objectives": OBJECTIVES,
+            "points": [{**point, "front": True}],
+            "single": point,
+            "hv_front": 1.0 - gain,
             "hv_single": 1.0,
         },
         "dense_prm": {
@@ -178,6 +213,8 @@ def test_technique_table_gains_and_verdicts(bench_json):
     assert table["Iterative RLHF"]["cost"] == "30 s per cycle"
     assert table["Multi-objective (Pareto front)"]["mean"] == pytest.approx(0.2)
     assert table["Multi-objective (Pareto front)"]["relative"] == pytest.approx({"mean": 0.2, "std": 0.1})
+    assert table["Multi-objective (at inference)"]["gains"] == pytest.approx([-0.1, -0.3])
+    assert "1 offline-RL trainings (8 s) on 64 logged samples" in table["Multi-objective (Pareto front)"]["cost"]
     assert table["Iterative RLHF"]["values"] == pytest.approx([0.7, 1.1])
     assert table["Iterative RLHF"]["relative"]["mean"] == pytest.approx((0.2 / 0.5 + 0.6 / 0.5) / 2)
     assert table["Process supervision (PRM rerank)"]["gains"] == pytest.approx([0.1, 0.3])
@@ -288,7 +325,7 @@ def test_quick_bench_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     bench = json.loads((ws / "bench" / "bench.json").read_text())
     assert bench["seeds"] == [0] and bench["plan"]["name"] == "quick"
-    assert len(bench["table"]) == 8
+    assert len(bench["table"]) == 9
     for r in bench["table"]:
         assert len(r["gains"]) == 1 and math.isfinite(r["mean"]) and r["verdict"] in ("gain", "loss", "no clear effect")
     row = bench["rows"][0]
@@ -298,6 +335,9 @@ def test_quick_bench_end_to_end(tmp_path):
     assert set(row["overoptimisation"]) == {"single", "mean", "min", "uwo"}
     assert row["rerank"]["n"] == 16 and 0 <= row["rerank"]["prm"] <= 1
     assert row["multi_objective"]["front_size"] >= 1 and row["multi_objective"]["hv_front"] > 0
+    assert row["multi_objective"]["policies"] == len(row["multi_objective"]["points"]) + 1 == 11  # C(5, 3) + 1
+    assert (ws / "bench" / "runs" / "seed-0" / "pareto" / "w-10" / "model" / "ilql_heads.safetensors").exists()
+    assert row["multi_objective_bon"]["front_size"] >= 1
     speed = bench["speed"]
     assert speed["best_of_n_batching"]["ratio"] > 0 and speed["ppo_vs_rloo"]["ratio"] > 0
     assert 0 < speed["roofline"]["rm"]["fraction_of_peak"] < 2 and 0 < speed["roofline"]["ppo"]["fraction_of_peak"] < 2

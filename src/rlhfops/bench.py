@@ -76,7 +76,7 @@ FULL = BenchPlan(
     config=None,
     overrides=(),
     cycles=3,
-    grid_steps=4,
+    grid_steps=3,
     speed_prompts=32,
     speed_n=16,
     ppo_rloo_steps=10,
@@ -222,9 +222,17 @@ def run_seed(plan: BenchPlan, cfg: Config, root: Path, log: Log) -> dict[str, An
     row["best_of_n"] = table.pop("report")
     row["overoptimisation"] = overoptimisation(table, cfg)
     row["rerank"] = rerank_solve(table)
-    row["multi_objective"] = pareto(table, cfg, plan.grid_steps)
+    row["multi_objective_bon"] = pareto(table, cfg, plan.grid_steps)
     row["seconds"]["draw"] = time.perf_counter() - start
     log(f"  Best-of-{table['gold'].shape[1]} draw scored and judged in {row['seconds']['draw']:.0f} s")
+
+    start = time.perf_counter()
+    row["multi_objective"] = trained_pareto(cfg, ws, root / "pareto", plan.grid_steps, log)
+    row["seconds"]["pareto"] = time.perf_counter() - start
+    log(
+        f"  {row['multi_objective']['policies']} weight-grid policies trained and judged "
+        f"in {row['seconds']['pareto']:.0f} s"
+    )
 
     start = time.perf_counter()
     row["dense_prm"] = dense_prm_ppo(cfg, ws, root / "dense-prm")
@@ -367,48 +375,99 @@ def rerank_solve(table: dict[str, Any]) -> dict[str, float]:
 HV_REF = -0.05  # hypervolume reference point in every gold coordinate: just below 0, so a 0 score still counts
 
 
+def front_summary(points: list[dict[str, Any]], single: dict[str, Any], names: list[str], seed: int) -> dict[str, Any]:
+    """The Pareto front of the grid's `points` (each with "gold" per objective; marked in place with
+    "front") and its hypervolume, vs the configured weighted sum's point `single`. The single policy
+    is not part of the grid, so the front can lose to it: a grid of specialised policies whose front
+    the balanced one dominates has the smaller hypervolume."""
+    from rlhfops.reward.objectives import hypervolume_mc, pareto_mask
+
+    vectors = torch.tensor([[p["gold"][o] for o in names] for p in points])
+    front = pareto_mask(vectors)
+    for p, on in zip(points, front.tolist(), strict=True):
+        p["front"] = on
+    single_vec = torch.tensor([single["gold"][o] for o in names])
+    return {
+        "objectives": names,
+        "points": points,
+        "single": single,
+        "front_size": int(front.sum()),
+        "hv_front": hypervolume_mc(vectors[front], torch.full((len(names),), HV_REF), n_samples=200_000, seed=seed),
+        "hv_single": math.prod(single["gold"][o] - HV_REF for o in names),
+        "single_dominated": bool(((vectors >= single_vec).all(1) & (vectors > single_vec).any(1)).any()),
+        "best_on_front": {o: max(p["gold"][o] for p in points if p["front"]) for o in names},
+    }
+
+
 def pareto(table: dict[str, Any], cfg: Config, grid_steps: int) -> dict[str, Any]:
-    """Best-of-N_max under each weight vector of a simplex grid (the policy a user picks at
-    inference): gold per objective, helpfulness and over-refusal of each; the Pareto front of
-    those and its hypervolume vs the configured weighted sum's point (Monte Carlo, 4 objectives)."""
-    from rlhfops.reward.objectives import hypervolume_mc, pareto_mask, select, simplex_grid
+    """Best-of-N_max under each weight vector of a simplex grid (a trade-off picked at inference,
+    no training): gold per objective and over-refusal of each, summarised by `front_summary`."""
+    from rlhfops.reward.objectives import select, simplex_grid
 
     names = table["objectives"]
     rewards = aggregated_rewards(table, cfg, cfg.reward.aggregation)  # (P, C, M)
     safe = torch.tensor([k != "unsafe" for k in table["kinds"]])
     configured = torch.tensor([cfg.scalarisation.weights[o] for o in names])
-    grid = torch.cat([simplex_grid(len(names), grid_steps), configured[None]])
     points = []
-    for w in grid:
+    for w in torch.cat([simplex_grid(len(names), grid_steps), configured[None]]):
         idx = select(rewards, w)
         gold = _at(table["gold"], idx).mean(0)  # (M,)
-        refused = _at(table["refused"], idx)
         points.append(
             {
                 "weights": dict(zip(names, w.tolist(), strict=True)),
                 "gold": dict(zip(names, gold.tolist(), strict=True)),
-                "over_refusal": refused[safe].float().mean().item(),
+                "over_refusal": _at(table["refused"], idx)[safe].float().mean().item(),
             }
         )
-    vectors = torch.tensor([[p["gold"][o] for o in names] for p in points])
-    front = pareto_mask(vectors)
-    for p, on in zip(points, front.tolist(), strict=True):
-        p["front"] = on
-    ref = torch.full((len(names),), HV_REF)
-    single = points[-1]
-    hv_single = math.prod(single["gold"][o] - HV_REF for o in names)
-    hv_front = hypervolume_mc(vectors[front], ref, n_samples=200_000, seed=cfg.seed)
-    return {
-        "objectives": names,
-        "points": points[:-1],
-        "single": single,
-        "front_size": int(front[:-1].sum()),
-        "hv_front": hv_front,
-        "hv_single": hv_single,
-        "best_on_front": {
-            o: max(p["gold"][o] for p, on in zip(points, front.tolist(), strict=True) if on) for o in names
-        },
-    }
+    return front_summary(points[:-1], points[-1], names, cfg.seed)
+
+
+def trained_pareto(cfg: Config, ws: Workspace, out: Path, grid_steps: int, log: Log) -> dict[str, Any]:
+    """One policy trained per weight vector of the simplex grid, and one under the configured
+    scalarisation (the single weighted-sum policy), each gold-evaluated; `front_summary` of them.
+
+    Every policy is offline RL (`train_offline`, the cycle's offline candidate) from SFT on the
+    same logged data: cycle 1's collected samples, which the SFT policy drew, scored once by the
+    last cycle's reward ensembles. Only the weights that scalarise the per-objective rewards differ
+    (uncertainty penalty and shaping are kept as in `CompositeReward`), so the grid costs one
+    offline training and one evaluation per weight vector and no sampling."""
+    from rlhfops.annotation.collect import read_responses
+    from rlhfops.cycle import cycle_models
+    from rlhfops.evaluation import evaluate_dir
+    from rlhfops.reward.functions import CompositeReward, load_ensembles
+    from rlhfops.reward.objectives import simplex_grid, weighted_sum
+    from rlhfops.rl.ilql import train_offline, write_offline_data
+
+    names = list(cfg.reward.objectives)
+    rows = read_responses(ws.cycle_dir(1) / "responses.jsonl")
+    prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
+    ensembles = load_ensembles(cycle_models(ws, max(ws.cycle_numbers())) / "reward", names)
+    vectors = CompositeReward(ensembles, cfg, None).vectors(prompts, responses)
+    extra = vectors["uncertainty"] + vectors["prm"] + vectors["shaping"]
+    configured = torch.tensor([cfg.scalarisation.weights[o] for o in names])
+    runs = [(w, weighted_sum(vectors["rewards"], w) + extra) for w in simplex_grid(len(names), grid_steps)]
+    runs.append((configured, vectors["total"]))
+    eval_cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"n_test": cfg.pipeline.eval_prompts})})
+    points, seconds = [], 0.0
+    for i, (w, reward) in enumerate(runs):
+        run_dir = out / f"w-{i:02d}"
+        data = write_offline_data(run_dir / "data.jsonl", prompts, responses, reward)
+        start = time.perf_counter()
+        train_offline(cfg, ws.model_dir("sft"), data, run_dir / "model", progress=False)
+        seconds += time.perf_counter() - start
+        result = evaluate_dir(eval_cfg, run_dir / "model")
+        points.append(
+            {
+                "weights": dict(zip(names, w.tolist(), strict=True)),
+                "gold": {o: result["gold"][o] for o in names},
+                "gold_composite": result["gold_composite"],
+                "over_refusal": result["over_refusal_rate"],
+            }
+        )
+        label = "configured" if i == len(runs) - 1 else "w=(" + ", ".join(f"{x:.2f}" for x in w.tolist()) + ")"
+        log(f"    {label}: " + ", ".join(f"{o} {result['gold'][o]:.3f}" for o in names))
+    summary = front_summary(points[:-1], points[-1], names, cfg.seed)
+    return {**summary, "samples": len(rows), "train_seconds": seconds, "policies": len(runs)}
 
 
 def dense_prm_ppo(cfg: Config, ws: Workspace, out: Path) -> dict[str, Any]:
@@ -466,6 +525,7 @@ def technique_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     gold_1 = [b[1]["gold"] for b in bon]
     at_max = {how: [r["overoptimisation"][how][-1]["gold"] for r in rows] for how in ("single", "mean")}
     ppo = [c["results"]["ppo"]["gold_composite"] for c in first]
+    mo, mb = [r["multi_objective"] for r in rows], [r["multi_objective_bon"] for r in rows]
     return [
         row(
             "Iterative RLHF",
@@ -477,11 +537,21 @@ def technique_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ),
         row(
             "Multi-objective (Pareto front)",
-            "pick a trade-off between objectives at inference",
-            "hypervolume (4 gold objectives): front vs the weighted sum's point",
-            [r["multi_objective"]["hv_front"] for r in rows],
-            [r["multi_objective"]["hv_single"] for r in rows],
-            f"{len(rows[0]['multi_objective']['points'])} weight vectors over the same scored candidates",
+            "a policy per trade-off between objectives",
+            f"gold hypervolume ({len(mo[0]['objectives'])} objectives): front of {len(mo[0]['points'])} "
+            "weight-grid policies vs the one weighted-sum policy",
+            [m["hv_front"] for m in mo],
+            [m["hv_single"] for m in mo],
+            f"{len(mo[0]['points'])} offline-RL trainings "
+            f"({avg(lambda r: r['multi_objective']['train_seconds']):.0f} s) on {mo[0]['samples']} logged samples",
+        ),
+        row(
+            "Multi-objective (at inference)",
+            "a trade-off picked by Best-of-N weights, no training",
+            f"gold hypervolume: front of {len(mb[0]['points'])} weight vectors' Best-of-{n_max} vs the weighted sum's",
+            [m["hv_front"] for m in mb],
+            [m["hv_single"] for m in mb],
+            f"{n_max}x samples, one draw re-ranked per weight vector",
         ),
         row(
             "Process supervision (PRM rerank)",

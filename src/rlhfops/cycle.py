@@ -258,9 +258,8 @@ def offline(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     """Offline RL from the stable policy on every cycle's collected policy samples so far, scored
     by this cycle's composite reward."""
     from rlhfops.annotation.collect import read_responses
-    from rlhfops.files import write_jsonl
     from rlhfops.reward.functions import CompositeReward, load_ensembles
-    from rlhfops.rl.ilql import train_offline
+    from rlhfops.rl.ilql import train_offline, write_offline_data
 
     if not cfg.pipeline.offline:
         return {"skipped": True}
@@ -275,11 +274,7 @@ def offline(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     composite = CompositeReward(load_ensembles(models / "reward", cfg.reward.objectives), cfg, None)
     prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
     rewards = composite(prompts, responses)
-    data = models / "offline-data.jsonl"
-    write_jsonl(
-        data,
-        [{"prompt": p, "response": c, "reward": float(x)} for p, c, x in zip(prompts, responses, rewards, strict=True)],
-    )
+    data = write_offline_data(models / "offline-data.jsonl", prompts, responses, rewards)
     train_offline(cfg, start, data, models / "offline", progress=False)
     return {"path": str(models / "offline"), "samples": len(rows), "start": str(start)}
 

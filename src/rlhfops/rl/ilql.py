@@ -69,10 +69,15 @@ def build_offline_data(cfg: Config, policy_dir: str | Path, out_path: str | Path
     for i, r in enumerate(rewards):
         if r is None or not math.isfinite(r):
             raise ValueError(f"the reward function gave {r!r} for sample {i} (prompt {prompts[i]!r})")
+    return write_offline_data(out_path, prompts, responses, rewards)
+
+
+def write_offline_data(path: str | Path, prompts: list[str], responses: list[str], rewards) -> Path:
+    """Logged samples as JSONL records {"prompt", "response", "reward"} (`read_offline_data` reads them)."""
     records = [
         {"prompt": p, "response": c, "reward": float(r)} for p, c, r in zip(prompts, responses, rewards, strict=True)
     ]
-    return write_jsonl(out_path, records)
+    return write_jsonl(path, records)
 
 
 def _check_record(record: dict[str, Any]) -> str | None:
