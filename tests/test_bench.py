@@ -22,6 +22,7 @@ from rlhfops.config import Config
 from rlhfops.report import (
     README_PLOT_NAMES,
     bench_markdown,
+    detail_lines,
     cycle_history,
     plot_cycle_history,
     speed_lines,
@@ -139,10 +140,11 @@ def _row(seed: int, gain: float) -> dict:
                     "offline": {"gold_composite": 0.6 - gain},
                 },
                 "after": {"gold_composite": 0.6},
+                "deployed": "v2",
                 "seconds": {"prm": 4.0, "policy": 10.0, "offline": 2.0},
                 "offline_samples": 64,
             },
-            {"after": {"gold_composite": 0.5 + 2 * gain}, "seconds": {"prm": 6.0}},
+            {"after": {"gold_composite": 0.5 + 2 * gain}, "deployed": None, "seconds": {"prm": 6.0}},
         ],
         "best_of_n": {
             "curve": [{**c, "samples_per_prompt": c["n"]} for c in curve],
@@ -159,6 +161,8 @@ def _row(seed: int, gain: float) -> dict:
             "single": point,
             "hv_front": 1.0 + gain,
             "hv_single": 1.0,
+            "front_size": 1,
+            "single_dominated": False,
             "train_seconds": 8.0,
             "samples": 64,
         },
@@ -168,6 +172,8 @@ def _row(seed: int, gain: float) -> dict:
             "single": point,
             "hv_front": 1.0 - gain,
             "hv_single": 1.0,
+            "front_size": 1,
+            "single_dominated": True,
         },
         "dense_prm": {
             "dense": {"gold_composite": 0.6 - gain},
@@ -226,6 +232,23 @@ def test_technique_table_gains_and_verdicts(bench_json):
     assert table["RM ensembles"]["std"] == pytest.approx(0.0)
     assert table["Offline RL (vs PPO)"]["gains"] == pytest.approx([-0.1, -0.3])
     assert "64 logged samples" in table["Offline RL (vs PPO)"]["cost"]
+
+
+def test_detail_lines_are_means_over_seeds(bench_json):
+    lines = detail_lines(bench_json)
+    assert lines[0] == (
+        "iterative RLHF, gold composite of the deployed policy: SFT 0.500 -> cycle 1 0.600 -> cycle 2 0.900 "
+        "(candidates deployed per seed: 1, 1 of 2)"
+    )
+    assert lines[1] == (
+        "Best-of-N from SFT, gold composite: N=1 0.500, N=4 0.700; adaptive 0.600 with 2.5 samples per prompt"
+    )
+    assert lines[2] == "gold composite (proxy) of the pick at N=4: one RM 0.700 (+1.00), mean 0.800 (+1.00), " + (
+        "min 0.800 (+1.00), uwo 0.800 (+1.00)"
+    )
+    assert "trained policies: front of 1.0 of 1 grid points" in lines[3] and "in 0 of 2 seeds" in lines[3]
+    assert "helpfulness 0.500-0.500 (weighted sum 0.500)" in lines[3]
+    assert "Best-of-N at inference" in lines[4] and "in 2 of 2 seeds" in lines[4]
 
 
 def test_speed_lines_print_each_ratio():

@@ -433,6 +433,62 @@ def speed_lines(speed: dict[str, Any]) -> list[str]:
     ]
 
 
+def detail_lines(bench: dict[str, Any]) -> list[str]:
+    """The curves behind the table's rows, as means over seeds: gold after each cycle, gold and
+    samples by Best-of-N, gold and proxy of each RM aggregation at the largest N, and the
+    multi-objective fronts."""
+    from statistics import fmean
+
+    rows = bench["rows"]
+
+    def avg(values) -> float:
+        return fmean(list(values))
+
+    n_cycles = len(rows[0]["cycles"])
+    cycles = " -> ".join(
+        [f"SFT {avg(r['cycles'][0]['results']['stable']['gold_composite'] for r in rows):.3f}"]
+        + [f"cycle {i + 1} {avg(r['cycles'][i]['after']['gold_composite'] for r in rows):.3f}" for i in range(n_cycles)]
+    )
+    deployed = [sum(c["deployed"] is not None for c in r["cycles"]) for r in rows]
+    curve = rows[0]["best_of_n"]["curve"]
+    bon = ", ".join(
+        f"N={c['n']} {avg(r['best_of_n']['curve'][i]['gold'] for r in rows):.3f}" for i, c in enumerate(curve)
+    )
+    adaptive = (
+        f"adaptive {avg(r['best_of_n']['adaptive']['gold'] for r in rows):.3f} with "
+        f"{avg(r['best_of_n']['adaptive']['mean_samples_per_prompt'] for r in rows):.1f} samples per prompt"
+    )
+    names = {"single": "one RM", "mean": "mean", "min": "min", "uwo": "uwo"}
+    over = ", ".join(
+        f"{label} {avg(r['overoptimisation'][how][-1]['gold'] for r in rows):.3f} "
+        f"({avg(r['overoptimisation'][how][-1]['proxy'] for r in rows):+.2f})"
+        for how, label in names.items()
+    )
+    lines = [
+        f"iterative RLHF, gold composite of the deployed policy: {cycles} "
+        f"(candidates deployed per seed: {', '.join(map(str, deployed))} of {n_cycles})",
+        f"Best-of-N from SFT, gold composite: {bon}; {adaptive}",
+        f"gold composite (proxy) of the pick at N={curve[-1]['n']}: {over}",
+    ]
+    for key, what in (("multi_objective", "trained policies"), ("multi_objective_bon", "Best-of-N at inference")):
+        if key not in rows[0]:
+            continue
+        mo = [r[key] for r in rows]
+        objectives = mo[0]["objectives"]
+        spread = ", ".join(
+            f"{o} {avg(min(p['gold'][o] for p in m['points']) for m in mo):.3f}-"
+            f"{avg(max(p['gold'][o] for p in m['points']) for m in mo):.3f} "
+            f"(weighted sum {avg(m['single']['gold'][o] for m in mo):.3f})"
+            for o in objectives
+        )
+        lines.append(
+            f"multi-objective, {what}: front of {avg(m['front_size'] for m in mo):.1f} of {len(mo[0]['points'])} "
+            f"grid points; the weighted-sum point is dominated by a grid point in "
+            f"{sum(bool(m.get('single_dominated')) for m in mo)} of {len(mo)} seeds; gold range over the grid: {spread}"
+        )
+    return lines
+
+
 def bench_markdown(bench: dict[str, Any], plots: Path | None = None) -> str:
     seeds = bench["seeds"]
     lines = [
@@ -441,6 +497,10 @@ def bench_markdown(bench: dict[str, Any], plots: Path | None = None) -> str:
         f"Mean +- population std over seeds {', '.join(map(str, seeds))} ({bench['plan']['name']} plan); "
         "verdict: gain / loss when the mean clears its spread, otherwise no clear effect. "
         f"Wall time {bench['seconds'] / 60:.1f} min on this machine.",
+        "",
+        "Behind the rows (means over seeds):",
+        "",
+        *(f"- {line}" for line in detail_lines(bench)),
         "",
         "Speed ratios, each measured side by side in the same run:",
         "",

@@ -35,7 +35,9 @@ class Workspace:
     root: Path
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))
+        # absolute, so a path built from it means the same thing from any working directory (git and
+        # DVC run with cwd=root: a relative root would be applied twice)
+        object.__setattr__(self, "root", Path(self.root).absolute())
         if self.root.exists() and not self.root.is_dir():
             raise NotADirectoryError(f"workspace '{self.root}' exists and is not a directory")
 
