@@ -22,8 +22,8 @@ from rlhfops.config import Config
 from rlhfops.report import (
     README_PLOT_NAMES,
     bench_markdown,
-    detail_lines,
     cycle_history,
+    detail_lines,
     plot_cycle_history,
     speed_lines,
     update_readme,
@@ -154,7 +154,7 @@ def _row(seed: int, gain: float) -> dict:
             how: [curve[0], {**curve[1], "gold": curve[1]["gold"] + (0 if how == "single" else 0.1)}]
             for how in ("single", "mean", "min", "uwo")
         },
-        "rerank": {"prm": 0.7, "outcome_rm": 0.7 - gain},
+        "rerank": {"prm": 0.7, "outcome_rm": 0.7 - gain, "first_sample": 0.8},
         "multi_objective": {
             "objectives": OBJECTIVES,
             "points": [{**point, "front": True}],
@@ -163,7 +163,10 @@ def _row(seed: int, gain: float) -> dict:
             "hv_single": 1.0,
             "front_size": 1,
             "single_dominated": False,
-            "train_seconds": 8.0,
+            "hv_null": 1.0 - gain,
+            "null_points": [point],
+            "policies": 3,
+            "train_seconds": 6.0,
             "samples": 64,
         },
         "multi_objective_bon": {
@@ -217,10 +220,10 @@ def test_technique_table_gains_and_verdicts(bench_json):
     assert table["Iterative RLHF"]["gains"] == pytest.approx([0.2, 0.6])  # after cycle 2 - SFT
     assert table["Iterative RLHF"]["verdict"] == "gain"
     assert table["Iterative RLHF"]["cost"] == "30 s per cycle"
-    assert table["Multi-objective (Pareto front)"]["mean"] == pytest.approx(0.2)
-    assert table["Multi-objective (Pareto front)"]["relative"] == pytest.approx({"mean": 0.2, "std": 0.1})
-    assert table["Multi-objective (at inference)"]["gains"] == pytest.approx([-0.1, -0.3])
-    assert "1 offline-RL trainings (8 s) on 64 logged samples" in table["Multi-objective (Pareto front)"]["cost"]
+    # the grid's front against the front of the weighted-sum policy over training seeds (hv_null)
+    assert table["Multi-objective (Pareto front)"]["gains"] == pytest.approx([0.2, 0.6])
+    assert table["Multi-objective (Pareto front)"]["relative"]["mean"] == pytest.approx((1.1 / 0.9 + 1.3 / 0.7) / 2 - 1)
+    assert "1 offline-RL trainings on 64 logged samples (2.0 s each)" in table["Multi-objective (Pareto front)"]["cost"]
     assert table["Iterative RLHF"]["values"] == pytest.approx([0.7, 1.1])
     assert table["Iterative RLHF"]["relative"]["mean"] == pytest.approx((0.2 / 0.5 + 0.6 / 0.5) / 2)
     assert table["Process supervision (PRM rerank)"]["gains"] == pytest.approx([0.1, 0.3])
@@ -246,9 +249,17 @@ def test_detail_lines_are_means_over_seeds(bench_json):
     assert lines[2] == "gold composite (proxy) of the pick at N=4: one RM 0.700 (+1.00), mean 0.800 (+1.00), " + (
         "min 0.800 (+1.00), uwo 0.800 (+1.00)"
     )
-    assert "trained policies: front of 1.0 of 1 grid points" in lines[3] and "in 0 of 2 seeds" in lines[3]
-    assert "helpfulness 0.500-0.500 (weighted sum 0.500)" in lines[3]
-    assert "Best-of-N at inference" in lines[4] and "in 2 of 2 seeds" in lines[4]
+    assert lines[3] == (
+        "solve accuracy of Best-of-4 on the solve prompts: first sample (N=1) 0.800, outcome RM 0.500, PRM 0.700"
+    )
+    assert (
+        "trained policies: front of 1.0 of 1 grid points, hypervolume 1.200 vs 0.800 for the front of the "
+        in (lines[4])
+    )
+    assert "weighted-sum policy over 1 training seeds" in lines[4] and "in 0 of 2 seeds" in lines[4]
+    assert "helpfulness 0.500-0.500 (weighted sum 0.500)" in lines[4]
+    assert "Best-of-N at inference" in lines[5] and "in 2 of 2 seeds" in lines[5]
+    assert "hypervolume 0.800 vs 1.000 for the weighted sum's point alone" in lines[5]  # (0.9 + 0.7) / 2
 
 
 def test_speed_lines_print_each_ratio():
@@ -311,7 +322,7 @@ def test_html_report_and_readme_block(tmp_path, bench_json):
     update_readme(readme, ws, ["bench"])
     text = readme.read_text()
     assert "| Iterative RLHF | improve the policy cycle over cycle from fresh feedback |" in text
-    assert "+0.400 +- 0.200 | +80.0% +- 40.0% | gain |" in text
+    assert "+0.400 +- 0.200 | +0.200 / +0.600 | +80.0% +- 40.0% | gain |" in text
     assert "| Process supervision (dense PPO) |" in text and "| loss |" in text
     assert "Wall time 1.5 min" in text and "0.50x" in text
     for name in README_PLOT_NAMES:
@@ -332,6 +343,7 @@ def test_html_report_and_readme_block(tmp_path, bench_json):
     }
     assert html.count("data:image/png;base64,") == len(plots)
     assert "Iterative RLHF" in html and "+0.100 / +0.300" in html
+    assert "SFT 0.500 -&gt; cycle 1 0.600 -&gt; cycle 2 0.900" in html  # the curves behind the rows
     assert all(p.read_bytes().startswith(PNG) for p in plots.values())
 
 
@@ -348,7 +360,7 @@ def test_quick_bench_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     bench = json.loads((ws / "bench" / "bench.json").read_text())
     assert bench["seeds"] == [0] and bench["plan"]["name"] == "quick"
-    assert len(bench["table"]) == 9
+    assert len(bench["table"]) == 8
     for r in bench["table"]:
         assert len(r["gains"]) == 1 and math.isfinite(r["mean"]) and r["verdict"] in ("gain", "loss", "no clear effect")
     row = bench["rows"][0]
@@ -358,8 +370,11 @@ def test_quick_bench_end_to_end(tmp_path):
     assert set(row["overoptimisation"]) == {"single", "mean", "min", "uwo"}
     assert row["rerank"]["n"] == 16 and 0 <= row["rerank"]["prm"] <= 1
     assert row["multi_objective"]["front_size"] >= 1 and row["multi_objective"]["hv_front"] > 0
-    assert row["multi_objective"]["policies"] == len(row["multi_objective"]["points"]) + 1 == 11  # C(5, 3) + 1
-    assert (ws / "bench" / "runs" / "seed-0" / "pareto" / "w-10" / "model" / "ilql_heads.safetensors").exists()
+    mo = row["multi_objective"]  # grid C(5, 3) = 10, the weighted sum, and it again with 10 other training seeds
+    assert mo["policies"] == 2 * len(mo["points"]) + 1 == 21 and len(mo["null_points"]) == 10
+    assert [p["training_seed"] for p in mo["null_points"]] == list(range(1, 11)) and mo["single"]["training_seed"] == 0
+    assert mo["hv_null"] > 0 and mo["null_front_size"] >= 1
+    assert (ws / "bench" / "runs" / "seed-0" / "pareto" / "run-20" / "model" / "ilql_heads.safetensors").exists()
     assert row["multi_objective_bon"]["front_size"] >= 1
     speed = bench["speed"]
     assert speed["best_of_n_batching"]["ratio"] > 0 and speed["ppo_vs_rloo"]["ratio"] > 0

@@ -32,7 +32,7 @@ def bench(
     from rich.table import Table
 
     from rlhfops.bench import FULL, QUICK, run_bench
-    from rlhfops.report import relative_text, speed_lines
+    from rlhfops.report import detail_lines, relative_text, speed_lines
 
     if more_seeds and not seeds:
         _fail(f"unexpected argument(s) {' '.join(map(str, more_seeds))}; seeds go after --seeds")
@@ -66,7 +66,7 @@ def bench(
             r["cost"],
         )
     console.print(table)
-    for line in speed_lines(result["speed"]):
+    for line in [*detail_lines(result), *speed_lines(result["speed"])]:
         console.print(f"- {line}")
     console.print(f"written to {out / 'bench.json'}; `rlhfops report` draws the plots")
 

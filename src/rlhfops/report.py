@@ -402,13 +402,13 @@ def relative_text(row: dict[str, Any]) -> str:
 
 def technique_markdown(bench: dict[str, Any]) -> str:
     lines = [
-        "| technique | what it is for | measured | gain (mean +- std) | relative | verdict | cost |",
-        "| --- | --- | --- | ---: | ---: | --- | --- |",
+        "| technique | what it is for | measured | gain (mean +- std) | per seed | relative | verdict | cost |",
+        "| --- | --- | --- | ---: | ---: | ---: | --- | --- |",
     ]
     for r in bench["table"]:
         lines.append(
             f"| {r['technique']} | {r['purpose']} | {r['measure']} | {r['mean']:+.3f} +- {r['std']:.3f} "
-            f"| {relative_text(r)} | {r['verdict']} | {r['cost']} |"
+            f"| {' / '.join(f'{g:+.3f}' for g in r['gains'])} | {relative_text(r)} | {r['verdict']} | {r['cost']} |"
         )
     return "\n".join(lines)
 
@@ -464,11 +464,16 @@ def detail_lines(bench: dict[str, Any]) -> list[str]:
         f"({avg(r['overoptimisation'][how][-1]['proxy'] for r in rows):+.2f})"
         for how, label in names.items()
     )
+    rerank = ", ".join(
+        f"{label} {avg(r['rerank'][key] for r in rows):.3f}"
+        for key, label in (("first_sample", "first sample (N=1)"), ("outcome_rm", "outcome RM"), ("prm", "PRM"))
+    )
     lines = [
         f"iterative RLHF, gold composite of the deployed policy: {cycles} "
         f"(candidates deployed per seed: {', '.join(map(str, deployed))} of {n_cycles})",
         f"Best-of-N from SFT, gold composite: {bon}; {adaptive}",
         f"gold composite (proxy) of the pick at N={curve[-1]['n']}: {over}",
+        f"solve accuracy of Best-of-{curve[-1]['n']} on the solve prompts: {rerank}",
     ]
     for key, what in (("multi_objective", "trained policies"), ("multi_objective_bon", "Best-of-N at inference")):
         if key not in rows[0]:
@@ -481,9 +486,16 @@ def detail_lines(bench: dict[str, Any]) -> list[str]:
             f"(weighted sum {avg(m['single']['gold'][o] for m in mo):.3f})"
             for o in objectives
         )
+        null = (
+            f", hypervolume {avg(m['hv_front'] for m in mo):.3f} vs {avg(m['hv_null'] for m in mo):.3f} for the "
+            f"front of the weighted-sum policy over {len(mo[0]['null_points'])} training seeds"
+            if "hv_null" in mo[0]
+            else f", hypervolume {avg(m['hv_front'] for m in mo):.3f} vs {avg(m['hv_single'] for m in mo):.3f} "
+            "for the weighted sum's point alone"
+        )
         lines.append(
             f"multi-objective, {what}: front of {avg(m['front_size'] for m in mo):.1f} of {len(mo[0]['points'])} "
-            f"grid points; the weighted-sum point is dominated by a grid point in "
+            f"grid points{null}; the weighted-sum point is dominated by a grid point in "
             f"{sum(bool(m.get('single_dominated')) for m in mo)} of {len(mo)} seeds; gold range over the grid: {spread}"
         )
     return lines
@@ -803,6 +815,9 @@ def write_html_report(ws: Workspace, out: Path) -> tuple[Path, dict[str, Path]]:
             ),
             f"<p>Seeds {html.escape(str(bench['seeds']))}, {bench['plan']['name']} plan, "
             f"{bench['seconds'] / 60:.1f} min.</p>",
+            "<h2>Behind the rows (means over seeds)</h2><ul>"
+            + "".join(f"<li>{html.escape(s)}</li>" for s in detail_lines(bench))
+            + "</ul>",
             "<h2>Speed ratios</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in speed_lines(bench["speed"])),
             "</ul>",
         ]
