@@ -572,7 +572,8 @@ def technique_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row(
             "Process supervision (PRM rerank)",
             "pick solutions whose steps are right",
-            f"solve accuracy of Best-of-{n_max}: PRM vs outcome RM",
+            f"solve accuracy of Best-of-{n_max}: PRM vs outcome RM "
+            f"(first sample, no rerank: {avg(lambda r: r['rerank']['first_sample']):.3f})",
             [r["rerank"]["prm"] for r in rows],
             [r["rerank"]["outcome_rm"] for r in rows],
             f"a PRM ({avg(lambda r: r['cycles'][-1]['seconds']['prm']):.0f} s to train)",

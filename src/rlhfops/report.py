@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -386,13 +387,21 @@ def active_block(ws: Workspace) -> str:
 # ---- the benchmark suite (`rlhfops bench`) and the HTML report (`rlhfops report`) ----------------
 
 README_PLOTS = Path("docs") / "bench"  # next to the README: the plots its bench block embeds
-README_PLOT_NAMES = ("techniques", "overoptimisation")
+README_PLOT_NAMES = ("techniques", "overoptimisation", "pareto")
 
 
 def read_bench(ws: Workspace) -> dict[str, Any]:
     from rlhfops.bench import BENCH_JSON
 
     return _read(ws.root / "bench" / BENCH_JSON, "rlhfops bench")
+
+
+def table_rows(bench: dict[str, Any]) -> list[dict[str, Any]]:
+    """The technique table, recomputed from the run's per-seed measurements (`rows`) by the current
+    `technique_table`: bench.json's "table" is what the run printed; the report is a view of the rows."""
+    from rlhfops.bench import technique_table
+
+    return technique_table(bench["rows"])
 
 
 def relative_text(row: dict[str, Any]) -> str:
@@ -405,7 +414,7 @@ def technique_markdown(bench: dict[str, Any]) -> str:
         "| technique | what it is for | measured | gain (mean +- std) | per seed | relative | verdict | cost |",
         "| --- | --- | --- | ---: | ---: | ---: | --- | --- |",
     ]
-    for r in bench["table"]:
+    for r in table_rows(bench):
         lines.append(
             f"| {r['technique']} | {r['purpose']} | {r['measure']} | {r['mean']:+.3f} +- {r['std']:.3f} "
             f"| {' / '.join(f'{g:+.3f}' for g in r['gains'])} | {relative_text(r)} | {r['verdict']} | {r['cost']} |"
@@ -540,7 +549,7 @@ def _save(plt, fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100, metadata={"Software": None})
+    fig.savefig(tmp, dpi=100, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     tmp.replace(path)
     return path
@@ -548,16 +557,16 @@ def _save(plt, fig, path: Path) -> Path:
 
 def plot_techniques(bench: dict[str, Any], path: Path) -> Path:
     """Horizontal bars: each technique's gain, mean with std error bars, per-seed dots."""
-    rows = bench["table"]
-    plt, fig, ax = _figure(figsize=(8, 0.5 * len(rows) + 1.2))
+    rows = table_rows(bench)
+    plt, fig, ax = _figure(figsize=(6, 0.75 * len(rows) + 1.2))
     y = list(range(len(rows)))[::-1]
     colours = {"gain": "tab:green", "loss": "tab:red", "no clear effect": "tab:gray"}
     ax.barh(y, [r["mean"] for r in rows], xerr=[r["std"] for r in rows], color=[colours[r["verdict"]] for r in rows])
     for yi, r in zip(y, rows, strict=True):
         ax.plot(r["gains"], [yi] * len(r["gains"]), "k.", ms=4)
-    ax.set_yticks(y, [f"{r['technique']}\n({r['measure']})" for r in rows], fontsize=7)
+    ax.set_yticks(y, [f"{r['technique']}\n" + textwrap.fill(f"({r['measure']})", 60) for r in rows], fontsize=7)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_xlabel("measured gain (green: gain, red: loss, grey: within the spread over seeds)")
+    ax.set_xlabel("measured gain, in each row's unit\n(green: gain, red: loss, grey: within the spread over seeds)")
     ax.set_title("rlhfops bench: techniques on the built-in task")
     return _save(plt, fig, path)
 
@@ -626,14 +635,29 @@ def plot_pareto(bench: dict[str, Any], path: Path) -> Path:
         s=80,
         label=f"Pareto front over {len(mo['objectives'])} objectives",
     )
+    if mo.get("null_points"):
+        ax.scatter(
+            *xy(mo["null_points"]),
+            c="tab:red",
+            alpha=0.35,
+            s=18,
+            label=f"weighted-sum policy, {len(mo['null_points'])} other training seeds",
+        )
     ax.scatter(*xy([mo["single"]]), marker="*", c="tab:red", s=140, label="trained weighted-sum policy")
     if mb is not None:
         ax.scatter(*xy(mb["points"]), marker="x", c="tab:green", s=22, label="same weights, Best-of-N at inference")
     ax.set_xlabel("over-refusal rate (safe prompts refused)")
     ax.set_ylabel("gold helpfulness")
     ax.legend(fontsize=7)
-    gain = mo["hv_front"] / mo["hv_single"] - 1
-    ax.set_title(f"Multi-objective, seed {row['seed']}: front hypervolume vs weighted sum {gain:+.1%}", fontsize=9)
+    base, against = (
+        (mo["hv_null"], "the weighted sum's front over training seeds")
+        if "hv_null" in mo
+        else (mo["hv_single"], "the weighted sum")
+    )
+    ax.set_title(
+        f"Multi-objective, seed {row['seed']}: grid front hypervolume vs {against} {mo['hv_front'] / base - 1:+.1%}",
+        fontsize=9,
+    )
     return _save(plt, fig, path)
 
 
@@ -806,7 +830,7 @@ def write_html_report(ws: Workspace, out: Path) -> tuple[Path, dict[str, Path]]:
                 r["verdict"],
                 r["cost"],
             ]
-            for r in bench["table"]
+            for r in table_rows(bench)
         ]
         parts += [
             "<h2>Techniques on the built-in task</h2>",
@@ -846,7 +870,7 @@ def log_report(cfg, ws: Workspace, plots: dict[str, Path]) -> None:
         run.run.log({f"plots/{name}": wandb.Image(str(path)) for name, path in plots.items()})
         bench_path = ws.root / "bench" / BENCH_JSON
         if bench_path.exists():
-            table = json.loads(bench_path.read_text())["table"]
+            table = table_rows(json.loads(bench_path.read_text()))
             run.log_metrics({f"bench/{r['technique']}": r["mean"] for r in table})
 
 
