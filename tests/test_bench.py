@@ -373,6 +373,7 @@ def test_quick_bench_end_to_end(tmp_path):
     mo = row["multi_objective"]  # grid C(5, 3) = 10, the weighted sum, and it again with 10 other training seeds
     assert mo["policies"] == 2 * len(mo["points"]) + 1 == 21 and len(mo["null_points"]) == 10
     assert [p["training_seed"] for p in mo["null_points"]] == list(range(1, 11)) and mo["single"]["training_seed"] == 0
+    assert [p["training_seed"] for p in mo["points"]] == list(range(1, 11))  # the null's seeds: only weights differ
     assert mo["hv_null"] > 0 and mo["null_front_size"] >= 1
     assert (ws / "bench" / "runs" / "seed-0" / "pareto" / "run-20" / "model" / "ilql_heads.safetensors").exists()
     assert row["multi_objective_bon"]["front_size"] >= 1

@@ -427,10 +427,10 @@ def trained_pareto(cfg: Config, ws: Workspace, out: Path, grid_steps: int, log: 
     scalarisation (the single weighted-sum policy), each gold-evaluated; `front_summary` of them.
 
     The null: the front of G policies beats one policy's point even when the weights do nothing,
-    because the best of G noisy evaluations is higher than one. So the weighted-sum policy is also
-    trained with G other training seeds (same data, weights and evaluation seed) and the grid's
-    front is compared with the front of those ("hv_null"): same multiplicity, only the weights
-    differ between the two.
+    because the best of G noisy evaluations is higher than one. So grid policy i trains with seed
+    s_i, and the weighted-sum policy is trained again with each s_i (same data and evaluation
+    seed); the grid's front is compared with the front of those ("hv_null"): the same G training
+    seeds on both sides, so only the weights differ.
 
     Every policy is offline RL (`train_offline`, the cycle's offline candidate) from SFT on the
     same logged data: cycle 1's collected samples, which the SFT policy drew, scored once by the
@@ -452,12 +452,12 @@ def trained_pareto(cfg: Config, ws: Workspace, out: Path, grid_steps: int, log: 
     extra = vectors["uncertainty"] + vectors["prm"] + vectors["shaping"]
     configured = torch.tensor([cfg.scalarisation.weights[o] for o in names])
     grid = simplex_grid(len(names), grid_steps)
+    seeds = [cfg.seed * 1000 + k for k in range(1, len(grid) + 1)]
     runs = [
-        (f"w {'/'.join(f'{x:.2f}' for x in w.tolist())}", w, weighted_sum(vectors["rewards"], w) + extra, cfg.seed)
-        for w in grid
+        (f"w {'/'.join(f'{x:.2f}' for x in w.tolist())}, seed {s}", w, weighted_sum(vectors["rewards"], w) + extra, s)
+        for w, s in zip(grid, seeds, strict=True)
     ]
-    null_seeds = [cfg.seed * 1000 + k for k in range(1, len(grid) + 1)]
-    runs += [(f"weighted sum, training seed {s}", configured, vectors["total"], s) for s in [cfg.seed, *null_seeds]]
+    runs += [(f"weighted sum, seed {s}", configured, vectors["total"], s) for s in [cfg.seed, *seeds]]
     eval_cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"n_test": cfg.pipeline.eval_prompts})})
     points, seconds = [], 0.0
     log(f"  offline-RL policies, gold {'/'.join(names)}:")
@@ -563,7 +563,7 @@ def technique_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "Multi-objective (Pareto front)",
             "a policy per trade-off between objectives",
             f"gold hypervolume ({len(mo[0]['objectives'])} objectives): front of {len(mo[0]['points'])} "
-            f"weight-grid policies vs front of the weighted-sum policy trained with {len(mo[0]['points'])} seeds",
+            "weight-grid policies vs front of the weighted-sum policy trained with the grid's training seeds",
             [m["hv_front"] for m in mo],
             [m["hv_null"] for m in mo],
             f"{len(mo[0]['points'])} offline-RL trainings on {mo[0]['samples']} logged samples "

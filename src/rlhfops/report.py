@@ -641,7 +641,7 @@ def plot_pareto(bench: dict[str, Any], path: Path) -> Path:
             c="tab:red",
             alpha=0.35,
             s=18,
-            label=f"weighted-sum policy, {len(mo['null_points'])} other training seeds",
+            label=f"weighted-sum policy, the grid's {len(mo['null_points'])} training seeds",
         )
     ax.scatter(*xy([mo["single"]]), marker="*", c="tab:red", s=140, label="trained weighted-sum policy")
     if mb is not None:
