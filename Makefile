@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: setup demo test lint format clean readme rewards policies bench-scoring bench-kinds bench-ppo bench-dense-prm bench-offline bench-load bench-gate bench-active bench-steps bench bench-quick
+.PHONY: setup demo test lint format clean readme rewards policies bench-scoring bench-kinds bench-ppo bench-dense-prm bench-offline bench-load bench-gate bench-active bench-steps bench-objectives bench bench-quick
 
 setup: $(VENV)/.installed
 
@@ -78,6 +78,10 @@ bench-dense-prm: setup
 bench: setup
 	$(BIN)/rlhfops bench $(ARGS)
 	$(BIN)/rlhfops report
+
+# How alike the objectives' rewards are on the bench's logged samples (after `make bench`).
+bench-objectives: setup
+	$(BIN)/python benchmarks/objective_correlation.py --run workspace/bench/runs/seed-0 --out workspace/bench/objective_correlation.json $(ARGS)
 
 # One seed at smoke size through every scenario and ratio (what the test suite runs), in its own workspace.
 bench-quick: setup

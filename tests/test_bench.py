@@ -3,6 +3,9 @@ hand-built data, then the quick mode end to end (one seed, smoke size, every sce
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -377,6 +380,19 @@ def test_quick_bench_end_to_end(tmp_path):
     assert mo["hv_null"] > 0 and mo["null_front_size"] >= 1
     assert (ws / "bench" / "runs" / "seed-0" / "pareto" / "run-20" / "model" / "ilql_heads.safetensors").exists()
     assert row["multi_objective_bon"]["front_size"] >= 1
+    # the diagnostic benchmark behind the multi-objective row reads the same seed workspace
+    corr = tmp_path / "corr.json"
+    script = Path(__file__).parents[1] / "benchmarks" / "objective_correlation.py"
+    run = ws / "bench" / "runs" / "seed-0"
+    done = subprocess.run(
+        [sys.executable, str(script), "--run", str(run), "--config", "smoke", "--grid-steps", "2", "--out", str(corr)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    c = json.loads(corr.read_text())
+    assert len(c["grid"]) == 10 and len(c["objective_pearson"]) == 6 and c["samples"] > 0
+    assert all(-1 <= g["spearman_vs_weighted_sum"] <= 1 for g in c["grid"])
     speed = bench["speed"]
     assert speed["best_of_n_batching"]["ratio"] > 0 and speed["ppo_vs_rloo"]["ratio"] > 0
     assert 0 < speed["roofline"]["rm"]["fraction_of_peak"] < 2 and 0 < speed["roofline"]["ppo"]["fraction_of_peak"] < 2
