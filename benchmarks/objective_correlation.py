@@ -20,11 +20,9 @@ from pathlib import Path
 
 import torch
 
-from rlhfops.annotation.collect import read_responses
+from rlhfops.bench import logged_rewards
 from rlhfops.config import load_config
-from rlhfops.cycle import cycle_models
 from rlhfops.files import atomic_write_json
-from rlhfops.reward.functions import CompositeReward, load_ensembles
 from rlhfops.reward.objectives import simplex_grid, weighted_sum
 from rlhfops.workspace import Workspace
 
@@ -52,12 +50,8 @@ def main() -> None:
         raise SystemExit(f"error: no cycles in '{args.run}'; run `rlhfops bench` first")
     cfg = load_config(args.config)
     names = list(cfg.reward.objectives)
-    rows = read_responses(ws.cycle_dir(1) / "responses.jsonl")
-    prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
-    ensembles = load_ensembles(cycle_models(ws, max(ws.cycle_numbers())) / "reward", names)
-    vectors = CompositeReward(ensembles, cfg, None).vectors(prompts, responses)
-    rewards = vectors["rewards"]  # (N, M)
-    extra = vectors["uncertainty"] + vectors["prm"] + vectors["shaping"]
+    prompts, _, vectors = logged_rewards(cfg, ws)
+    rewards, extra = vectors["rewards"], vectors["extra"]  # (N, M), (N,)
     objectives = {
         f"{a}~{b}": pearson(rewards[:, i], rewards[:, j])
         for i, a in enumerate(names)
@@ -75,13 +69,13 @@ def main() -> None:
     rho = [g["spearman_vs_weighted_sum"] for g in grid]
     result = {
         "run": str(args.run),
-        "samples": len(rows),
+        "samples": len(prompts),
         "objective_pearson": objectives,
         "grid": grid,
         "spearman_min": min(rho),
         "spearman_mean": sum(rho) / len(rho),
     }
-    print(f"{len(rows)} logged samples of {args.run}")
+    print(f"{len(prompts)} logged samples of {args.run}")
     print("Pearson r between objective rewards: " + ", ".join(f"{k} {v:+.2f}" for k, v in objectives.items()))
     print(
         f"Spearman rho of each of {len(grid)} grid weights' reward with the weighted sum's: "

@@ -422,6 +422,22 @@ def pareto(table: dict[str, Any], cfg: Config, grid_steps: int) -> dict[str, Any
     return front_summary(points[:-1], points[-1], names, cfg.seed)
 
 
+def logged_rewards(cfg: Config, ws: Workspace) -> tuple[list[str], list[str], dict[str, torch.Tensor]]:
+    """Cycle 1's collected samples (the SFT policy's own) of a bench seed workspace, scored by its
+    last cycle's reward ensembles: prompts, responses and `CompositeReward.vectors` of them, plus
+    "extra" (N,), the terms the scalarisation does not weigh (uncertainty penalty, PRM, shaping)."""
+    from rlhfops.annotation.collect import read_responses
+    from rlhfops.cycle import cycle_models
+    from rlhfops.reward.functions import CompositeReward, load_ensembles
+
+    names = list(cfg.reward.objectives)
+    rows = read_responses(ws.cycle_dir(1) / "responses.jsonl")
+    prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
+    ensembles = load_ensembles(cycle_models(ws, max(ws.cycle_numbers())) / "reward", names)
+    vectors = CompositeReward(ensembles, cfg, None).vectors(prompts, responses)
+    return prompts, responses, {**vectors, "extra": vectors["uncertainty"] + vectors["prm"] + vectors["shaping"]}
+
+
 def trained_pareto(cfg: Config, ws: Workspace, out: Path, grid_steps: int, log: Log) -> dict[str, Any]:
     """One policy trained per weight vector of the simplex grid, and one under the configured
     scalarisation (the single weighted-sum policy), each gold-evaluated; `front_summary` of them.
@@ -437,19 +453,13 @@ def trained_pareto(cfg: Config, ws: Workspace, out: Path, grid_steps: int, log: 
     last cycle's reward ensembles. Only the weights that scalarise the per-objective rewards differ
     (uncertainty penalty and shaping are kept as in `CompositeReward`), so the grid costs one
     offline training and one evaluation per weight vector and no sampling."""
-    from rlhfops.annotation.collect import read_responses
-    from rlhfops.cycle import cycle_models
     from rlhfops.evaluation import evaluate_dir
-    from rlhfops.reward.functions import CompositeReward, load_ensembles
     from rlhfops.reward.objectives import simplex_grid, weighted_sum
     from rlhfops.rl.ilql import train_offline, write_offline_data
 
     names = list(cfg.reward.objectives)
-    rows = read_responses(ws.cycle_dir(1) / "responses.jsonl")
-    prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
-    ensembles = load_ensembles(cycle_models(ws, max(ws.cycle_numbers())) / "reward", names)
-    vectors = CompositeReward(ensembles, cfg, None).vectors(prompts, responses)
-    extra = vectors["uncertainty"] + vectors["prm"] + vectors["shaping"]
+    prompts, responses, vectors = logged_rewards(cfg, ws)
+    extra = vectors["extra"]
     configured = torch.tensor([cfg.scalarisation.weights[o] for o in names])
     grid = simplex_grid(len(names), grid_steps)
     seeds = [cfg.seed * 1000 + k for k in range(1, len(grid) + 1)]
@@ -488,7 +498,7 @@ def trained_pareto(cfg: Config, ws: Workspace, out: Path, grid_steps: int, log: 
         "null_points": null["points"],
         "hv_null": null["hv_front"],
         "null_front_size": null["front_size"],
-        "samples": len(rows),
+        "samples": len(prompts),
         "train_seconds": seconds,
         "policies": len(runs),
     }
