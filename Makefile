@@ -24,12 +24,12 @@ test: setup
 	$(BIN)/python -m pytest -q $(ARGS)
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks components pipelines
-	$(BIN)/ruff format --check src tests benchmarks components pipelines
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 format: setup
-	$(BIN)/ruff check --fix src tests benchmarks components pipelines
-	$(BIN)/ruff format src tests benchmarks components pipelines
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
 
 clean:
 	rm -rf $(VENV) workspace .pytest_cache .ruff_cache

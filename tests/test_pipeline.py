@@ -11,10 +11,14 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from pipelines.iterative_rlhf import COMPILED, compile_pipeline
-from pipelines.local import ProgressStream
-from pipelines.schedule import check_cron, schedule
 from rlhfops.config import load_config
+from rlhfops.pipeline import graph
+from rlhfops.pipeline.graph import compile_pipeline
+from rlhfops.pipeline.local import ProgressStream
+from rlhfops.pipeline.schedule import check_cron, schedule
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPILED = ROOT / graph.COMPILED  # the checked-in IR
 
 TRAINING = {"reward-member", "reward-finish", "train-prm", "train-policy", "offline-rl", "evaluate"}
 
@@ -25,7 +29,7 @@ def _compile_fresh(tmp_path: Path) -> Path:
     out = tmp_path / "pipeline.yaml"
     env = {k: v for k, v in os.environ.items() if k not in ("RLHFOPS_REGISTRY", "RLHFOPS_IMAGE_TAG")}
     code = (
-        "from rlhfops.config import load_config; from pipelines.iterative_rlhf import compile_pipeline; "
+        "from rlhfops.config import load_config; from rlhfops.pipeline.graph import compile_pipeline; "
         f"compile_pipeline(load_config(None), {str(out)!r})"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)

@@ -1,6 +1,6 @@
 """Run the cycle pipeline on this machine through `kfp.local` (the subprocess runner, no containers).
 
-kfp.local prints every task's executor logs; `run_cycle` sends them to `<workspace>/logs/` and
+kfp.local prints every task's executor logs; `run_local` sends them to `<workspace>/logs/` and
 shows one progress line per finished stage instead:
 
     [cycle 2] collect                      ok     14.2 s
@@ -59,7 +59,7 @@ class ProgressStream(io.TextIOBase):
         self.log_file.flush()
 
 
-def run_cycle(
+def run_local(
     cfg: Config,
     ws: Workspace,
     config: str,
@@ -69,7 +69,7 @@ def run_cycle(
     """One pipeline run (one cycle) through kfp.local; returns (succeeded, failure message, log file)."""
     from kfp import local
 
-    from pipelines.iterative_rlhf import build_pipeline
+    from rlhfops.pipeline.graph import build_pipeline
 
     root = ws.root.resolve()
     logs = root / "logs"

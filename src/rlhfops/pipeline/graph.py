@@ -12,7 +12,7 @@ name in configs/ or a path on the volume), `overrides` (a list of "a.b=value").
 Cluster settings come from the compile-time config's `pipeline` section: every task mounts the
 workspace PVC and gets the secrets as env; training tasks request GPUs (accelerator type and
 limit), tolerate GPU taints, select GPU nodes and get CPU / memory limits. `rlhfops compile`
-writes `pipelines/iterative_rlhf.yaml`.
+writes `pipelines/iterative_rlhf.yaml` (checked in, at the repository root).
 """
 
 from pathlib import Path
@@ -20,22 +20,23 @@ from typing import List
 
 from kfp import compiler, dsl, kubernetes
 
-from components.annotate import annotate
-from components.canary_decide import canary_decide
-from components.canary_deploy import canary_deploy
-from components.collect import collect
-from components.evaluate import evaluate
-from components.gate import gate
-from components.offline_rl import offline_rl
-from components.record_failure import record_failure
-from components.train_policy import train_policy
-from components.train_prm import train_prm
-from components.train_reward import reward_finish, reward_member, reward_plan
-from components.version_data import version_data
 from rlhfops.config import Config, PipelineConfig
+from rlhfops.pipeline.components.annotate import annotate
+from rlhfops.pipeline.components.canary_decide import canary_decide
+from rlhfops.pipeline.components.canary_deploy import canary_deploy
+from rlhfops.pipeline.components.collect import collect
+from rlhfops.pipeline.components.evaluate import evaluate
+from rlhfops.pipeline.components.gate import gate
+from rlhfops.pipeline.components.offline_rl import offline_rl
+from rlhfops.pipeline.components.record_failure import record_failure
+from rlhfops.pipeline.components.train_policy import train_policy
+from rlhfops.pipeline.components.train_prm import train_prm
+from rlhfops.pipeline.components.train_reward import reward_finish, reward_member, reward_plan
+from rlhfops.pipeline.components.version_data import version_data
 
 PIPELINE_NAME = "rlhfops-iterative-rlhf"
-COMPILED = Path(__file__).with_name("iterative_rlhf.yaml")
+# where `rlhfops compile` writes the IR YAML, relative to the repository root (checked in there)
+COMPILED = Path("pipelines") / "iterative_rlhf.yaml"
 
 
 def _cluster(task: dsl.PipelineTask, pc: PipelineConfig, train: bool) -> dsl.PipelineTask:

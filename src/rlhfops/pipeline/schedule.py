@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.iterative_rlhf import PIPELINE_NAME
+from rlhfops.pipeline.graph import PIPELINE_NAME
 
 
 @dataclass

@@ -1,1 +1,0 @@
-"""The cycle pipeline (DAG), its local run through kfp.local, compile and the recurring schedule."""

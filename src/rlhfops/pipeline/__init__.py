@@ -1,0 +1,3 @@
+"""The cycle as a Kubeflow pipeline: `components/` (one KFP component per stage of `rlhfops.cycle`),
+`graph` (the DAG, compiled to `pipelines/iterative_rlhf.yaml`), `local` (one run through kfp.local)
+and `schedule` (upload and a recurring run)."""
