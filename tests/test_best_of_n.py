@@ -15,11 +15,11 @@ from rlhfops.inference.best_of_n import (
     best_of_n,
     best_of_n_kl,
     evaluate_best_of_n,
-    make_scorer,
     select,
 )
 from rlhfops.inference.cache import BoNCache, cache_key, directory_version
 from rlhfops.modeling import init_policy, save_policy
+from rlhfops.reward.build import best_of_n_scorer
 from rlhfops.reward.train import train_reward_models
 
 GENERATION = GenerationConfig(max_new_tokens=12)
@@ -103,16 +103,16 @@ def test_adaptive_n_gives_confident_prompts_one_sample_and_hard_ones_n(policy):
     assert results[1].best == max(results[1].candidates, key=len)
 
 
-def test_make_scorer_flat_choice():
+def test_best_of_n_scorer_flat_choice():
     cfg = load_config("smoke", ["best_of_n.scorer=prm"])
     with pytest.raises(ValueError, match="no process reward model"):
-        make_scorer(cfg, {}, None)
+        best_of_n_scorer(cfg, {}, None)
 
     class HalfPRM:
         def score(self, prompts, completions, aggregation=None):
             return [0.5] * len(completions)
 
-    assert make_scorer(cfg, {}, HalfPRM())(["q"], ["a"]) == [0.5]
+    assert best_of_n_scorer(cfg, {}, HalfPRM())(["q"], ["a"]) == [0.5]
 
 
 # ---- cache ---------------------------------------------------------------------------------------

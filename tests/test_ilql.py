@@ -11,6 +11,7 @@ from torch import nn
 from rlhfops.config import load_config
 from rlhfops.generation import generate
 from rlhfops.modeling import init_policy, load_policy, save_policy
+from rlhfops.reward.build import reward_fn
 from rlhfops.rl.ilql import (
     ILQL_HEADS,
     TRAIN_LOG,
@@ -31,7 +32,6 @@ from rlhfops.rl.losses import (
     terminal_rewards,
     weighted_lm_loss,
 )
-from rlhfops.rl.ppo import WeightedGold
 
 # ---- exact losses -------------------------------------------------------------------------------
 
@@ -154,7 +154,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("ilql")
     tokenizer, model = init_policy(cfg)
     init_dir = save_policy(model, tokenizer, cfg, root / "init")
-    data = build_offline_data(cfg, init_dir, root / "offline.jsonl", WeightedGold(cfg))
+    data = build_offline_data(cfg, init_dir, root / "offline.jsonl", reward_fn(cfg, "gold"))
     out = train_offline(cfg, init_dir, data, root / "ilql", progress=False)
     return init_dir, data, out
 

@@ -8,7 +8,7 @@ import torch
 
 from rlhfops.config import load_config
 from rlhfops.modeling import init_policy, load_policy, save_policy
-from rlhfops.rl.ppo import TRAIN_LOG, VALUE_HEAD, separator_positions, train_ppo
+from rlhfops.rl.ppo import TRAIN_LOG, VALUE_HEAD, line_end_tokens, train_ppo
 from rlhfops.sft import run_sft
 
 SYNTHETIC = [
@@ -97,11 +97,25 @@ def test_non_finite_loss_stops_with_a_clear_error(init_dir, tmp_path):
     assert not (tmp_path / "ppo").exists()  # nothing half-written
 
 
-def test_separator_positions_end_each_line(init_dir):
+def test_line_end_tokens_end_each_line(init_dir):
     tokenizer, _ = load_policy(init_dir)
     enc = tokenizer(["1+2=3\nanswer: 3<eos>"], add_special_tokens=False, return_tensors="pt")["input_ids"]
     mask = torch.ones_like(enc)
-    assert separator_positions(tokenizer, enc, mask) == [[5, 15]]
+    assert line_end_tokens(tokenizer, enc, mask) == [[5, 15]]
+
+
+def test_line_end_tokens_give_one_position_per_line_when_a_token_holds_two_newlines():
+    """A BPE vocabulary has one token for "\\n\\n": the PRM scores two lines there, so PPO needs two positions."""
+
+    class TwoNewlines:
+        pieces = {0: "1+2=3", 1: "\n\n", 2: "answer: 3"}
+
+        def decode(self, ids):
+            return "".join(self.pieces[i] for i in ids)
+
+    ids = torch.tensor([[0, 1, 2]])
+    positions = line_end_tokens(TwoNewlines(), ids, torch.ones_like(ids))
+    assert positions == [[1, 1, 2]] and len(positions[0]) == len(["1+2=3", "", "answer: 3"])
 
 
 @pytest.mark.parametrize("name", ["zero2", "zero3"])
@@ -123,18 +137,5 @@ def test_ppo_with_dense_prm_rewards_runs(init_dir, tmp_path):
     cfg = load_config("smoke", [*SYNTHETIC, "policy.steps=2", "policy.dense_prm=true", "policy.max_new_tokens=16"])
     out = train_ppo(cfg, init_dir, tmp_path / "ppo", prm_dir=prm, progress=False, reward_fn=ends_with_7)
     assert all("reward/dense_prm" in row for row in _log(out))
-    with pytest.raises(ValueError, match="need a process reward model"):
+    with pytest.raises(ValueError, match="needs a trained process reward model"):
         train_ppo(cfg, init_dir, tmp_path / "ppo2", progress=False, reward_fn=ends_with_7)
-
-
-def test_weighted_gold_reward_with_and_without_shaping():
-    from rlhfops.rl.ppo import WeightedGold
-
-    cfg = load_config("smoke")
-    prompt, wrong = "q: 2+3*4?\n", "3*4=12\n2+12=15\nanswer: 15"
-    right = "3*4=12\n2+12=14\nanswer: 14"
-    assert WeightedGold(cfg)([prompt], [wrong]) == [pytest.approx(0.75)]  # wrong but consistent: honest
-    cfg.shaping.enabled = True
-    shaped_wrong, shaped_right = WeightedGold(cfg)([prompt, prompt], [wrong, right])
-    assert shaped_wrong == pytest.approx(0.75 + 0.25 * min(cfg.shaping.cap, 0.1 + 0.2 * 0.5 + 0.1))
-    assert shaped_wrong < 1.0 <= shaped_right  # partial credit never outweighs the right answer

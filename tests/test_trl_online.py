@@ -1,4 +1,4 @@
-"""TRL GRPO / RLOO wrapper: reward callables and weights, and smoke-size runs that train for real."""
+"""TRL GRPO / RLOO wrapper: the prompt set and smoke-size runs that train for real (its rewards: test_reward_build)."""
 
 import json
 
@@ -8,68 +8,7 @@ from safetensors.torch import load_file
 
 from rlhfops.config import CONFIG_FILENAME, load_config
 from rlhfops.modeling import init_policy, save_policy
-from rlhfops.reward.functions import CompositeReward, EnsembleReward, GoldReward
-from rlhfops.rl.trl_online import TRAIN_LOG, prompt_dataset, reward_functions, train_trl_online
-
-WEIGHTS = "scalarisation.weights={helpfulness: 0.4, harmlessness: 0.3, honesty: 0.2, conciseness: 0.1}"
-
-
-def test_gold_rewards_one_per_objective_with_weights_in_order():
-    cfg = load_config("smoke", ["policy.reward=gold", "reward.objectives=[honesty, helpfulness]", WEIGHTS])
-    funcs, weights = reward_functions(cfg, None)
-    assert all(isinstance(f, GoldReward) for f in funcs)
-    assert [f.__name__ for f in funcs] == ["gold_honesty", "gold_helpfulness"]
-    assert weights == [0.2, 0.4]
-    assert funcs[1](["q: 2+3?\n", "q: 2+3?\n"], ["2+3=5\nanswer: 5", "answer: 7"]) == [1.0, 0.0]
-
-
-def test_gold_needs_a_weight_for_every_objective():
-    cfg = load_config("smoke", ["policy.reward=gold", "scalarisation.weights={helpfulness: 1.0}"])
-    with pytest.raises(ValueError, match="no weight for harmlessness, honesty, conciseness"):
-        reward_functions(cfg, None)
-
-
-@pytest.fixture
-def fake_ensembles(monkeypatch):
-    """`load_ensembles` stand-in: ensembles are only stored here, never scored."""
-
-    class Ensemble:
-        def __init__(self, objective):
-            self.objective = objective
-
-    def load(rm_dir, objectives):
-        return {o: Ensemble(o) for o in objectives}
-
-    monkeypatch.setattr("rlhfops.rl.trl_online.load_ensembles", load)
-
-
-def test_composite_rewards_one_ensemble_per_objective(fake_ensembles):
-    cfg = load_config("smoke", [WEIGHTS, "reward.aggregation=uwo", "reward.uwo_lambda=0.5"])
-    funcs, weights = reward_functions(cfg, "rm")
-    assert all(isinstance(f, EnsembleReward) for f in funcs)
-    assert [f.__name__ for f in funcs] == ["rm_helpfulness", "rm_harmlessness", "rm_honesty", "rm_conciseness"]
-    assert weights == [0.4, 0.3, 0.2, 0.1]
-    assert {(f.how, f.lam) for f in funcs} == {("uwo", 0.5)}
-
-
-@pytest.mark.parametrize(
-    "override",
-    ["scalarisation.method=hierarchical", "reward.uncertainty_penalty=0.5", "shaping.enabled=true"],
-)
-def test_composite_falls_back_to_one_callable(fake_ensembles, override):
-    funcs, weights = reward_functions(load_config("smoke", [WEIGHTS, override]), "rm")
-    assert len(funcs) == 1 and isinstance(funcs[0], CompositeReward)
-    assert funcs[0].__name__ == "composite" and weights == [1.0]
-
-
-def test_prm_term_needs_a_prm(fake_ensembles):
-    with pytest.raises(ValueError, match="no process reward model"):
-        reward_functions(load_config("smoke", ["reward.prm_weight=0.5"]), "rm")
-
-
-def test_composite_needs_reward_models():
-    with pytest.raises(ValueError, match="no reward-model directory"):
-        reward_functions(load_config("smoke"), None)
+from rlhfops.rl.trl_online import TRAIN_LOG, prompt_dataset, train_trl_online
 
 
 def test_prompt_dataset_cycles_a_small_split():

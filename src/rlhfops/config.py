@@ -224,7 +224,15 @@ class PolicyConfig(Section):
     )
     max_new_tokens: int = Field(40, ge=1)
     temperature: float = Field(1.0, gt=0)
-    kl_coef: float = Field(0.05, ge=0, description="per-token KL penalty (PPO) / beta (GRPO, RLOO)")
+    kl_coef: float = Field(
+        0.05,
+        ge=0,
+        description="the KL coefficient; each algorithm uses it its own way, on log r = log pi - log pi_ref of the "
+        "sampled tokens: PPO subtracts kl_coef * log r from every token's reward (k1 estimator, per token; the "
+        "adaptive controller moves it when target_kl is set); RLOO (TRL) subtracts kl_coef * sum_t log r from the "
+        "sequence reward (k1, per sequence); GRPO (TRL) adds kl_coef * (exp(-log r) + log r - 1) to the per-token "
+        "loss (k3 estimator, in the loss, not the reward). 0: no reference model",
+    )
     target_kl: float | None = Field(6.0, description="PPO adaptive KL controller target (sequence KL); None: fixed")
     kl_horizon: int = Field(10000, ge=1, description="PPO adaptive KL controller horizon (samples)")
     gamma: float = Field(1.0, ge=0, le=1)
@@ -246,6 +254,45 @@ class PolicyConfig(Section):
     )
     eval_every: int = Field(20, ge=1, description="gold score on a held-out slice every this many updates")
     eval_prompts: int = Field(128, ge=1)
+
+    @model_validator(mode="after")
+    def _keys_of_other_algorithms(self) -> PolicyConfig:
+        """A key the chosen algorithm would silently ignore, set away from its default, is an error."""
+        keys = PPO_ONLY if self.algorithm != "ppo" else GROUP_ONLY
+        ignored = [k for k in keys if getattr(self, k) != type(self).model_fields[k].default]
+        if ignored:
+            names = ", ".join(f"policy.{k}={getattr(self, k)!r}" for k in ignored)
+            used_by = "PPO" if self.algorithm != "ppo" else "GRPO and RLOO"
+            raise ValueError(
+                f"{names} would be ignored: policy.algorithm is '{self.algorithm}' and only {used_by} "
+                f"use{'s' if used_by == 'PPO' else ''} {'it' if len(ignored) == 1 else 'them'}; "
+                "remove the key or change the algorithm"
+            )
+        return self
+
+
+# Keys of `PolicyConfig` that one family of algorithms reads and the other ignores.
+PPO_ONLY = (
+    "critic_lr",
+    "target_kl",
+    "kl_horizon",
+    "gamma",
+    "lam",
+    "clip_range_value",
+    "value_coef",
+    "entropy_coef",
+    "ppo_epochs",
+    "minibatches",
+    "early_stop_kl",
+    "whiten_rewards",
+    "reward_clip",
+    "dense_prm",
+    "prm_step_coef",
+    "critic",
+    "eval_every",
+    "eval_prompts",
+)
+GROUP_ONLY = ("group_size",)
 
 
 class OfflineConfig(Section):
@@ -594,6 +641,8 @@ def _describe(err: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
         return f"unknown config key '{key}'"
+    if err["type"] == "value_error" and isinstance(err.get("input"), dict):  # a section's own validator
+        return str(err["ctx"]["error"])
     got = err.get("input")
     where = f"config key '{key}'" if key else "config"
     return f"{where}: {err['msg']} (got {got!r})"

@@ -34,8 +34,9 @@ from rlhfops.evaluation import load_decoder
 from rlhfops.files import atomic_write_json
 from rlhfops.generation import generate
 from rlhfops.inference.cache import BoNCache, cache_key, directory_version
-from rlhfops.reward.ensemble import RewardEnsemble
-from rlhfops.reward.functions import CompositeReward, PRMReward, load_ensembles
+from rlhfops.reward.build import best_of_n_scorer
+from rlhfops.reward.build import best_of_n_scorer as make_scorer  # noqa: F401  (until the bench moves)
+from rlhfops.reward.functions import CompositeReward, load_ensembles
 from rlhfops.reward.prm import ProcessRewardModel
 from rlhfops.rl.ilql import ILQL_HEADS
 from rlhfops.tasks.arithmetic import ArithmeticTask
@@ -156,28 +157,6 @@ def best_of_n(
     return results  # type: ignore[return-value]  # every slot is filled above
 
 
-def make_scorer(cfg: Config, ensembles: dict[str, RewardEnsemble], prm: ProcessRewardModel | None) -> ScoreFn:
-    """The reward callable `cfg.best_of_n.scorer` names: `ensemble` the composite reward (the
-    configured scalarisation of the per-objective aggregates), `prm` the PRM solution score,
-    `both` their sum."""
-    scorer = cfg.best_of_n.scorer
-    if scorer in ("prm", "both") and prm is None:
-        raise ValueError(f"best_of_n.scorer is '{scorer}' but no process reward model was given")
-    if scorer == "ensemble":
-        return CompositeReward(ensembles, cfg, prm)
-    elif scorer == "prm":
-        return PRMReward(prm, cfg.prm.aggregation)
-    elif scorer == "both":
-        composite, prm_reward = CompositeReward(ensembles, cfg, prm), PRMReward(prm, cfg.prm.aggregation)
-
-        def composite_plus_prm(prompts: list[str], completions: list[str], **columns) -> list[float]:
-            pairs = zip(composite(prompts, completions), prm_reward(prompts, completions), strict=True)
-            return [a + b for a, b in pairs]
-
-        return composite_plus_prm
-    raise ValueError(f"unknown best_of_n.scorer '{scorer}'; expected ensemble, prm or both")
-
-
 # ---- adaptive N ----------------------------------------------------------------------------------
 
 
@@ -272,7 +251,7 @@ def evaluate_best_of_n(
     tokenizer, model, hook = load_decoder(cfg, policy_dir)
     ensembles = load_ensembles(rm_dir, cfg.reward.objectives)
     prm = ProcessRewardModel.load(prm_dir) if prm_dir is not None else None
-    scorer = make_scorer(cfg, ensembles, prm)
+    scorer = best_of_n_scorer(cfg, ensembles, prm)
     composite = CompositeReward(ensembles, cfg, prm)
 
     n_max = max(bon.n_values)

@@ -39,7 +39,8 @@ from rlhfops.config import Config
 from rlhfops.evaluation import score_responses
 from rlhfops.generation import generate, sample_texts
 from rlhfops.modeling import load_policy, save_policy
-from rlhfops.reward.functions import CompositeReward, GoldReward, ShapingReward, load_ensembles
+from rlhfops.reward.build import load_prm
+from rlhfops.reward.build import reward_fn as build_reward_fn
 from rlhfops.rl.losses import (
     AdaptiveKLController,
     dense_step_rewards,
@@ -56,37 +57,6 @@ from rlhfops.tasks.arithmetic import ArithmeticTask
 
 TRAIN_LOG = "train_log.json"
 VALUE_HEAD = "value_head.safetensors"
-
-
-# ---- reward -------------------------------------------------------------------------------------
-
-
-class WeightedGold:
-    """The gold judges combined by the scalarisation weights (a verifiable reward for PPO), plus
-    shaping when `shaping.enabled`, scaled by the helpfulness weight: shaping is partial credit
-    toward a correct answer, so it stays below that weight's outcome gap (cap < 1)."""
-
-    __name__ = "gold_weighted"
-
-    def __init__(self, cfg: Config):
-        self.parts = [(GoldReward(o), cfg.scalarisation.weights.get(o, 0.0)) for o in cfg.reward.objectives]
-        self.shaping = ShapingReward(cfg)
-        self.shaping_scale = cfg.scalarisation.weights.get("helpfulness", 0.0)
-
-    def __call__(self, prompts: list[str], completions: list[str], **columns) -> list[float]:
-        totals = [self.shaping_scale * b for b in self.shaping(prompts, completions)]
-        for reward, weight in self.parts:
-            for i, r in enumerate(reward(prompts, completions)):
-                totals[i] += weight * r
-        return totals
-
-
-def make_reward(cfg: Config, rm_dir: Path | None, prm):
-    if cfg.policy.reward == "gold":
-        return WeightedGold(cfg)
-    if rm_dir is None:
-        raise ValueError("policy.reward is 'composite' but no reward-model directory was given")
-    return CompositeReward(load_ensembles(rm_dir, cfg.reward.objectives), cfg, prm)
 
 
 # ---- roles --------------------------------------------------------------------------------------
@@ -106,6 +76,13 @@ class Critic(nn.Module):
         else:
             self.model = AutoModelForTokenClassification.from_pretrained(str(policy_dir), num_labels=1)
 
+    def forward(self, hidden: torch.Tensor | None, ids, attn, pos) -> torch.Tensor:
+        """Values (B, L) at every position: the head on the actor's last hidden state (B, L, H), or
+        the value model on the token ids."""
+        if self.kind == "value_head":
+            return self.head(hidden.float()).squeeze(-1)
+        return self.model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[..., 0].float()
+
 
 def forward(
     actor, critic: Critic, ids, attn, pos, prompt_len: int, temperature: float, entropy: bool = False
@@ -116,22 +93,21 @@ def forward(
     logits = out.logits[:, prompt_len - 1 : -1].float() / temperature  # (B, T, V)
     tokens = ids[:, prompt_len:]
     result = {"logprobs": torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)}
-    if critic.kind == "value_head":
-        result["values"] = critic.head(out.hidden_states[-1][:, prompt_len - 1 : -1].float()).squeeze(-1)
-    else:
-        values = critic.model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[..., 0]
-        result["values"] = values[:, prompt_len - 1 : -1].float()
+    hidden = out.hidden_states[-1] if critic.kind == "value_head" else None
+    result["values"] = critic(hidden, ids, attn, pos)[:, prompt_len - 1 : -1]
     if entropy:
         result["entropy"] = entropy_from_logits(logits)
     return result
 
 
-def separator_positions(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
-    """Per row: the token index ending each response line (each newline, then the last token)."""
+def line_end_tokens(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+    """Per row: the completion token index that ends each response line (the token holding each
+    newline, once per newline it holds, then the last token), so row i has one index per line of
+    `text.split("\\n")`, the lines the PRM scores."""
     rows = []
     for ids, m in zip(completion_ids.tolist(), mask.tolist(), strict=True):
         n = sum(m)
-        newlines = [t for t in range(n) if "\n" in tokenizer.decode([ids[t]])]
+        newlines = [t for t in range(n) for _ in range(tokenizer.decode([ids[t]]).count("\n"))]
         rows.append([*newlines, max(n - 1, 0)])
     return rows
 
@@ -189,15 +165,10 @@ def train_ppo(
     tokenizer, actor = load_policy(policy_dir)
     reference = copy.deepcopy(actor).eval().requires_grad_(False) if pc.kl_coef > 0 else None
     critic = Critic(pc.critic, actor.config.hidden_size, policy_dir)
-    prm = None
-    if pc.dense_prm or cfg.reward.prm_weight > 0:
-        from rlhfops.reward.prm import ProcessRewardModel
-
-        if prm_dir is None:
-            raise ValueError("dense PRM rewards or reward.prm_weight need a process reward model (train-prm)")
-        prm = ProcessRewardModel.load(prm_dir)
+    prm = load_prm(prm_dir, "policy.dense_prm") if pc.dense_prm else None
     if reward_fn is None:
-        reward_fn = make_reward(cfg, Path(rm_dir) if rm_dir else None, prm if cfg.reward.prm_weight > 0 else None)
+        shared = {"prm": prm} if prm is not None and cfg.policy.reward == "composite" else {}
+        reward_fn = build_reward_fn(cfg, pc.reward, rm_dir, prm_dir, **shared)
     # The critic gets its own learning rate: a value head that lags the returns gives advantages
     # that are mostly prompt-type noise (explained variance near 0), and the policy drifts.
     optimizer = torch.optim.AdamW(
@@ -241,7 +212,7 @@ def train_ppo(
                 dense = None
                 if pc.dense_prm:
                     steps = prm.step_scores(prompts, gen.texts)
-                    positions = separator_positions(tokenizer, gen.completion_ids, gen.completion_mask)
+                    positions = line_end_tokens(tokenizer, gen.completion_ids, gen.completion_mask)
                     positions = [p[-len(s) :] if s else [] for s, p in zip(steps, positions, strict=True)]
                     dense = dense_step_rewards(steps, positions, tuple(mask.shape), pc.prm_step_coef)
                 rewards, kl = token_rewards(scores, old["logprobs"], ref_logprobs, mask, kl_coef, dense)
