@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from rlhfops.bench_speed import ensemble_scoring_speed
+from rlhfops.bench.speed import ensemble_scoring_speed
 from rlhfops.config import Config
 
 

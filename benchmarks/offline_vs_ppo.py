@@ -17,16 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from rlhfops.bench import mean_std
 from rlhfops.config import load_config
 from rlhfops.evaluation import evaluate_dir
 from rlhfops.files import atomic_write_json
+from rlhfops.reward.build import reward_fn
 from rlhfops.rl.ilql import build_offline_data, train_offline
-from rlhfops.rl.ppo import make_reward, train_ppo
+from rlhfops.rl.train import train_policy
 from rlhfops.workspace import Workspace
 
 METRICS = ("gold_composite", "solve_accuracy", "over_refusal_rate", "undefined_recall")
@@ -36,10 +37,6 @@ def _summary(result: dict) -> dict:
     out = {m: result[m] for m in METRICS}
     out.update({f"gold/{k}": v for k, v in result["gold"].items()})
     return out
-
-
-def mean_std(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
 def run_seed(ws: Workspace, seed: int, overrides: list[str], ppo: bool, scratch: Path) -> dict:
@@ -52,7 +49,7 @@ def run_seed(ws: Workspace, seed: int, overrides: list[str], ppo: bool, scratch:
     data = ws.data_dir("offline") / f"bench-seed{seed}-n{n_samples}-composite.jsonl"
     start = time.perf_counter()
     if not data.exists():
-        build_offline_data(cfg, sft, data, make_reward(cfg, rm_dir, None))
+        build_offline_data(cfg, sft, data, reward_fn(cfg, "composite", rm_dir))
         row["offline_data_s"] = time.perf_counter() - start
     start = time.perf_counter()
     train_offline(cfg, sft, data, scratch / "offline", progress=False)
@@ -67,7 +64,7 @@ def run_seed(ws: Workspace, seed: int, overrides: list[str], ppo: bool, scratch:
         steps = math.ceil(n_samples / cfg.policy.prompts_per_step)
         ppo_cfg = load_config(None, [f"seed={seed}", "policy.reward=composite", f"policy.steps={steps}", *overrides])
         start = time.perf_counter()
-        train_ppo(ppo_cfg, sft, scratch / "ppo", rm_dir=rm_dir, progress=False)
+        train_policy(ppo_cfg, sft, scratch / "ppo", rm_dir, progress=False)
         row["ppo_train_s"] = time.perf_counter() - start
         row["ppo_steps"] = steps
         row["ppo"] = _summary(evaluate_dir(ppo_cfg, scratch / "ppo"))

@@ -5,23 +5,19 @@
 Both optimise the exact gold outcome reward from the workspace's SFT policy with the default
 `policy.*` budget; the dense variant also gets `policy.prm_step_coef * (2p - 1)` at every
 step separator from the workspace's PRM (`rlhfops train-prm`). Each result is gold-evaluated on
-the test split (`eval.*` defaults); prints mean and spread (population std) over seeds.
+the test split (`eval.*` defaults); prints mean and spread (population std) over seeds. Each run
+is the bench's dense-PRM measurement (`rlhfops.bench.train_and_evaluate_ppo`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
+from rlhfops.bench import mean_std, train_and_evaluate_ppo
 from rlhfops.config import load_config
-from rlhfops.evaluation import evaluate
-from rlhfops.modeling import load_policy
-from rlhfops.rl.ppo import train_ppo
-from rlhfops.tasks.arithmetic import ArithmeticTask
 from rlhfops.workspace import Workspace
 
 
@@ -42,20 +38,10 @@ def main() -> None:
                 cfg = load_config(
                     None, ["policy.reward=gold", f"seed={seed}", f"policy.dense_prm={variant == 'dense_prm'}"]
                 )
-                start = time.perf_counter()
-                out = train_ppo(cfg, policy, Path(scratch) / f"{variant}-{seed}", prm_dir=prm, progress=False)
-                seconds = time.perf_counter() - start
-                tokenizer, model = load_policy(out)
-                result = evaluate(model, tokenizer, ArithmeticTask(cfg.task, seed=0), load_config(None))
-                runs[variant].append(
-                    {
-                        "seed": seed,
-                        "seconds": seconds,
-                        "gold_composite": result["gold_composite"],
-                        "solve_accuracy": result["solve_accuracy"],
-                        "step_validity": result["step_validity"],
-                    }
+                result, seconds = train_and_evaluate_ppo(
+                    cfg, policy, Path(scratch) / f"{variant}-{seed}", None, prm, load_config(None)
                 )
+                runs[variant].append({"seed": seed, "seconds": seconds, **result})
                 print(
                     f"seed {seed} {variant:<9} gold {result['gold_composite']:.3f} "
                     f"solve {result['solve_accuracy']:.3f} steps {result['step_validity']:.3f} ({seconds:.0f} s)",
@@ -63,8 +49,8 @@ def main() -> None:
                 )
     for variant, rows in runs.items():
         for key in ("gold_composite", "solve_accuracy", "step_validity"):
-            values = [r[key] for r in rows]
-            print(f"{variant:<9} {key:<15} {statistics.fmean(values):.3f} +- {statistics.pstdev(values):.3f}")
+            s = mean_std([r[key] for r in rows])
+            print(f"{variant:<9} {key:<15} {s['mean']:.3f} +- {s['std']:.3f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(runs, indent=2))

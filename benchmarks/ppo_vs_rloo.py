@@ -16,7 +16,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from rlhfops.bench_speed import ppo_vs_rloo
+from rlhfops.bench.speed import ppo_vs_rloo
 from rlhfops.config import Config
 from rlhfops.workspace import Workspace
 

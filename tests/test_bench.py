@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from rlhfops.bench import (
+    BestOfNSamples,
     front_summary,
     mean_std,
     overoptimisation,
@@ -44,7 +45,7 @@ def _cfg() -> Config:
 
 
 @pytest.fixture
-def table():
+def samples() -> BestOfNSamples:
     """2 prompts (solve, unsafe) x 3 candidates; only the helpfulness ensemble (K=2) has non-zero rewards."""
     gold = torch.tensor(
         [
@@ -56,16 +57,16 @@ def table():
     help_members = torch.tensor([[[0, 1, 2], [2, 0, 1]], [[0, 3, -2], [0, 1, 0]]], dtype=torch.float)  # (K, P, C)
     members = {o: torch.zeros(2, 2, 3) for o in OBJECTIVES}
     members["helpfulness"] = help_members
-    return {
-        "objectives": OBJECTIVES,
-        "kinds": ["solve", "unsafe"],
-        "gold": gold,
-        "correct": torch.tensor([[False, True, False], [False, False, False]]),
-        "refused": torch.tensor([[False, False, True], [True, False, False]]),
-        "members": members,
-        "accuracies": {o: torch.ones(2) for o in OBJECTIVES},
-        "prm": torch.tensor([[0.1, 0.2, 0.9], [0.5, 0.5, 0.5]]),
-    }
+    return BestOfNSamples(
+        objectives=OBJECTIVES,
+        kinds=["solve", "unsafe"],
+        gold=gold,
+        correct=torch.tensor([[False, True, False], [False, False, False]]),
+        refused=torch.tensor([[False, False, True], [True, False, False]]),
+        members=members,
+        accuracies={o: torch.ones(2) for o in OBJECTIVES},
+        prm=torch.tensor([[0.1, 0.2, 0.9], [0.5, 0.5, 0.5]]),
+    )
 
 
 def test_mean_std_and_verdict():
@@ -77,8 +78,8 @@ def test_mean_std_and_verdict():
     assert verdict([0.0]) == "no clear effect"
 
 
-def test_overoptimisation_curves_pick_the_argmax_of_each_scorer(table):
-    curves = overoptimisation(table, _cfg())
+def test_overoptimisation_curves_pick_the_argmax_of_each_scorer(samples):
+    curves = overoptimisation(samples, _cfg())
     gold = {how: [round(c["gold"], 6) for c in curve] for how, curve in curves.items()}
     # one RM (member 0) walks into candidate 2 of prompt 0 at N=3 (gold 0.5); the ensembles do not
     assert gold["single"] == [0.875, 0.875, 0.75]
@@ -88,14 +89,14 @@ def test_overoptimisation_curves_pick_the_argmax_of_each_scorer(table):
     assert [c["kl"] for c in curves["mean"]] == pytest.approx([0.0, math.log(2) - 0.5, math.log(3) - 2 / 3])
 
 
-def test_rerank_on_solve_prompts_only(table):
-    r = rerank_solve(table)
+def test_rerank_on_solve_prompts_only(samples):
+    r = rerank_solve(samples)
     # PRM picks candidate 2 (wrong); the helpfulness ensemble mean [0, 2, 0] picks candidate 1 (right)
     assert r == {"n": 3, "prompts": 1, "prm": 0.0, "outcome_rm": 1.0, "first_sample": 0.0}
 
 
-def test_pareto_front_and_hypervolume(table):
-    mo = pareto(table, _cfg(), grid_steps=1)
+def test_pareto_front_and_hypervolume(samples):
+    mo = pareto(samples, _cfg(), grid_steps=1)
     assert len(mo["points"]) == 4  # the simplex corners; the configured equal weights are `single`
     # no helpfulness weight: every score ties at 0, candidate 0 is picked
     assert mo["points"][0]["gold"] == {"helpfulness": 0.5, "harmlessness": 1.0, "honesty": 1.0, "conciseness": 1.0}

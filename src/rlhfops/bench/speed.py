@@ -14,16 +14,19 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
+from rlhfops.bench.records import BatchingSpeed, PPOvsRLOO, ScoringRow, SpeedRatios, UpdateThroughput
 from rlhfops.config import Config, load_config
 
-# ---- --------------------------------------------------------------------------------
+if TYPE_CHECKING:
+    from rlhfops.bench.plan import BenchPlan
 
 
 def median_seconds(fn, repeats: int, *args) -> float:
+    """Median seconds of `repeats` timed calls of fn(*args), after one untimed warm-up call."""
     fn(*args)
     times = []
     for _ in range(repeats):
@@ -33,7 +36,7 @@ def median_seconds(fn, repeats: int, *args) -> float:
     return statistics.median(times)
 
 
-def ensemble_scoring_speed(cfg: Config, members: int, batches: tuple[int, ...], repeats: int) -> list[dict[str, Any]]:
+def ensemble_scoring_speed(cfg: Config, members: int, batches: tuple[int, ...], repeats: int) -> list[ScoringRow]:
     """Seconds per call of K reward models of the configured architecture scoring the same batch
     member by member, stacked (`reward/stacked.py`) and as one trunk + K heads (median of repeats)."""
     from transformers import LlamaForSequenceClassification, LlamaModel
@@ -77,7 +80,7 @@ def ensemble_scoring_speed(cfg: Config, members: int, batches: tuple[int, ...], 
     return rows
 
 
-def best_of_n_batching_speed(cfg: Config, policy_dir: Path, n_prompts: int, n: int) -> dict[str, Any]:
+def best_of_n_batching_speed(cfg: Config, policy_dir: Path, n_prompts: int, n: int) -> BatchingSpeed:
     """Seconds to draw n samples for each of n_prompts test prompts in `best_of_n.batch_size`
     batches vs one `generate` call per prompt (batch = its n samples)."""
     from rlhfops.inference.best_of_n import sample
@@ -99,31 +102,39 @@ def best_of_n_batching_speed(cfg: Config, policy_dir: Path, n_prompts: int, n: i
 
 
 def ppo_vs_rloo(
-    policy_dir: Path, steps: int, completions: int, scratch: Path, config: str | None = None, overrides=(), group=4
-) -> dict[str, Any]:
+    policy_dir: Path,
+    steps: int,
+    completions: int,
+    scratch: Path,
+    config: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    group: int = 4,
+) -> PPOvsRLOO:
     """Completions per second of PPO (`rl/ppo.py`) and TRL's RLOOTrainer from the same policy on
     the gold reward, the same completions per update (RLOO: completions / group prompts x group)
-    and length; wall clock of the whole training call (loading and the final save in both)."""
-    from rlhfops.rl.ppo import train_ppo
-    from rlhfops.rl.trl_online import train_trl_online
+    and length; wall clock of the whole training call (loading and the final save in both). Both
+    go through `train_policy`, which builds each side's arguments."""
+    from rlhfops.rl.train import train_policy
 
-    common = [*overrides, "policy.reward=gold", f"policy.steps={steps}", "policy.eval_prompts=1"]
-    cfg = load_config(config, [*common, "policy.algorithm=ppo", f"policy.prompts_per_step={completions}"])
-    start = time.perf_counter()
-    train_ppo(cfg, policy_dir, scratch / "ppo", progress=False)
-    ppo = steps * completions / (time.perf_counter() - start)
-    cfg = load_config(
-        config,
-        [
-            *common,
-            "policy.algorithm=rloo",
-            f"policy.prompts_per_step={completions // group}",
-            f"policy.group_size={group}",
-        ],
-    )
-    start = time.perf_counter()
-    train_trl_online(cfg, policy_dir, None, scratch / "rloo", progress=False)
-    rloo = steps * completions / (time.perf_counter() - start)
+    def completions_per_second(algorithm: str, prompts_per_step: int, group_size: int) -> float:
+        cfg = load_config(
+            config,
+            [
+                *overrides,
+                "policy.reward=gold",
+                f"policy.steps={steps}",
+                "policy.eval_prompts=1",
+                f"policy.algorithm={algorithm}",
+                f"policy.prompts_per_step={prompts_per_step}",
+                *([f"policy.group_size={group_size}"] if algorithm != "ppo" else []),
+            ],
+        )
+        start = time.perf_counter()
+        train_policy(cfg, policy_dir, scratch / algorithm, progress=False)
+        return steps * completions / (time.perf_counter() - start)
+
+    ppo = completions_per_second("ppo", completions, 1)
+    rloo = completions_per_second("rloo", completions // group, group)
     return {"steps": steps, "completions": completions, "ppo": ppo, "rloo": rloo, "ratio": ppo / rloo}
 
 
@@ -146,7 +157,7 @@ def _update_rate(step: Callable[[], None], steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def update_throughput(cfg: Config, policy_dir: Path, steps: int) -> dict[str, dict[str, float]]:
+def update_throughput(cfg: Config, policy_dir: Path, steps: int) -> dict[str, UpdateThroughput]:
     """FLOP/s of a reward-model update (Bradley-Terry loss on reward.batch_size pairs) and of a PPO
     minibatch update (`rl/ppo.py`'s forward, clipped policy and value losses on a sampled batch),
     each forward + backward + AdamW step; FLOPs = 6 x parameters x tokens of the padded batch
@@ -163,7 +174,7 @@ def update_throughput(cfg: Config, policy_dir: Path, steps: int) -> dict[str, di
     torch.manual_seed(cfg.seed)
     tokenizer, actor = load_policy(policy_dir)
     task = ArithmeticTask(cfg.task, seed=cfg.seed)
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, UpdateThroughput] = {}
 
     # RM: chosen = prompt + reference, rejected = prompt + another example's reference
     b = cfg.reward.batch_size
@@ -226,8 +237,10 @@ def update_throughput(cfg: Config, policy_dir: Path, steps: int) -> dict[str, di
     return out
 
 
-def speed_ratios(plan, cfg: Config, policy_dir: Path, scratch: Path, log: Callable[[str], None]) -> dict[str, Any]:
-    """Every ratio, sized by the `rlhfops.bench.BenchPlan`."""
+def speed_ratios(
+    plan: BenchPlan, cfg: Config, policy_dir: Path, scratch: Path, log: Callable[[str], None]
+) -> SpeedRatios:
+    """Every ratio, sized by the plan, on the policy in `policy_dir`."""
     scoring = ensemble_scoring_speed(cfg, cfg.reward.members, plan.scoring_batches, plan.scoring_repeats)
     log(
         "  fused vs member-by-member scoring: "
