@@ -27,9 +27,9 @@ def test_scalars_flattens_finite_numbers():
 
 def test_first_cycle_makes_sft_stable_and_numbers_cycles(ws_with_sft):
     cfg, ws = ws_with_sft
-    stable = cycle.ensure_stable(cfg, ws)
+    stable = cycle.stable_or_register_sft(cfg, ws)
     assert stable["name"] == "sft" and stable["stage"] == "stable"
-    assert cycle.ensure_stable(cfg, ws)["id"] == stable["id"]  # idempotent
+    assert cycle.stable_or_register_sft(cfg, ws)["id"] == stable["id"]  # idempotent
     assert cycle.begin(cfg, ws) == {"cycle": 1, "canary": {"decision": "none", "reason": "no canary deployed"}}
     ws.cycle_dir(1).mkdir(parents=True)
     assert cycle.next_cycle(ws) == 1  # data but no evaluation: cycle 1 is redone
@@ -40,7 +40,7 @@ def test_first_cycle_makes_sft_stable_and_numbers_cycles(ws_with_sft):
 
 def test_no_stable_and_no_sft_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="rlhfops sft"):
-        cycle.ensure_stable(load_config("smoke"), Workspace(tmp_path))
+        cycle.stable_or_register_sft(load_config("smoke"), Workspace(tmp_path))
 
 
 def test_exit_handler_records_only_failures(ws_with_sft):
@@ -54,7 +54,7 @@ def test_exit_handler_records_only_failures(ws_with_sft):
 
 def test_gate_writes_its_own_file_and_deploy_registers_the_canary(ws_with_sft):
     cfg, ws = ws_with_sft
-    stable = cycle.ensure_stable(cfg, ws)
+    stable = cycle.stable_or_register_sft(cfg, ws)
     cand = ws.model_dir("cycle-0001/ppo")
     cand.mkdir(parents=True)
     base = {"gold_composite": 0.5, "gold": {"helpfulness": 0.5}, "solve_accuracy": 0.1}
@@ -98,12 +98,6 @@ def test_policy_step_as_a_trainjob(ws_with_sft, monkeypatch):
     ]  # fmt: skip
     assert name.startswith("rlhfops-policy-c2-") and result["trainjob"] == {"status": "ok"}
     assert load_config(config).pipeline.trainer_job is True  # the job's own --set turns it off inside
-
-
-def test_storage_uri_on_the_workspace_volume():
-    cfg = load_config(None, ["pipeline.pvc=claim", "pipeline.mount_path=/workspace"])
-    uri = cycle._storage_uri(cfg, {"path": "/workspace/models/cycle-0002/ppo"})
-    assert uri == "pvc://claim/models/cycle-0002/ppo"
 
 
 def test_write_pointer(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from rlhfops.config import load_config
-from rlhfops.cycle import STAGES
+from rlhfops.cycle import FAN_OUT, NEEDS, STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = [sys.executable, "-m", "dvc"]
@@ -23,13 +23,63 @@ def test_params_yaml_is_the_tiny_config():
 
 def test_every_stage_calls_the_cli_with_params_yaml():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert list(stages) == ["sft", "collect", "annotate", "reward", "prm", "policy", "offline", "evaluate", "gate"]
     for name, stage in stages.items():
         for command in stage["cmd"].split("&&"):
             assert command.split()[0] == "rlhfops" and "-c params.yaml" in command, name
             if m := re.search(r"rlhfops stage (\w+)", command):
                 assert m.group(1) in STAGES, name
         assert stage.get("params") and stage.get("outs"), name
+
+
+def _runs(stages: dict) -> dict[str, str]:
+    """Which dvc.yaml stage runs each cycle stage: the `rlhfops stage NAME` in its command (a
+    fanned-out stage runs inside its plan's command); `sft` stands for the cycle's `begin`."""
+    runs = {"begin": "sft"}
+    for name, stage in stages.items():
+        for cycle_stage in re.findall(r"rlhfops stage (\w+)", stage["cmd"]):
+            runs[cycle_stage] = name
+    runs.update({member: runs[plan] for member, plan in FAN_OUT.items() if plan in runs})
+    return runs
+
+
+def test_dvc_stages_follow_the_declared_cycle_order():
+    """dvc.yaml lists its stages in cycle.CYCLE's order, and each depends on the outs of the stages
+    cycle.NEEDS says it needs, and on no stage that runs after it. version_data (DVC versions the
+    data itself) and deploy_canary (the serving side) have no stage here: needing one is needing
+    what it needs."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    runs = _runs(stages)
+    assert set(STAGES) - set(runs) == {"version_data", "deploy_canary"}
+    assert list(stages) == list(dict.fromkeys(runs[s] for s in ["begin", *STAGES] if s in runs))
+
+    def needed(name: str) -> set[str]:
+        found = set()
+        for need in NEEDS[name] or ("begin",):
+            found |= {runs[need]} if need in runs else needed(need)
+        return found
+
+    direct = {name: set() for name in stages}  # what the declaration says each dvc stage needs
+    for name in STAGES:
+        if name in runs:
+            direct[runs[name]] |= needed(name) - {runs[name]}
+    before: dict[str, set[str]] = {}  # ... directly or not
+    for name in stages:
+        before[name] = direct[name].union(*(before[d] for d in direct[name]))
+
+    def producer(dep: str) -> str:
+        return next(
+            n for n, st in stages.items() for o in map(_path, st["outs"]) if dep == o or dep.startswith(o + "/")
+        )
+
+    for name, stage in stages.items():
+        deps = {producer(dep) for dep in stage.get("deps", [])}
+        assert direct[name] <= deps <= before[name], (
+            f"dvc stage {name} depends on {deps}, cycle.NEEDS on {direct[name]}"
+        )
+
+
+def _path(out) -> str:
+    return next(iter(out)) if isinstance(out, dict) else out
 
 
 def _repo(tmp_path: Path) -> Path:

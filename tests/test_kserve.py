@@ -2,7 +2,7 @@ import copy
 
 import pytest
 
-from rlhfops.config import KServeConfig
+from rlhfops.config import KServeConfig, load_config
 from rlhfops.serving import kserve
 
 
@@ -132,3 +132,57 @@ def test_patches_go_out_as_merge_patch_through_the_real_client(monkeypatch):
     assert sent["url"].endswith("/apis/serving.kserve.io/v1beta1/namespaces/ns/inferenceservices/pol")
     assert sent["headers"]["Content-Type"] == "application/merge-patch+json"
     assert sent["body"] == kserve.promote_patch()
+
+
+def test_storage_uri_is_the_model_on_the_workspace_volume():
+    cfg = load_config(None, ["pipeline.pvc=claim", "pipeline.mount_path=/workspace"])
+    assert kserve.storage_uri(cfg, "/workspace/models/cycle-0002/ppo") == "pvc://claim/models/cycle-0002/ppo"
+    with pytest.raises(ValueError, match=r"not on the workspace volume .*pvc://claim"):
+        kserve.storage_uri(cfg, "/home/me/workspace/models/cycle-0002/ppo")
+
+
+def test_apply_runs_canary_promote_rollback_on_the_configured_service():
+    cfg = load_config(None, ["kserve.name=pol", "kserve.namespace=ns", "kserve.canary_percent=20"])
+    api = FakeCustomObjectsApi(kserve.render_inference_service(cfg.kserve, "pvc://rlhfops-workspace/models/v1"))
+    kserve.apply(cfg, "canary", {"id": "v2", "path": "/workspace/models/cycle-0001/ppo"}, api=api)
+    predictor = api.obj["spec"]["predictor"]
+    assert predictor["canaryTrafficPercent"] == 20
+    assert predictor["model"]["storageUri"] == "pvc://rlhfops-workspace/models/cycle-0001/ppo"
+    kserve.apply(cfg, "rollback", api=api)
+    assert api.obj["spec"]["predictor"]["model"]["storageUri"] == "pvc://rlhfops-workspace/models/v1"
+    kserve.apply(cfg, "canary", {"id": "v3", "path": "/workspace/models/cycle-0002/ppo"}, api=api)
+    kserve.apply(cfg, "promote", api=api)
+    assert "canaryTrafficPercent" not in api.obj["spec"]["predictor"]
+    with pytest.raises(ValueError, match="unknown KServe action 'scale'"):
+        kserve.apply(cfg, "scale", api=api)
+    with pytest.raises(ValueError, match="not on the workspace volume"):  # refused before the cluster is asked
+        kserve.apply(cfg, "canary", {"id": "v4", "path": "/elsewhere/v4"}, api=None)
+
+
+def test_apply_turns_api_failures_into_one_sentence():
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import MaxRetryError
+
+    from rlhfops.kube import KubeError
+
+    class Refusing:
+        def __init__(self, error):
+            self.error = error
+
+        def patch_namespaced_custom_object(self, *args):
+            raise self.error
+
+    cfg = load_config(None, ["kserve.name=pol", "kserve.namespace=ns"])
+    with pytest.raises(KubeError, match="refused the request on InferenceService ns/pol: 403 Forbidden"):
+        kserve.apply(cfg, "promote", api=Refusing(ApiException(status=403, reason="Forbidden")))
+    with pytest.raises(KubeError, match="cannot reach the Kubernetes API for InferenceService ns/pol"):
+        kserve.apply(cfg, "promote", api=Refusing(MaxRetryError(None, "https://k8s.invalid")))
+
+
+def test_no_credentials_is_one_clear_error(monkeypatch, tmp_path):
+    from rlhfops import kube
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    with pytest.raises(kube.KubeError, match="no in-cluster or kubeconfig credentials"):
+        kube.custom_objects_api()

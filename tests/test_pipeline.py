@@ -3,6 +3,7 @@ The whole cycle through kfp.local runs in tests/test_cli.py (`rlhfops run`)."""
 
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from rlhfops import cycle
 from rlhfops.config import load_config
 from rlhfops.pipeline import graph
 from rlhfops.pipeline.graph import compile_pipeline
@@ -78,6 +80,70 @@ def test_pipeline_shape():
     assert "== 'deploy'" in condition["triggerPolicy"]["condition"]
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert set(params) == {"workspace", "config", "overrides"}
+
+
+def _stage_of(spec: dict, task: dict) -> str:
+    """The cycle stage a compiled task runs: the `run_stage("<stage>", ...)` in its executor's source
+    (`begin` for canary-decide); a ParallelFor or If holds one task, whose stage it is."""
+    component = spec["components"][task["componentRef"]["name"]]
+    if "dag" in component:
+        (inner,) = component["dag"]["tasks"].values()
+        return _stage_of(spec, inner)
+    source = spec["deploymentSpec"]["executors"][component["executorLabel"]]["container"]["command"][-1]
+    if m := re.search(r'run_stage\("(\w+)"', source):
+        return m.group(1)
+    assert "begin(cfg, ws)" in source, task["componentRef"]["name"]
+    return "begin"
+
+
+def test_compiled_graph_follows_the_declared_cycle_order():
+    spec, _ = yaml.safe_load_all(COMPILED.read_text())
+    tasks = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    stage = {name: _stage_of(spec, task) for name, task in tasks.items()}
+    needs = {stage[name]: {stage[d] for d in task.get("dependentTasks", [])} for name, task in tasks.items()}
+    assert list(needs) == list(stage.values()) and set(needs) == {"begin", *cycle.STAGES}  # one task per stage
+    assert needs["begin"] == set()
+    for name, declared in cycle.NEEDS.items():
+        # every task but the ParallelFor takes the cycle number from `begin`
+        assert needs[name] - {"begin"} == set(declared), f"{name}: the graph needs {needs[name]}, cycle.py {declared}"
+    for member, plan in cycle.FAN_OUT.items():  # a ParallelFor over the plan's list
+        loop = next(t for n, t in tasks.items() if stage[n] == member)
+        plan_task = next(n for n in tasks if stage[n] == plan)
+        assert loop["parameterIterator"]["items"]["inputParameter"] == f"pipelinechannel--{plan_task}-Output"
+
+
+@pytest.mark.parametrize("decision", ["deploy", "reject"])
+def test_run_in_process_runs_the_declared_order(monkeypatch, decision):
+    def fake(name):
+        def run(cfg, ws, n, **kwargs):
+            assert n == 3
+            if name == "reward_plan":
+                return ["3/helpfulness/0", "3/helpfulness/1"]
+            return {"decision": decision} if name == "gate" else {"stage": name, **kwargs}
+
+        return run
+
+    monkeypatch.setattr(cycle, "begin", lambda cfg, ws: {"cycle": 3})
+    for name in cycle.STAGES:
+        monkeypatch.setitem(cycle.STAGES, name, fake(name))
+    ran = []
+    out = cycle.run_in_process(None, None, on_stage=lambda name, seconds: ran.append(name))
+    members = ["reward_member", "reward_member"]
+    expected = ["begin", "collect", "annotate", "version_data", "reward_plan", *members, "reward_finish", "prm"]
+    expected += ["policy", "offline", "evaluate", "gate"] + (["deploy_canary"] if decision == "deploy" else [])
+    assert ran == expected
+    for i, name in enumerate(ran[1:], 1):
+        assert set(cycle.NEEDS[name]) <= set(ran[:i]), name
+    assert out["cycle"] == 3 and list(out["results"]) == list(dict.fromkeys(expected))
+    assert [r["spec"] for r in out["results"]["reward_member"]] == ["3/helpfulness/0", "3/helpfulness/1"]
+
+
+def test_declared_order_runs_every_need_first():
+    seen: set[str] = set()
+    for name, needs in cycle.NEEDS.items():
+        assert set(needs) <= seen, f"{name} needs {set(needs) - seen}, declared after it"
+        seen.add(name)
+    assert all(plan in cycle.NEEDS[member] for member, plan in cycle.FAN_OUT.items())
 
 
 def test_gpu_settings_come_from_the_config(tmp_path):

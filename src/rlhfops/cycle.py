@@ -1,4 +1,4 @@
-"""One RLHF cycle's stages as library functions: what the KFP components (`components/`), the DVC
+"""One RLHF cycle's stages as library functions: what the KFP components (`rlhfops.pipeline`), the DVC
 stages (`dvc.yaml`) and the tests call. No KFP imports here.
 
 Each stage takes the config, the workspace and the cycle number, reads what earlier stages left in
@@ -29,6 +29,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -60,8 +62,8 @@ def next_cycle(ws: Workspace) -> int:
     return max(done, default=0) + 1
 
 
-def ensure_stable(cfg: Config, ws: Workspace) -> dict[str, Any]:
-    """The registry's stable version; on the first cycle the SFT policy becomes it."""
+def stable_or_register_sft(cfg: Config, ws: Workspace) -> dict[str, Any]:
+    """The registry's stable version; on the first cycle (none yet) the SFT policy is registered as it."""
     registry = Registry(ws.root)
     stable = registry.stable()
     if stable is not None:
@@ -87,7 +89,7 @@ def _headline(result: dict[str, Any]) -> dict[str, Any]:
 def begin(cfg: Config, ws: Workspace) -> dict[str, Any]:
     """The first task of a cycle: a stable model exists (SFT on the first cycle), the last cycle's
     canary is decided, and the cycle number is fixed for every later task."""
-    ensure_stable(cfg, ws)
+    stable_or_register_sft(cfg, ws)
     canary = decide_canary(cfg, ws)
     return {"cycle": next_cycle(ws), "canary": canary}
 
@@ -109,30 +111,10 @@ def decide_canary(cfg: Config, ws: Workspace) -> dict[str, Any]:
     elif result.decision == "rollback":
         registry.rollback_canary()
     if cfg.pipeline.kserve and result.decision in ("promote", "rollback"):
-        _kserve_apply(cfg, result.decision, canary)
+        from rlhfops.serving import kserve
+
+        kserve.apply(cfg, result.decision, canary)
     return {"decision": result.decision, "reason": result.reason, "version": canary["id"]}
-
-
-def _kserve_apply(cfg: Config, action: str, version: dict[str, Any] | None = None) -> None:
-    """In a cluster (`pipeline.kserve: true`): the same change on the InferenceService."""
-    from kubernetes import client, config
-
-    from rlhfops.serving import kserve
-
-    config.load_incluster_config()
-    api, kc = client.CustomObjectsApi(), cfg.kserve
-    if action == "canary":
-        kserve.deploy_canary(api, kc.name, kc.namespace, _storage_uri(cfg, version), kc.canary_percent)
-    elif action == "promote":
-        kserve.promote(api, kc.name, kc.namespace)
-    else:
-        kserve.rollback(api, kc.name, kc.namespace)
-
-
-def _storage_uri(cfg: Config, version: dict[str, Any]) -> str:
-    """`pvc://<claim>/<path inside the workspace>` for a model directory on the workspace volume."""
-    rel = Path(version["path"]).resolve().relative_to(Path(cfg.pipeline.mount_path).resolve())
-    return f"pvc://{cfg.pipeline.pvc}/{rel.as_posix()}"
 
 
 # ---- data -----------------------------------------------------------------------------------------
@@ -141,7 +123,7 @@ def _storage_uri(cfg: Config, version: dict[str, Any]) -> str:
 def collect(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     from rlhfops.annotation.collect import collect as collect_responses
 
-    policy = Path(ensure_stable(cfg, ws)["path"])
+    policy = Path(stable_or_register_sft(cfg, ws)["path"])
     return collect_responses(cfg, ws, policy, ws.cycle_dir(cycle), cycle=cycle)
 
 
@@ -177,7 +159,7 @@ def reward_plan(cfg: Config, ws: Workspace, cycle: int) -> list[str]:
     per objective (`kind: heads`: one task trains all its heads)."""
     from rlhfops.reward.train import prepare_preference_data
 
-    prepare_preference_data(cfg, ws, ws.data_dir("preferences"), Path(ensure_stable(cfg, ws)["path"]))
+    prepare_preference_data(cfg, ws, ws.data_dir("preferences"), Path(stable_or_register_sft(cfg, ws)["path"]))
     rc = cfg.reward
     members = range(rc.members) if rc.kind == "full" else [-1]
     # The cycle rides in the item: kfp.local 2.17 hands a loop item to the wrong parameter when a
@@ -196,7 +178,7 @@ def reward_member(cfg: Config, ws: Workspace, cycle: int, spec: str) -> dict[str
     spec_cycle, objective, member = spec.split("/")
     if int(spec_cycle) != cycle:
         raise ValueError(f"reward member '{spec}' belongs to cycle {spec_cycle}, not {cycle}")
-    policy = Path(ensure_stable(cfg, ws)["path"])
+    policy = Path(stable_or_register_sft(cfg, ws)["path"])
     out = cycle_models(ws, cycle) / "reward"
     return train_ensemble_member(cfg, objective, int(member), ws.data_dir("preferences"), policy, out)
 
@@ -211,7 +193,7 @@ def reward_finish(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
 def prm(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     from rlhfops.reward.prm import train_prm_on_task
 
-    policy = Path(ensure_stable(cfg, ws)["path"])
+    policy = Path(stable_or_register_sft(cfg, ws)["path"])
     out = cycle_models(ws, cycle) / "prm"
     return {"path": str(out), **train_prm_on_task(cfg, policy, ws.data_dir("steps"), out, progress=False, workspace=ws)}
 
@@ -221,7 +203,7 @@ def prm(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
 
 def policy(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     """The configured optimiser from the stable policy, on the cycle's reward models (and PRM)."""
-    start = Path(ensure_stable(cfg, ws)["path"])
+    start = Path(stable_or_register_sft(cfg, ws)["path"])
     models = cycle_models(ws, cycle)
     out = models / cfg.policy.algorithm
     if cfg.pipeline.trainer_job:
@@ -263,7 +245,7 @@ def offline(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
 
     if not cfg.pipeline.offline:
         return {"skipped": True}
-    start = Path(ensure_stable(cfg, ws)["path"])
+    start = Path(stable_or_register_sft(cfg, ws)["path"])
     models = cycle_models(ws, cycle)
     rows = []
     for n in ws.cycle_numbers():
@@ -296,7 +278,7 @@ def evaluate(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     per-prompt gold composites for the gate. Written to <ws>/eval/cycle-NNNN.json."""
     from rlhfops.evaluation import evaluate_dir
 
-    stable = ensure_stable(cfg, ws)
+    stable = stable_or_register_sft(cfg, ws)
     eval_cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"n_test": cfg.pipeline.eval_prompts})})
     models = {"stable": Path(stable["path"]), **candidates(cfg, ws, cycle)}
     results = {}
@@ -368,7 +350,7 @@ def deploy_canary(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     summary = json.loads(cycle_eval_path(ws, cycle).read_text())
     best = summary["best_candidate"]
     registry = Registry(ws.root)
-    stable = ensure_stable(cfg, ws)
+    stable = stable_or_register_sft(cfg, ws)
     gate_path = cycle_gate_path(ws, cycle)
     gate_stats = json.loads(gate_path.read_text()).get("stats") if gate_path.exists() else None
     metrics = {**_headline(summary["results"][best]), "cycle": cycle, "gate": gate_stats}
@@ -380,8 +362,10 @@ def deploy_canary(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
         stage="canary",
         name=f"cycle-{cycle:04d}-{best}",
     )
-    if cfg.pipeline.kserve:
-        _kserve_apply(cfg, "canary", registry.get(version))
+    if cfg.pipeline.kserve:  # in a cluster: the same change on the InferenceService
+        from rlhfops.serving import kserve
+
+        kserve.apply(cfg, "canary", registry.get(version))
     return {"version": version, "candidate": best}
 
 
@@ -499,17 +483,52 @@ def evaluation_samples(summary: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-STAGES = {
-    "collect": collect,
-    "annotate": annotate,
-    "version_data": version_data,
-    "reward_plan": reward_plan,
-    "reward_member": reward_member,
-    "reward_finish": reward_finish,
-    "prm": prm,
-    "policy": policy,
-    "offline": offline,
-    "evaluate": evaluate,
-    "gate": gate,
-    "deploy_canary": deploy_canary,
-}
+# ---- the cycle's order, declared once ---------------------------------------------------------------
+
+# Every stage in the order a cycle runs it, with the stages whose outputs it reads; `begin` (the last
+# canary decided, the cycle number fixed) comes before all of them. `run_in_process` runs this table;
+# the KFP graph (rlhfops.pipeline.graph) and dvc.yaml follow it, and tests/test_pipeline.py and
+# tests/test_dvc_stages.py compare their dependencies with it.
+CYCLE: tuple[tuple[str, Callable[..., Any], tuple[str, ...]], ...] = (
+    ("collect", collect, ()),
+    ("annotate", annotate, ("collect",)),
+    ("version_data", version_data, ("annotate",)),
+    ("reward_plan", reward_plan, ("version_data",)),
+    ("reward_member", reward_member, ("reward_plan",)),
+    ("reward_finish", reward_finish, ("reward_member",)),
+    ("prm", prm, ("version_data",)),
+    ("policy", policy, ("reward_finish", "prm")),
+    ("offline", offline, ("reward_finish",)),
+    ("evaluate", evaluate, ("policy", "offline")),
+    ("gate", gate, ("evaluate",)),
+    ("deploy_canary", deploy_canary, ("gate",)),  # only when the gate says "deploy" (KFP: dsl.If)
+)
+STAGES: dict[str, Callable[..., Any]] = {name: fn for name, fn, _ in CYCLE}
+NEEDS: dict[str, tuple[str, ...]] = {name: needs for name, _, needs in CYCLE}
+# a stage that runs once per item of another stage's list, the item as `spec` (KFP: dsl.ParallelFor)
+FAN_OUT = {"reward_member": "reward_plan"}
+
+
+def run_in_process(cfg: Config, ws: Workspace, on_stage: Callable[[str, float], None] | None = None) -> dict[str, Any]:
+    """One cycle in this process, what one run of the KFP graph does: `begin`, then every stage in
+    the declared order, one fanned-out call per item of its plan, deploy_canary only when the gate
+    says "deploy". `on_stage(name, seconds)` after each call. Returns {"cycle": n, "results":
+    {stage: result}}, a fanned-out stage's result being the list of its calls' results."""
+
+    def timed(name: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        if on_stage is not None:
+            on_stage(name, time.perf_counter() - start)
+        return result
+
+    results = {"begin": timed("begin", begin, cfg, ws)}
+    n = results["begin"]["cycle"]
+    for name in STAGES:
+        if name == "deploy_canary" and results["gate"]["decision"] != "deploy":
+            continue
+        if name in FAN_OUT:
+            results[name] = [timed(name, STAGES[name], cfg, ws, n, spec=item) for item in results[FAN_OUT[name]]]
+        else:
+            results[name] = timed(name, STAGES[name], cfg, ws, n)
+    return {"cycle": n, "results": results}

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rlhfops.config import Config
+from rlhfops.kube import KubeError, custom_objects_api
 
 GROUP = "trainer.kubeflow.org"
 VERSION = "v1alpha1"
@@ -33,7 +34,7 @@ PATCH_MANAGER = "rlhfops.dev/trainer-job"
 NODE = "node"  # the replicated job and container name the Trainer's runtimes use for training nodes
 
 
-class TrainJobError(RuntimeError):
+class TrainJobError(KubeError):
     """A TrainJob that could not be created, failed, or did not finish in time; one sentence for a person."""
 
 
@@ -130,17 +131,6 @@ def build_trainjob(
             "activeDeadlineSeconds": int(tj.timeout_s),
         },
     }
-
-
-def custom_objects_api() -> Any:
-    """A CustomObjectsApi from the in-cluster service account, or from ~/.kube/config outside a cluster."""
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.CustomObjectsApi()
 
 
 def submit(api: Any, job: dict[str, Any]) -> str:

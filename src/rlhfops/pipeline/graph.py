@@ -1,10 +1,10 @@
 """The iterative-RLHF cycle as a Kubeflow pipeline: one run is one cycle; a recurring run repeats it.
 
-    canary_decide -> collect -> annotate -> version_data -> reward_plan
-      -> ParallelFor(objective x member): reward_member -> reward_finish      (and train_prm)
-      -> train_policy  ||  offline_rl
-      -> evaluate (stable vs each candidate) -> gate -> If(gate == "deploy"): canary_deploy
-    all inside an ExitHandler whose record_failure task records a failed cycle in the registry.
+The tasks and their dependencies are `rlhfops.cycle.CYCLE`'s stages and needs (tests/test_pipeline.py
+compares the compiled graph with it): canary_decide (`begin`) first, reward_member in a ParallelFor
+over reward_plan's list, canary_deploy under If(gate == "deploy"), all inside an ExitHandler whose
+record_failure task records a failed cycle in the registry. The data edges carry the dependencies, so
+each task's inputs are the outputs of the stages it needs (KFP shows the lineage of every artifact).
 
 Runtime parameters (what the Kubeflow UI asks for): `workspace` (the mounted volume), `config` (a
 name in configs/ or a path on the volume), `overrides` (a list of "a.b=value").

@@ -9,6 +9,9 @@
                    revision keeps 100%
     status         the split from status.components.predictor.traffic
 
+`apply(cfg, action, version)` is the one entry point the cycle and the CLI use: it reaches the
+cluster (`rlhfops.kube`) and names the model by `storage_uri`.
+
 Runtimes: `huggingface` is KServe's Hugging Face server with its transformers backend (CPU),
 `vllm` the same server with its vLLM backend on GPU nodes, `rlhfops` this project's server image
 through the `rlhfops` ServingRuntime in manifests/base.
@@ -17,12 +20,14 @@ through the `rlhfops` ServingRuntime in manifests/base.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
-from rlhfops.config import KServeConfig
+from rlhfops.config import Config, KServeConfig
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 PREVIOUS_URI = "rlhfops.io/previous-storage-uri"
+ACTIONS = ("canary", "promote", "rollback")
 
 
 def container_security() -> dict[str, Any]:
@@ -179,3 +184,39 @@ def status(api: Any, name: str, namespace: str) -> dict[str, Any]:
         "url": st.get("url"),
         "traffic": traffic,
     }
+
+
+def storage_uri(cfg: Config, model_path: str | Path) -> str:
+    """`pvc://<pipeline.pvc>/<path inside the workspace volume>` for a model directory under
+    `pipeline.mount_path` (where every pipeline task mounts the workspace claim): the only place a
+    model the loop trained is where KServe's storage initializer can read it."""
+    mount = Path(cfg.pipeline.mount_path).resolve()
+    path = Path(model_path).resolve()
+    if not path.is_relative_to(mount):
+        raise ValueError(
+            f"model '{model_path}' is not on the workspace volume (under pipeline.mount_path '{mount}'), "
+            f"so KServe cannot load it from pvc://{cfg.pipeline.pvc}"
+        )
+    return f"pvc://{cfg.pipeline.pvc}/{path.relative_to(mount).as_posix()}"
+
+
+def apply(cfg: Config, action: str, version: dict[str, Any] | None = None, api: Any = None) -> dict[str, Any]:
+    """The registry's canary step on the InferenceService `kserve.*` names: `canary` serves `version`
+    (a registry record) to `kserve.canary_percent` of the traffic, `promote` gives the canary all of
+    it, `rollback` returns it to the previous model. `api` defaults to the cluster's
+    (`rlhfops.kube.custom_objects_api`). Returns the patched InferenceService."""
+    from rlhfops.kube import api_errors, custom_objects_api
+
+    if action not in ACTIONS:
+        raise ValueError(f"unknown KServe action '{action}'; expected {', '.join(ACTIONS)}")
+    if action == "canary" and version is None:
+        raise ValueError("a KServe canary needs the registry version to serve")
+    uri = storage_uri(cfg, version["path"]) if action == "canary" else None  # before touching the cluster
+    kc = cfg.kserve
+    api = api if api is not None else custom_objects_api()
+    with api_errors(f"InferenceService {kc.namespace}/{kc.name}"):
+        if action == "canary":
+            return deploy_canary(api, kc.name, kc.namespace, uri, kc.canary_percent)
+        if action == "promote":
+            return promote(api, kc.name, kc.namespace)
+        return rollback(api, kc.name, kc.namespace)
