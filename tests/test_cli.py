@@ -1,11 +1,66 @@
+import ast
 import json
+from pathlib import Path
 
+import pytest
+import typer
 from typer.testing import CliRunner
 
+import rlhfops.cli
 from rlhfops.cli import app
+from rlhfops.cli.common import fail, user_errors
 from rlhfops.workspace import Workspace
 
 runner = CliRunner()
+CLI_DIR = Path(rlhfops.cli.__file__).parent
+
+
+def _cli_imports(path: Path) -> set[str]:
+    """The modules of the rlhfops.cli package that `path` imports."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rlhfops.cli"):
+            if node.module == "rlhfops.cli":
+                found |= {f"rlhfops.cli.{alias.name}" for alias in node.names}
+            else:
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("rlhfops.cli")}
+    return found
+
+
+def test_command_modules_import_only_common_so_the_package_has_no_cycle():
+    commands = {f"rlhfops.cli.{p.stem}" for p in CLI_DIR.glob("*.py") if p.stem not in ("__init__", "__main__")}
+    commands.remove("rlhfops.cli.common")
+    assert {"rlhfops.cli.train", "rlhfops.cli.cycle", "rlhfops.cli.serving"} <= commands
+    assert _cli_imports(CLI_DIR / "common.py") == set()
+    for module in commands:
+        assert _cli_imports(CLI_DIR / f"{module.rsplit('.', 1)[1]}.py") == {"rlhfops.cli.common"}, module
+    # the package registers every command module (a module it forgot would add no commands)
+    assert _cli_imports(CLI_DIR / "__init__.py") == commands | {"rlhfops.cli.common"}
+
+
+def test_user_errors_reports_one_line_and_lets_other_errors_through(capsys):
+    with pytest.raises(typer.Exit) as exit_, user_errors():
+        raise FileNotFoundError("no policy in 'x'")
+    assert exit_.value.exit_code == 2 and capsys.readouterr().err == "error: no policy in 'x'\n"
+    # typer's Exit is a RuntimeError: a `fail` inside the block must not be reported twice
+    with pytest.raises(typer.Exit), user_errors():
+        fail("the gate needs a stable version")
+    assert capsys.readouterr().err == "error: the gate needs a stable version\n"
+    with pytest.raises(KeyError), user_errors():  # a bug keeps its traceback
+        raise KeyError("x")
+
+
+def test_a_missing_model_dir_is_one_error_line_through_the_shared_handler(tmp_path):
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"prompt": "q: 1+1?\n", "response": "answer: 2"}) + "\n")
+    result = runner.invoke(app, ["score", str(data), "-c", "smoke", "-w", str(tmp_path / "ws")])
+    assert result.exit_code == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: no reward ensemble for helpfulness")
+    assert line.endswith(f"in '{tmp_path / 'ws' / 'models' / 'reward'}'; train them with `rlhfops train-rm`")
+    assert result.stdout == ""
 
 
 def test_help_lists_commands():

@@ -1,15 +1,28 @@
-"""`rlhfops serve | simulate-traffic | models | deploy`: serving and the canary (registered on `rlhfops.cli.app`)."""
+"""`rlhfops serve | simulate-traffic | models | deploy`: serving and the canary."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from rlhfops.cli import ConfigOpt, JsonOpt, SetOpt, WorkspaceOpt, _emit_json, _fail, _setup, app, console
-from rlhfops.registry import Registry, RegistryError
+from rlhfops.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    SetOpt,
+    WorkspaceOpt,
+    app,
+    console,
+    emit_json,
+    fail,
+    setup,
+    user_errors,
+)
+from rlhfops.config import Config
+from rlhfops.registry import Registry
 
 deploy_app = typer.Typer(help="Canary rollout: locally in the model registry, or on KServe with --kserve.")
 app.add_typer(deploy_app, name="deploy")
@@ -33,8 +46,8 @@ def serve(
     from rlhfops.serving.router import start_stack
     from rlhfops.serving.server import create_app, start_server
 
-    cfg, ws = _setup(config, set_, workspace)
-    try:
+    cfg, ws = setup(config, set_, workspace)
+    with user_errors():
         if model is not None:
             running = start_server(create_app(model, version, cfg), cfg.serving.host, port or cfg.serving.stable_port)
             urls: dict[str, Any] = {"server": running.url}
@@ -44,10 +57,8 @@ def serve(
             urls = {"router": stack.url, **{arm: s.url for arm, s in stack.servers.items()}}
             urls["versions"] = {arm: b.version for arm, b in stack.backends.items()}
             stop = stack.stop
-    except (ValueError, FileNotFoundError, RuntimeError, RegistryError) as e:
-        _fail(str(e))
     if json_out:
-        _emit_json(urls)
+        emit_json(urls)
     else:
         console.print(" ".join(f"{k}: {v}" for k, v in urls.items()) + "  (Ctrl-C stops)")
     try:
@@ -71,13 +82,11 @@ def simulate_traffic_cmd(
     """Simulated users: task prompts through the router, gold-judge feedback with noise."""
     from rlhfops.serving.simulate import simulate_traffic
 
-    cfg, ws = _setup(config, set_, workspace)
-    try:
+    cfg, ws = setup(config, set_, workspace)
+    with user_errors():
         result = simulate_traffic(cfg, ws.root, n_requests or cfg.simulate.n_requests, url=url)
-    except (ValueError, FileNotFoundError, ConnectionError, RuntimeError, RegistryError) as e:
-        _fail(str(e))
     if json_out:
-        _emit_json(result)
+        emit_json(result)
         return
     console.print(f"{result['requests']} requests, {result['errors']} errors, {result['requests_per_s']:.1f} req/s")
     for v, s in result["versions"].items():
@@ -96,13 +105,11 @@ def models(
     """List the model registry's versions."""
     from rich.table import Table
 
-    _, ws = _setup(config, set_, workspace)
-    try:
+    _, ws = setup(config, set_, workspace)
+    with user_errors():
         versions = Registry(ws.root).list()
-    except RegistryError as e:
-        _fail(str(e))
     if json_out:
-        _emit_json(versions)
+        emit_json(versions)
         return
     table = Table(title=f"model registry ({ws.root / 'registry.json'})")
     for col in ("id", "stage", "name", "parent", "metrics", "last decision", "path"):
@@ -114,31 +121,14 @@ def models(
     console.print(table)
 
 
-def _kube_api() -> Any:
-    from kubernetes import client, config
+def _on_inference_service(cfg: Config, call: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """call(api, kserve.name, kserve.namespace, *args) on the cluster's InferenceService, for what
+    `kserve.apply` does not cover: reading its status, a canary from an explicit --storage-uri."""
+    from rlhfops.kube import api_errors, custom_objects_api
 
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        try:
-            config.load_kube_config()
-        except (config.ConfigException, FileNotFoundError) as e:
-            _fail(f"cannot reach the Kubernetes API: no in-cluster or kubeconfig credentials ({e})")
-    return client.CustomObjectsApi()
-
-
-def _kserve_call(fn, *args) -> dict[str, Any]:
-    from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError
-
-    try:
-        return fn(*args)
-    except ApiException as e:
-        _fail(f"the Kubernetes API refused: {e.status} {e.reason}")
-    except HTTPError as e:
-        _fail(f"cannot reach the Kubernetes API: {type(e).__name__}")
-    except ValueError as e:
-        _fail(str(e))
+    k = cfg.kserve
+    with api_errors(f"InferenceService {k.namespace}/{k.name}"):
+        return call(custom_objects_api(), k.name, k.namespace, *args)
 
 
 @deploy_app.command("canary")
@@ -150,27 +140,31 @@ def deploy_canary_cmd(
     json_out: JsonOpt = False,
     kserve_: KServeOpt = False,
     storage_uri: Annotated[
-        str | None, typer.Option("--storage-uri", help="Model URI for KServe; default the version's path.")
+        str | None,
+        typer.Option(
+            "--storage-uri",
+            help="Model URI for KServe; default pvc://<pipeline.pvc>/<the version's path on the workspace volume>.",
+        ),
     ] = None,
 ) -> None:
     """Make VERSION the canary (serving.canary_percent locally, kserve.canary_percent on KServe)."""
     from rlhfops.serving import kserve
 
-    cfg, ws = _setup(config, set_, workspace)
+    cfg, ws = setup(config, set_, workspace)
     registry = Registry(ws.root)
-    try:
+    with user_errors():
         entry = registry.get(version)
         if registry.stable() is None:
-            _fail("the registry has no stable version to compare a canary against; register one as stable first")
+            fail("the registry has no stable version to compare a canary against; register one as stable first")
         registry.set_stage(version, "canary")
-    except RegistryError as e:
-        _fail(str(e))
     out: dict[str, Any] = {"canary": version}
     if kserve_:
-        k = cfg.kserve
-        uri = storage_uri or entry["path"]
-        out["kserve"] = _kserve_call(kserve.deploy_canary, _kube_api(), k.name, k.namespace, uri, k.canary_percent)
-    _emit_json(out) if json_out else console.print(f"{version} is the canary")
+        with user_errors():
+            if storage_uri is None:
+                out["kserve"] = kserve.apply(cfg, "canary", entry)
+            else:
+                out["kserve"] = _on_inference_service(cfg, kserve.deploy_canary, storage_uri, cfg.kserve.canary_percent)
+    emit_json(out) if json_out else console.print(f"{version} is the canary")
 
 
 @deploy_app.command("promote")
@@ -197,21 +191,20 @@ def deploy_rollback_cmd(
     _end_canary(config, workspace, set_, json_out, kserve_, promote=False)
 
 
-def _end_canary(config, workspace, set_, json_out: bool, kserve_: bool, promote: bool) -> None:
+def _end_canary(
+    config: str | None, workspace: Path, set_: list[str] | None, json_out: bool, kserve_: bool, promote: bool
+) -> None:
     """Promote or roll back the canary in the registry, and on the InferenceService with --kserve."""
     from rlhfops.serving import kserve
 
-    cfg, ws = _setup(config, set_, workspace)
+    cfg, ws = setup(config, set_, workspace)
     registry = Registry(ws.root)
-    try:
+    with user_errors():
         version = registry.promote_canary() if promote else registry.rollback_canary()
-    except RegistryError as e:
-        _fail(str(e))
-    out: dict[str, Any] = {"stable" if promote else "rolled_back": version}
-    if kserve_:
-        call = kserve.promote if promote else kserve.rollback
-        out["kserve"] = _kserve_call(call, _kube_api(), cfg.kserve.name, cfg.kserve.namespace)
-    _emit_json(out) if json_out else console.print(f"{version} {'is now stable' if promote else 'rolled back'}")
+        out: dict[str, Any] = {"stable" if promote else "rolled_back": version}
+        if kserve_:
+            out["kserve"] = kserve.apply(cfg, "promote" if promote else "rollback")
+    emit_json(out) if json_out else console.print(f"{version} {'is now stable' if promote else 'rolled back'}")
 
 
 @deploy_app.command("status")
@@ -227,20 +220,18 @@ def deploy_status_cmd(
     from rlhfops.serving.gate import decide
     from rlhfops.serving.store import InteractionStore
 
-    cfg, ws = _setup(config, set_, workspace)
-    try:
+    cfg, ws = setup(config, set_, workspace)
+    with user_errors():
         registry = Registry(ws.root)
         stable, canary = registry.stable(), registry.canary()
-    except RegistryError as e:
-        _fail(str(e))
-    out: dict[str, Any] = {"stable": stable and stable["id"], "canary": canary and canary["id"]}
-    if stable and canary:
-        store = InteractionStore.for_config(cfg.serving.store_url, ws.root)
-        out["gate"] = decide(store, stable["id"], canary["id"], cfg.gate).to_dict()
-    if kserve_:
-        out["kserve"] = _kserve_call(kserve.status, _kube_api(), cfg.kserve.name, cfg.kserve.namespace)
+        out: dict[str, Any] = {"stable": stable and stable["id"], "canary": canary and canary["id"]}
+        if stable and canary:
+            store = InteractionStore.for_config(cfg.serving.store_url, ws.root)
+            out["gate"] = decide(store, stable["id"], canary["id"], cfg.gate).to_dict()
+        if kserve_:
+            out["kserve"] = _on_inference_service(cfg, kserve.status)
     if json_out:
-        _emit_json(out)
+        emit_json(out)
         return
     console.print(f"stable: {out['stable'] or '-'}  canary: {out['canary'] or '-'}")
     if "gate" in out:
@@ -261,12 +252,12 @@ def deploy_gate_cmd(
     from rlhfops.serving.gate import decide
     from rlhfops.serving.store import InteractionStore
 
-    cfg, ws = _setup(config, set_, workspace)
+    cfg, ws = setup(config, set_, workspace)
     registry = Registry(ws.root)
-    try:
+    with user_errors():
         stable, canary = registry.stable(), registry.canary()
         if stable is None or canary is None:
-            _fail("the gate needs a stable and a canary version in the registry")
+            fail("the gate needs a stable and a canary version in the registry")
         store = InteractionStore.for_config(cfg.serving.store_url, ws.root)
         result = decide(store, stable["id"], canary["id"], cfg.gate)
         registry.record_decision(canary["id"], result.decision, result.stats)
@@ -274,9 +265,7 @@ def deploy_gate_cmd(
             registry.promote_canary()
         elif apply and result.decision == "rollback":
             registry.rollback_canary()
-    except RegistryError as e:
-        _fail(str(e))
     if json_out:
-        _emit_json(result.to_dict())
+        emit_json(result.to_dict())
     else:
         console.print(f"{canary['id']}: {result.decision} ({result.reason})")

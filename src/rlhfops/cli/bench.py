@@ -1,4 +1,4 @@
-"""`rlhfops bench | report`: the benchmark suite and the HTML report (registered on `rlhfops.cli.app`)."""
+"""`rlhfops bench | report`: the benchmark suite and the HTML report."""
 
 from __future__ import annotations
 
@@ -8,7 +8,18 @@ from typing import Annotated
 
 import typer
 
-from rlhfops.cli import ConfigOpt, JsonOpt, SetOpt, WorkspaceOpt, _emit_json, _fail, _setup, app, console
+from rlhfops.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    SetOpt,
+    WorkspaceOpt,
+    app,
+    console,
+    emit_json,
+    fail,
+    setup,
+    user_errors,
+)
 
 
 @app.command()
@@ -35,20 +46,18 @@ def bench(
     from rlhfops.report import detail_lines, relative_text, speed_lines
 
     if more_seeds and not seeds:
-        _fail(f"unexpected argument(s) {' '.join(map(str, more_seeds))}; seeds go after --seeds")
+        fail(f"unexpected argument(s) {' '.join(map(str, more_seeds))}; seeds go after --seeds")
     plan = QUICK if quick else FULL
     if config is not None:
         plan = dataclasses.replace(plan, config=config)
     chosen = [*(seeds or []), *(more_seeds or [])] or ([0] if quick else [0, 1, 2])
-    _, ws = _setup(plan.config, [*plan.overrides, *(set_ or [])], workspace)
+    _, ws = setup(plan.config, [*plan.overrides, *(set_ or [])], workspace)
     out = out or ws.root / "bench"
     log = (lambda _: None) if json_out else console.print
-    try:
+    with user_errors():
         result = run_bench(plan, chosen, out, set_ or [], log=log)
-    except (ValueError, FileNotFoundError) as e:
-        _fail(str(e))
     if json_out:
-        _emit_json({k: result[k] for k in ("seeds", "table", "speed", "seconds")})
+        emit_json({k: result[k] for k in ("seeds", "table", "speed", "seconds")})
         return
     table = Table(title=f"rlhfops bench: seeds {' '.join(map(str, chosen))} ({result['seconds'] / 60:.1f} min)")
     for col in ("technique", "what it is for", "measured", "gain (mean +- std)", "relative", "verdict", "cost"):
@@ -81,10 +90,8 @@ def report(
     """An HTML page with PNG plots of the bench and the workspace's cycle history (also to W&B when on)."""
     from rlhfops.report import log_report, write_html_report
 
-    cfg, ws = _setup(config, set_, workspace)
-    try:
+    cfg, ws = setup(config, set_, workspace)
+    with user_errors():
         page, plots = write_html_report(ws, out or ws.root / "report.html")
-    except (ValueError, FileNotFoundError) as e:
-        _fail(str(e))
     log_report(cfg, ws, plots)
     console.print(f"report written to [bold]{page}[/] ({len(plots)} plots in {page.parent / (page.stem + '-plots')}/)")

@@ -1,4 +1,4 @@
-"""`rlhfops collect | annotate | review | data`: the data side of a cycle (registered on `rlhfops.cli.app`)."""
+"""`rlhfops collect | annotate | review | data`: the data side of a cycle."""
 
 from __future__ import annotations
 
@@ -7,25 +7,38 @@ from typing import Annotated, Any
 
 import typer
 
-from rlhfops.cli import ConfigOpt, JsonOpt, SetOpt, WorkspaceOpt, _emit_json, _fail, _setup, app, console
+from rlhfops.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    SetOpt,
+    WorkspaceOpt,
+    app,
+    console,
+    emit_json,
+    fail,
+    setup,
+    trained_model,
+    user_errors,
+)
+from rlhfops.config import Config
+from rlhfops.workspace import Workspace
 
 CycleOpt = Annotated[int | None, typer.Option("--cycle", help="Cycle number; default: the workspace's latest.")]
 VersionOpt = Annotated[
     bool, typer.Option("--version/--no-version", help="dvc add, commit, tag cycle-NNNN and push the cycle's data.")
 ]
-ERRORS = (ValueError, FileNotFoundError, ConnectionError, RuntimeError)
 
 
-def _latest(ws, cycle: int | None, what: str) -> int:
+def _latest(ws: Workspace, cycle: int | None, what: str) -> int:
     if cycle is not None:
         return cycle
     cycles = ws.cycle_numbers()
     if not cycles:
-        _fail(f"the workspace '{ws.root}' has no cycle data to {what}; run `rlhfops collect` first")
+        fail(f"the workspace '{ws.root}' has no cycle data to {what}; run `rlhfops collect` first")
     return cycles[-1]
 
 
-def _version(cfg, ws, cycle: int, paths: list[Path]) -> str:
+def _version(cfg: Config, ws: Workspace, cycle: int, paths: list[Path]) -> str:
     from rlhfops.versioning import commit_cycle
 
     return commit_cycle(ws, cycle, paths, versioning=cfg.versioning)
@@ -33,7 +46,7 @@ def _version(cfg, ws, cycle: int, paths: list[Path]) -> str:
 
 def _show(data: dict[str, Any], json_out: bool, title: str) -> None:
     if json_out:
-        _emit_json(data)
+        emit_json(data)
         return
     console.print(f"[bold]{title}[/]")
     for key, value in data.items():
@@ -52,13 +65,11 @@ def collect(
     """Collect a cycle's responses: k policy samples per prompt plus the canary's logged interactions."""
     from rlhfops.annotation.collect import collect as run_collect
 
-    cfg, ws = _setup(config, set_, workspace)
+    cfg, ws = setup(config, set_, workspace)
     cycle = cycle if cycle is not None else (ws.cycle_numbers() or [0])[-1] + 1
     policy = policy or ws.model_dir("sft")
-    try:
+    with user_errors():
         counts = run_collect(cfg, ws, policy, ws.cycle_dir(cycle), cycle=cycle)
-    except ERRORS as e:
-        _fail(str(e))
     _show(counts, json_out, f"cycle {cycle}: collected into {ws.cycle_dir(cycle)}/")
 
 
@@ -78,23 +89,20 @@ def annotate(
     from rlhfops.annotation.annotate import annotate as run_annotate
     from rlhfops.annotation.collect import RESPONSES
 
-    cfg, ws = _setup(config, set_, workspace)
+    cfg, ws = setup(config, set_, workspace)
     cycle = _latest(ws, cycle, "annotate")
-    out = ws.cycle_dir(cycle)
-    rm_dir = ws.model_dir("reward")
-    try:
+    with user_errors():
+        out = ws.cycle_dir(cycle)
         summary = run_annotate(
             cfg,
             ws,
             out / RESPONSES,
             out,
-            rm_dir=rm_dir if rm_dir.is_dir() else None,
+            rm_dir=trained_model(ws, "reward"),
             policy_dir=policy or ws.model_dir("sft"),
         )
         if version:
             summary["commit"] = _version(cfg, ws, cycle, [out])
-    except ERRORS as e:
-        _fail(str(e))
     _show(summary, json_out, f"cycle {cycle}: annotated in {out}/")
 
 
@@ -119,14 +127,12 @@ def review_export(
     """Write a cycle's review queue (and optionally a weight-preference study) as Label Studio import JSON."""
     from rlhfops.annotation.review import add_study, export_queue
 
-    cfg, ws = _setup(config, set_, workspace)
+    cfg, ws = setup(config, set_, workspace)
     cycle = _latest(ws, cycle, "review")
-    try:
+    with user_errors():
         if study_policy:
             add_study(cfg, ws.cycle_dir(cycle), study_policy, study_prompts)
         n = export_queue(ws.cycle_dir(cycle), out)
-    except ERRORS as e:
-        _fail(str(e))
     _show({"cycle": cycle, "items": n, "file": str(out)}, json_out, "review queue exported")
 
 
@@ -143,14 +149,12 @@ def review_import(
     """Import human labels: they override the AI's pairs; report Cohen's kappa and fitted study weights."""
     from rlhfops.annotation.review import import_review
 
-    cfg, ws = _setup(config, set_, workspace)
+    cfg, ws = setup(config, set_, workspace)
     cycle = _latest(ws, cycle, "review")
-    try:
+    with user_errors():
         report = import_review(cfg, ws.cycle_dir(cycle), export)
         if version:
             report["commit"] = _version(cfg, ws, (ws.cycle_numbers() or [cycle])[-1], [ws.cycle_dir(cycle)])
-    except ERRORS as e:
-        _fail(str(e))
     _show(report, json_out, f"cycle {cycle}: human labels imported")
 
 
@@ -170,13 +174,11 @@ def data_history(
 
     from rlhfops.versioning import history
 
-    cfg, ws = _setup(config, set_, workspace)
-    try:
+    _, ws = setup(config, set_, workspace)
+    with user_errors():
         rows = history(ws)
-    except ERRORS as e:
-        _fail(str(e))
     if json_out:
-        _emit_json(rows)
+        emit_json(rows)
         return
     table = Table(title=f"cycle data in {ws.root}")
     for col in ("cycle", "tag", "commit", "path", "records", "DVC md5"):
