@@ -59,3 +59,47 @@ def test_simulate_traffic_command(tmp_path):
     out = json.loads(r.stdout)
     assert out["errors"] == 0 and out["versions"]["v1"]["requests"] == 20
     assert InteractionStore.for_workspace(tmp_path).count("v1") == 20
+
+
+class FakeInferenceServices:
+    """The CustomObjectsApi calls KServe control makes, on one stored InferenceService."""
+
+    def __init__(self, obj):
+        self.obj, self.patches, self.refuse = obj, [], None
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        return json.loads(json.dumps(self.obj))
+
+    def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body):
+        if self.refuse is not None:
+            raise self.refuse
+        self.patches.append(body)
+        return self.get_namespaced_custom_object(group, version, namespace, plural, name)
+
+
+def test_deploy_on_kserve_goes_through_kserve_apply(tmp_path, monkeypatch):
+    """The canary's storage URI is the pvc:// URI the pipeline uses (not a local path), and an API
+    refusal is one error line."""
+    from kubernetes.client.exceptions import ApiException
+
+    import rlhfops.kube
+    from rlhfops.serving import kserve
+
+    on_volume = f"pipeline.mount_path={tmp_path}"
+    cfg = load_config(None, [on_volume])
+    reg = Registry(tmp_path)
+    v1 = reg.register(tmp_path / "models" / "sft", stage="stable")
+    v2 = reg.register(tmp_path / "models" / "ppo", parent=v1)
+    api = FakeInferenceServices(kserve.render_inference_service(cfg.kserve, f"pvc://{cfg.pipeline.pvc}/models/sft"))
+    monkeypatch.setattr(rlhfops.kube, "custom_objects_api", lambda: api)
+    r = run("deploy", "canary", v2, "-w", str(tmp_path), "--kserve", "--json", "--set", on_volume)
+    assert r.exit_code == 0, r.stderr
+    (patch,) = api.patches
+    assert patch["spec"]["predictor"]["model"]["storageUri"] == f"pvc://{cfg.pipeline.pvc}/models/ppo"
+    api.refuse = ApiException(status=403, reason="Forbidden")
+    r = run("deploy", "promote", "-w", str(tmp_path), "--kserve")
+    assert r.exit_code == 2
+    assert r.stderr.splitlines() == [
+        f"error: the Kubernetes API refused the request on InferenceService "
+        f"{cfg.kserve.namespace}/{cfg.kserve.name}: 403 Forbidden"
+    ]
