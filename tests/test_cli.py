@@ -164,3 +164,15 @@ def test_offline_trains_and_evaluates_with_the_shifted_decoding(tmp_path):
     assert set(results) == {"sft", "offline"} and results["offline"]["n_prompts"] == 8
     assert (tmp_path / "ws" / "models" / "offline" / "ilql_heads.safetensors").exists()
     assert (tmp_path / "ws" / "data" / "offline" / "samples-gold.jsonl").exists()
+
+
+def test_stage_names_are_checked_before_anything_runs(tmp_path):
+    ws = tmp_path / "ws"
+    result = runner.invoke(app, ["stage", "rewards", "-c", "smoke", "-w", str(ws)])
+    assert result.exit_code == 2 and "unknown stage 'rewards'" in result.stderr
+    result = runner.invoke(app, ["stage", "reward_member", "-c", "smoke", "-w", str(ws)])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "error: stage 'reward_member' runs once per item of 'reward_plan'; run `rlhfops stage reward_plan`"
+    ]
+    assert not ws.exists()

@@ -172,9 +172,9 @@ def _print_cycle(row: dict[str, Any]) -> None:
 
 def _stable_gold(cfg: Config, ws: Workspace) -> dict[str, Any]:
     """Gold evaluation of the registry's stable model (cached per version in <ws>/eval/)."""
-    from rlhfops.cycle import ensure_stable
+    from rlhfops.cycle import stable_or_register_sft
 
-    stable = ensure_stable(cfg, ws)
+    stable = stable_or_register_sft(cfg, ws)
     path = ws.eval_path(f"stable-{stable['id']}")
     if path.exists():
         return read_json(path)
@@ -199,21 +199,24 @@ def stage(
     ] = None,
 ) -> None:
     """Run one stage of a cycle on its own: the same library function a KFP component calls (dvc.yaml uses this)."""
-    from rlhfops.cycle import STAGES, ensure_stable, run_stage, scalars
+    from rlhfops.cycle import FAN_OUT, STAGES, run_stage, scalars, stable_or_register_sft
     from rlhfops.files import atomic_write_json
 
     if name not in STAGES:
         fail(f"unknown stage '{name}'; stages: {', '.join(STAGES)}")
+    if name in FAN_OUT:
+        fail(f"stage '{name}' runs once per item of '{FAN_OUT[name]}'; run `rlhfops stage {FAN_OUT[name]}`")
     if cycle < 1:
         fail(f"--cycle must be at least 1, got {cycle}")
     cfg, ws = setup(config, set_, workspace)
     overrides = list(set_ or [])
     with user_errors():
-        ensure_stable(cfg, ws)
+        stable_or_register_sft(cfg, ws)
         result = run_stage(name, str(ws.root), config or "", overrides, cycle, f"stage-{name}")
-        if name == "reward_plan":  # the fan-out, run here one after another
+        fanned_out = next((stage for stage, plan in FAN_OUT.items() if plan == name), None)
+        if fanned_out is not None:  # one call per item of the plan, here one after another (KFP: in parallel)
             for spec in result:
-                run_stage("reward_member", str(ws.root), config or "", overrides, cycle, f"stage-{name}", spec=spec)
+                run_stage(fanned_out, str(ws.root), config or "", overrides, cycle, f"stage-{name}", spec=spec)
             result = {"members": len(result)}
     numbers = scalars(result) if isinstance(result, dict) else {}
     if metrics is not None:
