@@ -95,7 +95,7 @@ def test_sparse_labels_mask_all_but_every_kth_and_the_answer():
 def test_monte_carlo_labels_hard_and_soft(monkeypatch):
     import rlhfops.annotation.steps as steps
 
-    def fake_sample(model, tokenizer, prompts, gen, seed):
+    def fake_sample(model, tokenizer, prompts, gen, seed, logits_hook=None):
         # a completion that finishes right after a correct prefix and wrong after a wrong one
         out = []
         for i, p in enumerate(prompts):

@@ -10,15 +10,19 @@ from torch import nn
 
 from rlhfops.config import load_config
 from rlhfops.generation import generate
-from rlhfops.modeling import init_policy, load_policy, save_policy
+from rlhfops.modeling import (
+    ILQLHeads,
+    ilql_decoding_shift,
+    init_policy,
+    load_decoder,
+    load_policy,
+    polyak_update,
+    save_policy,
+)
 from rlhfops.reward.build import reward_fn
 from rlhfops.rl.ilql import (
-    ILQL_HEADS,
-    TRAIN_LOG,
-    ILQLPolicy,
     build_offline_data,
     method_coefficients,
-    polyak_update,
     read_offline_data,
     train_offline,
     trunk_forward,
@@ -27,11 +31,11 @@ from rlhfops.rl.losses import (
     awac_weights,
     cql_loss,
     expectile_loss,
-    ilql_decoding_shift,
     q_loss,
     terminal_rewards,
     weighted_lm_loss,
 )
+from rlhfops.workspace import ILQL_HEADS, TRAIN_LOG
 
 # ---- exact losses -------------------------------------------------------------------------------
 
@@ -192,29 +196,29 @@ def test_trunk_trains_when_asked(trained, tmp_path):
 
 def test_ilql_decoding_shift_changes_samples(trained):
     _, _, out = trained
-    policy = ILQLPolicy.load(out)
     prompts = ["solve: 3+4", "solve: 2*5-1", "what is 7/0?"]
 
     def sample(beta):
-        return policy.generate(prompts, 12, beta=beta, generator=torch.Generator().manual_seed(0))
+        tokenizer, model, hook = load_decoder(load_config("smoke", [*SMOKE, f"offline.decode_beta={beta}"]), out)
+        return generate(model, tokenizer, prompts, 12, logits_hook=hook, generator=torch.Generator().manual_seed(0))
 
     plain, shifted = sample(0.0), sample(8.0)
     assert torch.equal(plain.completion_ids, sample(0.0).completion_ids)  # seeded
     assert plain.texts != shifted.texts
 
 
-def test_load_without_heads_is_a_clear_error(trained):
+def test_load_heads_without_heads_is_a_clear_error(trained):
     init_dir, _, _ = trained
     with pytest.raises(FileNotFoundError, match="ilql_heads"):
-        ILQLPolicy.load(init_dir)
+        ILQLHeads.load(init_dir)
+    assert load_decoder(load_config("smoke"), init_dir).hook is None  # a plain policy decodes plainly
 
 
 def test_decoding_shift_uses_the_cached_hidden_state_exactly(trained):
     """The hook gets generate's last hidden state (KV cache); a full forward pass over the same
     prefix gives the same shifted logits at every step."""
     _, _, out = trained
-    policy = ILQLPolicy.load(out)
-    hook = policy.shift_hook(2.0)
+    tokenizer, model, hook = load_decoder(load_config("smoke", [*SMOKE, "offline.decode_beta=2"]), out)
     seen = []
 
     def recording(ids, logits, last):
@@ -223,25 +227,23 @@ def test_decoding_shift_uses_the_cached_hidden_state_exactly(trained):
 
     recording.needs_hidden = True
     generate(
-        policy.model,
-        policy.tokenizer,
+        model,
+        tokenizer,
         ["solve: 3+4", "what is 7/0?"],
         6,
         logits_hook=recording,
         generator=torch.Generator().manual_seed(0),
     )
-    pad = policy.tokenizer.pad_token_id
+    pad = tokenizer.pad_token_id
     for ids, logits, shifted in seen:
         attn = ((ids != pad).cumsum(-1) > 0).long()
-        _, hidden = trunk_forward(policy.model, ids, attn)
-        expected = ilql_decoding_shift(
-            logits, policy.heads.qhat(hidden[:, -1]), policy.heads.v(hidden[:, -1]).squeeze(-1), 2.0
-        )
+        _, hidden = trunk_forward(model, ids, attn)
+        heads = hook.heads
+        expected = ilql_decoding_shift(logits, heads.qhat(hidden[:, -1]), heads.v(hidden[:, -1]).squeeze(-1), 2.0)
         torch.testing.assert_close(shifted, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_best_of_n_samples_an_offline_policy_with_its_shift(trained):
-    from rlhfops.evaluation import load_decoder
     from rlhfops.inference.best_of_n import _policy_version, sample
 
     _, _, out = trained
@@ -257,3 +259,33 @@ def test_best_of_n_samples_an_offline_policy_with_its_shift(trained):
     assert draw(hook) != draw(None)
     # cached Best-of-N candidates are keyed by the decoding shift too
     assert _policy_version(cfg, out) != _policy_version(load_config("smoke", [*SMOKE, "offline.decode_beta=1"]), out)
+
+
+def test_serving_and_collection_decode_an_offline_policy_with_its_shift(trained, tmp_path):
+    """What the gate evaluated is what is served and collected from: the offline policy's Q - V
+    shift changes what the server answers and what the collector samples, as it changes evaluation."""
+    import httpx
+
+    from rlhfops.annotation.collect import collect, read_responses
+    from rlhfops.serving.server import create_app, start_server
+    from rlhfops.workspace import RESPONSES, Workspace
+
+    _, _, out = trained
+    body = {"prompt": ["solve: 3+4", "what is 7/0?", "solve: 2*5-1"], "max_tokens": 12, "temperature": 1.0}
+
+    def served(beta: float) -> list[str]:
+        cfg = load_config("smoke", [*SMOKE, f"offline.decode_beta={beta}"])
+        running = start_server(create_app(out, "v1", cfg), "127.0.0.1", 0)
+        try:
+            return [c["text"] for c in httpx.post(running.url + "/v1/completions", json=body).json()["choices"]]
+        finally:
+            running.stop()
+
+    def collected(beta: float) -> list[str]:
+        cfg = load_config("smoke", [*SMOKE, f"offline.decode_beta={beta}", "collect.n_prompts=6"])
+        ws = Workspace(tmp_path / f"ws-{beta}")
+        collect(cfg, ws, out, ws.cycle_dir(1), cycle=1)
+        return [r["response"] for r in read_responses(ws.cycle_dir(1) / RESPONSES)]
+
+    assert served(0.0) == served(0.0) and served(0.0) != served(8.0)
+    assert collected(0.0) != collected(8.0)

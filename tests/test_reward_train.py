@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from rlhfops.annotation.pairs import build_preference_data, read_pairs, select_pair
 from rlhfops.cli import app
 from rlhfops.config import load_config
-from rlhfops.modeling import init_policy, load_policy, save_policy
+from rlhfops.modeling import init_policy, load_decoder, save_policy
 from rlhfops.reward.ensemble import MANIFEST, RewardEnsemble
 from rlhfops.reward.functions import CompositeReward, EnsembleReward, load_ensembles
 from rlhfops.reward.train import SUMMARY, bootstrap, train_heads, train_reward_models
@@ -56,7 +56,7 @@ def workspace(tmp_path_factory):
     cfg = load_config("smoke", OVERRIDES)
     tokenizer, model = init_policy(cfg)
     save_policy(model, tokenizer, cfg, root / "models" / "sft")
-    build_preference_data(cfg, root / "data" / "preferences", policy=load_policy(root / "models" / "sft"))
+    build_preference_data(cfg, root / "data" / "preferences", policy=load_decoder(cfg, root / "models" / "sft"))
     return root, cfg
 
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from rlhfops.annotation.steps import build_step_data, exact_step_labels, read_step_data, write_step_data
 from rlhfops.config import TaskConfig
-from rlhfops.modeling import init_policy, save_policy
+from rlhfops.modeling import init_policy, load_decoder, save_policy
 from rlhfops.tasks import make_task
 from rlhfops.tasks.arithmetic import corrupt, make_example
 
@@ -89,7 +89,7 @@ def test_build_step_data_from_the_teacher_is_deterministic_and_keeps_every_kind(
 
 def test_build_step_data_adds_seeded_policy_samples(tmp_path, smoke_cfg):
     tokenizer, model = init_policy(smoke_cfg)
-    policy = save_policy(model, tokenizer, smoke_cfg, tmp_path / "policy")
+    policy = load_decoder(smoke_cfg, save_policy(model, tokenizer, smoke_cfg, tmp_path / "policy"))
     task = make_task(smoke_cfg.task, seed=0)
     teacher_only = build_step_data(task, None, "val", 8, seed=1)
     records = build_step_data(task, policy, "val", 8, seed=1, generation=smoke_cfg.generation)

@@ -98,23 +98,9 @@ def evaluate(
     return result
 
 
-def load_decoder(cfg: Config, model_dir: str | Path):
-    """(tokenizer, model, logits hook) for sampling from a saved policy: an offline-RL policy (one
-    with ILQL heads) decodes with its beta * (Q - V) shift (`offline.decode_beta`), others plainly
-    (hook None)."""
-    from rlhfops.modeling import load_policy
-    from rlhfops.rl.ilql import ILQL_HEADS, ILQLPolicy
-
-    model_dir = Path(model_dir)
-    if (model_dir / ILQL_HEADS).exists():
-        ilql = ILQLPolicy.load(model_dir)
-        return ilql.tokenizer, ilql.model, ilql.shift_hook(cfg.offline.decode_beta)
-    tokenizer, model = load_policy(model_dir)
-    return tokenizer, model, None
-
-
 def evaluate_dir(cfg: Config, model_dir: str | Path) -> dict[str, Any]:
-    """`evaluate` of a saved policy directory, decoding as `load_decoder` says."""
+    """`evaluate` of a saved policy directory, decoding as `modeling.load_decoder` says."""
+    from rlhfops.modeling import load_decoder
     from rlhfops.tasks import make_task
 
     tokenizer, model, hook = load_decoder(cfg, model_dir)

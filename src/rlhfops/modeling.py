@@ -4,17 +4,25 @@ The embedded default is a character-level tokenizer and a tiny Llama built from 
 any Hugging Face causal LM directory or hub id loads through the same `load_policy`, so a real
 model drops in by setting `model.name_or_path`. Weights are safetensors only and remote code is
 never trusted.
+
+Everything that samples from a saved policy (evaluation, Best-of-N, collection, serving, the
+bench) loads it with `load_decoder`, which also decides how it decodes: an offline-RL policy (a
+directory with ILQL heads) shifts its logits by beta * (Q - V), any other decodes plainly. What is
+evaluated at the gate is then what is collected from and served.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+from safetensors.torch import load_file
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from torch import nn
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -27,6 +35,7 @@ from transformers import (
 
 from rlhfops.config import Config, ModelConfig
 from rlhfops.files import atomic_directory
+from rlhfops.workspace import ILQL_HEADS
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 # Every character the built-in task can produce, plus lower-case letters for prompts and refusals.
@@ -123,3 +132,93 @@ def save_policy(
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# ---- decoding a saved policy --------------------------------------------------------------------
+
+
+@torch.no_grad()
+def polyak_update(target: nn.Module, source: nn.Module, polyak: float) -> None:
+    """theta' <- (1 - polyak) * theta' + polyak * theta, parameter by parameter, in place."""
+    for t, s in zip(target.parameters(), source.parameters(), strict=True):
+        t.mul_(1 - polyak).add_(s.detach(), alpha=polyak)
+
+
+class ILQLHeads(nn.Module):
+    """Q_1, Q_2 (H -> V), frozen Polyak targets of both, V (H -> 1) on the trunk's hidden state.
+    Trained by `rl/ilql.py`; saved beside the causal LM as `ILQL_HEADS`."""
+
+    def __init__(self, hidden_size: int, vocab_size: int):
+        super().__init__()
+        self.q1, self.q2 = nn.Linear(hidden_size, vocab_size), nn.Linear(hidden_size, vocab_size)
+        for q in (self.q1, self.q2):
+            # Near zero so the decoding shift starts near 0, yet different so the two heads differ.
+            nn.init.normal_(q.weight, std=1e-2)
+            nn.init.zeros_(q.bias)
+        self.target_q1 = copy.deepcopy(self.q1).requires_grad_(False)
+        self.target_q2 = copy.deepcopy(self.q2).requires_grad_(False)
+        self.v = nn.Linear(hidden_size, 1)
+
+    def qhat(self, hidden: torch.Tensor) -> torch.Tensor:
+        """min(Q'_1, Q'_2) over the vocabulary, from the target heads: (..., H) -> (..., V)."""
+        with torch.no_grad():
+            return torch.minimum(self.target_q1(hidden), self.target_q2(hidden))
+
+    def update_targets(self, polyak: float) -> None:
+        polyak_update(self.target_q1, self.q1, polyak)
+        polyak_update(self.target_q2, self.q2, polyak)
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> ILQLHeads:
+        path = Path(model_dir) / ILQL_HEADS
+        if not path.exists():
+            raise FileNotFoundError(f"'{model_dir}' has no {ILQL_HEADS}: it is not an offline-RL (train_offline) model")
+        state = load_file(str(path))
+        vocab_size, hidden_size = state["q1.weight"].shape
+        heads = cls(hidden_size, vocab_size)
+        heads.load_state_dict(state)
+        return heads.eval()
+
+
+def ilql_decoding_shift(logits: torch.Tensor, qhat: torch.Tensor, v: torch.Tensor, beta: float) -> torch.Tensor:
+    """ILQL decoding: log_softmax(logits) + beta * (Qhat(s, .) - V(s)); beta 0 -> the policy itself.
+
+    logits, qhat (B, V), v (B,) or (B, 1) -> (B, V).
+    """
+    return torch.log_softmax(logits.float(), -1) + beta * (qhat - v.reshape(-1, 1))
+
+
+def ilql_shift_hook(heads: ILQLHeads, beta: float):
+    """A `generation.generate` logits hook adding beta * (Qhat - V) at the current step, from the
+    last position's hidden state that generate hands it (`needs_hidden`): linear in length."""
+
+    @torch.no_grad()
+    def hook(ids: torch.Tensor, logits: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        return ilql_decoding_shift(logits, heads.qhat(last), heads.v(last).squeeze(-1), beta)
+
+    hook.needs_hidden = True
+    hook.heads = heads
+    return hook
+
+
+class Decoder(NamedTuple):
+    """A saved policy ready to sample: pass `hook` as `generate(..., logits_hook=hook)` (None: plain)."""
+
+    tokenizer: PreTrainedTokenizerBase
+    model: PreTrainedModel
+    hook: Any
+
+
+def is_offline_policy(model_dir: str | Path) -> bool:
+    """True for a policy that decodes with an ILQL shift (its directory holds the heads)."""
+    return (Path(model_dir) / ILQL_HEADS).exists()
+
+
+def load_decoder(cfg: Config, model_dir: str | Path) -> Decoder:
+    """The policy in `model_dir` as it decodes: an offline-RL policy with its beta * (Q - V) shift
+    (`offline.decode_beta`), any other plainly (hook None)."""
+    tokenizer, model = load_policy(model_dir)
+    model.eval()
+    if not is_offline_policy(model_dir):
+        return Decoder(tokenizer, model, None)
+    return Decoder(tokenizer, model, ilql_shift_hook(ILQLHeads.load(model_dir), cfg.offline.decode_beta))

@@ -29,6 +29,45 @@ from pathlib import Path
 
 CYCLES = "cycles"
 
+# ---- every on-disk name, in one place ----------------------------------------------------------------
+# in a model directory (a `save_pretrained` directory plus what its trainer adds)
+MODEL_CONFIG = "config.json"  # transformers' own: its presence means "a model is here"
+TRAIN_LOG = "train_log.json"  # the trainer's log rows (SFT, PPO, GRPO / RLOO, offline RL, PRM)
+VALUE_HEAD = "value_head.safetensors"  # PPO's critic head
+ILQL_HEADS = "ilql_heads.safetensors"  # offline RL's Q / V heads: the policy decodes with their shift
+SFT_DATA_STATS = "sft_data.json"
+PRM_METRICS = "metrics.json"
+# in a reward-model directory (one sub-directory per objective) and its ensembles
+RM_SUMMARY = "summary.json"  # per objective: pairs, member and ensemble validation accuracy
+RM_MANIFEST = "manifest.json"  # an ensemble's members, normalisation and validation accuracy
+RM_HEADS = "heads.safetensors"  # `reward.kind: heads`: K heads on one trunk
+RM_MEMBERS = "members.json"
+# in a cycle's data directory (`cycles/NNNN/`, module docstring)
+RESPONSES = "responses.jsonl"
+COLLECT_MANIFEST = "collect.json"
+JUDGEMENTS = "judgements.jsonl"
+STEPS = "steps.jsonl"
+ANNOTATE_SUMMARY = "annotate.json"
+REVIEW_QUEUE = "review.json"
+REVIEW_QUEUE_PRIVATE = "review-queue.jsonl"
+REVIEW_INTERFACE = "review-config.xml"
+REVIEW_IMPORTED = "review-import.json"
+PAIR_STATS = "stats.json"
+OFFLINE_DATA = "offline-data.jsonl"
+# at the workspace root
+REGISTRY = "registry.json"
+INTERACTIONS = "interactions.db"
+
+
+def pairs_file(objective: str) -> str:
+    """A cycle's preference pairs for one objective (TRL: prompt / chosen / rejected)."""
+    return f"pairs-{objective}.jsonl"
+
+
+def is_model_dir(path: str | Path) -> bool:
+    """True when `path` holds a saved model (a finished, atomically written directory)."""
+    return (Path(path) / MODEL_CONFIG).exists()
+
 
 @dataclass(frozen=True)
 class Workspace:

@@ -74,12 +74,11 @@ def step_records(
     elif sc.method == "mc":
         if policy_dir is None:
             raise ValueError("annotation.steps.method is mc, which needs the policy (policy_dir) to roll out from")
-        from rlhfops.modeling import load_policy
+        from rlhfops.modeling import load_decoder
 
-        tokenizer, model = load_policy(policy_dir)
-        records = mc_step_labels(
-            [ex for ex, _ in items], [r for _, r in items], model, tokenizer, cfg.generation, sc.mc_rollouts, cfg.seed
-        )
+        tokenizer, model, hook = load_decoder(cfg, policy_dir)
+        examples, responses = [ex for ex, _ in items], [r for _, r in items]
+        records = mc_step_labels(examples, responses, model, tokenizer, cfg.generation, sc.mc_rollouts, cfg.seed, hook)
     else:
         raise ValueError(f"unknown step-label method '{sc.method}'")
     return [r for r in records if r is not None and any(label is not None for label in r["labels"])]

@@ -24,7 +24,7 @@ from typing import Any
 
 from rlhfops.config import Config
 from rlhfops.files import atomic_write_json, read_jsonl, write_jsonl
-from rlhfops.workspace import Workspace
+from rlhfops.workspace import Workspace, is_model_dir
 
 RESPONSES = "responses.jsonl"
 MANIFEST = "collect.json"
@@ -117,17 +117,17 @@ def collect(
 
     `model_version` labels the policy samples (default: the policy directory's name)."""
     from rlhfops.generation import sample_texts
-    from rlhfops.modeling import load_policy
+    from rlhfops.modeling import load_decoder
 
     policy_dir, out_dir = Path(policy_dir), Path(out_dir)
-    if not (policy_dir / "config.json").exists():
+    if not is_model_dir(policy_dir):
         raise FileNotFoundError(f"policy directory '{policy_dir}' does not exist")
     version = model_version or policy_dir.name
     k = cfg.collect.samples_per_prompt
     prompts = collection_prompts(cfg, cycle)
-    tokenizer, model = load_policy(policy_dir)
+    tokenizer, model, hook = load_decoder(cfg, policy_dir)  # an offline-RL policy samples with its shift
     flat = [p for p in prompts for _ in range(k)]
-    texts = sample_texts(model, tokenizer, flat, cfg.generation, seed=cfg.seed * 1000 + cycle)
+    texts = sample_texts(model, tokenizer, flat, cfg.generation, seed=cfg.seed * 1000 + cycle, logits_hook=hook)
     records = [
         {
             "prompt": p,

@@ -48,14 +48,14 @@ def collect_responses(
     task: ArithmeticTask, examples: list[Example], k: int, seed: int, cfg: Config, policy=None
 ) -> list[list[str]]:
     """k responses per example: ceil(k/2) from the noisy teacher and the rest sampled from `policy`
-    (a (tokenizer, model) pair); all k from the teacher when there is no policy."""
+    (a `modeling.Decoder`: tokenizer, model, logits hook); all k from the teacher when there is no policy."""
     rng = random.Random(seed)
     n_policy = k // 2 if policy is not None else 0
     responses = [[task.teacher(ex, rng)[0] for _ in range(k - n_policy)] for ex in examples]
     if n_policy:
-        tokenizer, model = policy
+        tokenizer, model, hook = policy
         prompts = [ex.prompt for ex in examples for _ in range(n_policy)]
-        sampled = sample_texts(model, tokenizer, prompts, cfg.generation, seed)
+        sampled = sample_texts(model, tokenizer, prompts, cfg.generation, seed, logits_hook=hook)
         for i, row in enumerate(responses):
             row += sampled[i * n_policy : (i + 1) * n_policy]
     return responses

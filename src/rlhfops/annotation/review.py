@@ -297,7 +297,7 @@ def add_study(cfg, cycle_dir: str | Path, policy_dirs: list[str | Path], n_promp
     each policy (e.g. trained with different objective weights), objective vectors from the task's
     gold judges. Earlier study items are replaced. Returns the number of study items."""
     from rlhfops.generation import sample_texts
-    from rlhfops.modeling import load_policy
+    from rlhfops.modeling import load_decoder
     from rlhfops.tasks.arithmetic import ArithmeticTask
 
     cycle_dir = Path(cycle_dir)
@@ -309,8 +309,8 @@ def add_study(cfg, cycle_dir: str | Path, policy_dirs: list[str | Path], n_promp
     responses, vectors = {}, {}
     for k, policy in enumerate(policy_dirs):
         name = f"{k}:{Path(policy).name}"
-        tokenizer, model = load_policy(policy)
-        responses[name] = sample_texts(model, tokenizer, prompts, cfg.generation, cfg.seed + k)
+        tokenizer, model, hook = load_decoder(cfg, policy)
+        responses[name] = sample_texts(model, tokenizer, prompts, cfg.generation, cfg.seed + k, logits_hook=hook)
         vectors[name] = [
             [task.judge(ex, r)[o] for o in cfg.reward.objectives]
             for ex, r in zip(examples, responses[name], strict=True)

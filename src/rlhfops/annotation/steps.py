@@ -33,7 +33,7 @@ from typing import Any
 from rlhfops.config import GenerationConfig
 from rlhfops.files import read_jsonl, write_jsonl
 from rlhfops.generation import sample_texts
-from rlhfops.modeling import load_policy
+from rlhfops.modeling import Decoder
 from rlhfops.tasks import Example, Task
 from rlhfops.tasks.arithmetic import parse_response, verify
 
@@ -76,6 +76,7 @@ def mc_step_labels(
     generation: GenerationConfig,
     rollouts: int,
     seed: int,
+    logits_hook=None,
 ) -> list[dict[str, Any] | None]:
     """Math-Shepherd labels: per response, per line i, `rollouts` completions of the prefix
     `prompt + lines[0..i] + "\\n"` sampled from the policy (one batch for every prefix); a line's
@@ -93,7 +94,7 @@ def mc_step_labels(
     prefixes = [STEP_SEPARATOR.join(lines_of[r][: i + 1]) + STEP_SEPARATOR for r, i in jobs]
     prompts = [examples[r].prompt + prefix for (r, _), prefix in zip(jobs, prefixes, strict=True)]
     flat = [p for p in prompts for _ in range(rollouts)]
-    completions = sample_texts(model, tokenizer, flat, generation, seed) if flat else []
+    completions = sample_texts(model, tokenizer, flat, generation, seed, logits_hook=logits_hook) if flat else []
     soft: dict[tuple[int, int], float] = {}
     for j, ((r, i), prefix) in enumerate(zip(jobs, prefixes, strict=True)):
         outs = completions[j * rollouts : (j + 1) * rollouts]
@@ -153,7 +154,7 @@ def label_agreement(exact: list[dict[str, Any]], other: list[dict[str, Any]]) ->
 
 def build_step_data(
     task: Task,
-    policy_dir: str | Path | None,
+    policy: Decoder | None,
     split: str,
     n_prompts: int,
     seed: int,
@@ -164,7 +165,7 @@ def build_step_data(
 
     Per prompt: `samples_per_prompt` noisy-teacher responses (`random.Random(seed)`), of which
     each distinct one is kept once so the clean reference does not crowd out the corrupted ones,
-    plus, when `policy_dir` is given, `samples_per_prompt` samples from that policy (decoded with
+    plus, when `policy` (a `modeling.Decoder`) is given, `samples_per_prompt` samples from it (decoded with
     `generation`, default `GenerationConfig()`, and a `torch.Generator` seeded with `seed`).
     Empty responses give no record. Records come prompt by prompt, teacher before policy.
     """
@@ -175,11 +176,11 @@ def build_step_data(
         drawn = [task.teacher(example, rng)[0] for _ in range(samples_per_prompt)]
         responses.append(list(dict.fromkeys(drawn)))
 
-    if policy_dir is not None:
+    if policy is not None:
         generation = generation or GenerationConfig()
-        tokenizer, model = load_policy(policy_dir)
+        tokenizer, model, hook = policy
         prompts = [ex.prompt for ex in examples for _ in range(samples_per_prompt)]
-        samples = sample_texts(model, tokenizer, prompts, generation, seed)
+        samples = sample_texts(model, tokenizer, prompts, generation, seed, logits_hook=hook)
         for i in range(len(examples)):
             responses[i] += samples[i * samples_per_prompt : (i + 1) * samples_per_prompt]
 

@@ -30,15 +30,14 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhfops.config import Config, GenerationConfig
-from rlhfops.evaluation import load_decoder
 from rlhfops.files import atomic_write_json
 from rlhfops.generation import generate
 from rlhfops.inference.cache import BoNCache, cache_key, directory_version
+from rlhfops.modeling import is_offline_policy, load_decoder
 from rlhfops.reward.build import best_of_n_scorer
 from rlhfops.reward.build import best_of_n_scorer as make_scorer  # noqa: F401  (until the bench moves)
 from rlhfops.reward.functions import CompositeReward, load_ensembles
 from rlhfops.reward.prm import ProcessRewardModel
-from rlhfops.rl.ilql import ILQL_HEADS
 from rlhfops.tasks.arithmetic import ArithmeticTask
 
 ScoreFn = Callable[..., list[float]]  # (prompts, completions, **columns) -> one score per completion
@@ -220,7 +219,7 @@ def _reward_version(cfg: Config, rm_dir: Path, prm_dir: Path | None) -> str:
 def _policy_version(cfg: Config, policy_dir: Path) -> str:
     """The policy's weights and the decoding settings its samples were drawn with."""
     parts = {"weights": directory_version(policy_dir), "generation": cfg.generation.model_dump(mode="json")}
-    if (policy_dir / ILQL_HEADS).exists():  # decoded with the offline-RL shift: its beta is part of the samples
+    if is_offline_policy(policy_dir):  # decoded with the offline-RL shift: its beta is part of the samples
         parts["decode_beta"] = cfg.offline.decode_beta
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 

@@ -40,7 +40,7 @@ from transformers import (
 
 from rlhfops.annotation.steps import STEP_SEPARATOR, read_step_data
 from rlhfops.config import CONFIG_FILENAME, Config, load_config
-from rlhfops.modeling import load_tokenizer, save_policy
+from rlhfops.modeling import load_decoder, load_tokenizer, save_policy
 from rlhfops.tasks import Example
 from rlhfops.tasks.arithmetic import ArithmeticTask, corrupt
 
@@ -400,9 +400,11 @@ def train_prm_on_task(
         update={"wrong_step": cfg.prm.wrong_step_rate, "skipped_step": cfg.prm.skipped_step_rate}
     )
     data_task = ArithmeticTask(cfg.task.model_copy(update={"noise": noise}), seed=cfg.seed)
+    policy = None
     for split, n, seed in (("train", cfg.prm.n_prompts, cfg.seed), ("val", cfg.prm.n_val_prompts, cfg.seed + 1)):
         if not (data_dir / f"{split}.jsonl").exists():
-            records = build_step_data(data_task, policy_dir, split, n, seed, generation=cfg.generation)
+            policy = policy or load_decoder(cfg, policy_dir)
+            records = build_step_data(data_task, policy, split, n, seed, generation=cfg.generation)
             write_step_data(records, data_dir / f"{split}.jsonl")
     out = train_prm(cfg, data_dir / "train.jsonl", data_dir / "val.jsonl", policy_dir, out_dir, progress)
     metrics = json.loads((out / METRICS).read_text())

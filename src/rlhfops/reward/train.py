@@ -305,20 +305,20 @@ def prepare_preference_data(cfg: Config, ws: Workspace, data_dir: str | Path, po
     """Training pairs in `data_dir`: the union of the workspace's cycles 1..n when it has cycle
     data (clean validation pairs built from the task once), else pairs sampled from the policy as
     before (built once). Returns "cycles" or "policy"."""
-    from rlhfops.modeling import load_policy
+    from rlhfops.modeling import load_decoder
 
     data_dir = Path(data_dir)
     unions = {obj: union_cycle_pairs(ws, obj) for obj in cfg.reward.objectives}
     if not any(cycles for _, cycles in unions.values()):
         if not (data_dir / STATS).exists():
-            build_preference_data(cfg, data_dir, policy=load_policy(policy_dir))
+            build_preference_data(cfg, data_dir, policy=load_decoder(cfg, policy_dir))
         return "policy"
     for obj, (records, cycles) in unions.items():
         if not records:
             raise ValueError(f"the workspace's cycles {cycles or ws.cycle_numbers()} hold no '{obj}' preference pairs")
         write_jsonl(data_dir / "train" / f"{obj}.jsonl", records)
     if not all((data_dir / "val" / f"{obj}.jsonl").exists() for obj in cfg.reward.objectives):
-        build_preference_data(cfg, data_dir, policy=load_policy(policy_dir), splits=("val",))
+        build_preference_data(cfg, data_dir, policy=load_decoder(cfg, policy_dir), splits=("val",))
     stats = {"source": "cycles", "train": {o: {"pairs": len(r), "cycles": c} for o, (r, c) in unions.items()}}
     atomic_write_json(data_dir / STATS, stats)
     return "cycles"

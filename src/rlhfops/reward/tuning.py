@@ -21,7 +21,7 @@ import torch
 from rlhfops.annotation.pairs import collect_responses
 from rlhfops.config import Config
 from rlhfops.files import atomic_write_json
-from rlhfops.modeling import load_policy
+from rlhfops.modeling import load_decoder
 from rlhfops.reward.functions import load_ensembles
 from rlhfops.reward.objectives import fit_weight_model, grid_search, select, simplex_grid
 from rlhfops.tasks.arithmetic import ArithmeticTask
@@ -58,7 +58,7 @@ def candidate_table(cfg: Config, task: ArithmeticTask, split: str, n: int, polic
 
 def tune_weights(cfg: Config, policy_dir: str | Path, rm_dir: str | Path, out_path: str | Path) -> dict[str, Any]:
     task = ArithmeticTask(cfg.task, seed=cfg.seed)
-    policy = load_policy(policy_dir)
+    policy = load_decoder(cfg, policy_dir)
     ensembles = load_ensembles(rm_dir, cfg.reward.objectives)
     names = list(ensembles)
     val = candidate_table(cfg, task, "val", cfg.task.n_val, policy, ensembles)

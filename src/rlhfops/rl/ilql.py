@@ -2,7 +2,7 @@
 
 Config: `OfflineConfig` in `rlhfops/config.py` (`offline.*`, a description per field).
 
-Model: the causal LM (trunk + LM head) with `ILQLHeads` on its last hidden state (B, T, H): two
+Model: the causal LM (trunk + LM head) with `ILQLHeads` (`modeling.py`) on its last hidden state (B, T, H): two
 Q heads (H -> V: Q(s, a) for every token a), their two frozen Polyak-averaged target copies, and
 a V head (H -> 1). Every token of a response is an action; the state is the prefix before it.
 The reward is 0 except the normalised sequence reward at the last response token, where the
@@ -17,12 +17,12 @@ One step on a batch of logged sequences (right-padded):
   6. AdamW on trunk + heads, then the Polyak update of the target heads.
 `offline.method`: iql -> no conservative term; cql -> tau 0.5 + conservative; ilql -> both.
 
-Decoding (`ILQLPolicy.generate`): log_softmax(logits) + beta * (Qhat(s, .) - V(s)).
+Decoding (`modeling.load_decoder`, used by everything that samples from a saved policy):
+log_softmax(logits) + beta * (Qhat(s, .) - V(s)).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from pathlib import Path
@@ -30,28 +30,23 @@ from typing import Any
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.torch import save_file
 
 from rlhfops.config import Config
 from rlhfops.files import atomic_directory, read_jsonl, write_jsonl
-from rlhfops.generation import Generation, generate, sample_texts
-from rlhfops.modeling import load_policy, save_policy
+from rlhfops.generation import sample_texts
+from rlhfops.modeling import ILQLHeads, load_policy, save_policy
 from rlhfops.rl.losses import (
     awac_weights,
     cql_loss,
     expectile_loss,
-    ilql_decoding_shift,
     masked_mean,
     q_loss,
     terminal_rewards,
     weighted_lm_loss,
 )
 from rlhfops.tasks.arithmetic import ArithmeticTask
-
-TRAIN_LOG = "train_log.json"
-ILQL_HEADS = "ilql_heads.safetensors"
-
+from rlhfops.workspace import ILQL_HEADS, TRAIN_LOG
 
 # ---- data ---------------------------------------------------------------------------------------
 
@@ -119,38 +114,7 @@ def collate(rows: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.T
     return {"ids": ids, "attn": attn, "mask": mask}
 
 
-# ---- heads --------------------------------------------------------------------------------------
-
-
-class ILQLHeads(nn.Module):
-    """Q_1, Q_2 (H -> V), frozen Polyak targets of both, V (H -> 1) on the trunk's hidden state."""
-
-    def __init__(self, hidden_size: int, vocab_size: int):
-        super().__init__()
-        self.q1, self.q2 = nn.Linear(hidden_size, vocab_size), nn.Linear(hidden_size, vocab_size)
-        for q in (self.q1, self.q2):
-            # Near zero so the decoding shift starts near 0, yet different so the two heads differ.
-            nn.init.normal_(q.weight, std=1e-2)
-            nn.init.zeros_(q.bias)
-        self.target_q1 = copy.deepcopy(self.q1).requires_grad_(False)
-        self.target_q2 = copy.deepcopy(self.q2).requires_grad_(False)
-        self.v = nn.Linear(hidden_size, 1)
-
-    def qhat(self, hidden: torch.Tensor) -> torch.Tensor:
-        """min(Q'_1, Q'_2) over the vocabulary, from the target heads: (..., H) -> (..., V)."""
-        with torch.no_grad():
-            return torch.minimum(self.target_q1(hidden), self.target_q2(hidden))
-
-    def update_targets(self, polyak: float) -> None:
-        polyak_update(self.target_q1, self.q1, polyak)
-        polyak_update(self.target_q2, self.q2, polyak)
-
-
-@torch.no_grad()
-def polyak_update(target: nn.Module, source: nn.Module, polyak: float) -> None:
-    """theta' <- (1 - polyak) * theta' + polyak * theta, parameter by parameter, in place."""
-    for t, s in zip(target.parameters(), source.parameters(), strict=True):
-        t.mul_(1 - polyak).add_(s.detach(), alpha=polyak)
+# ---- forward ------------------------------------------------------------------------------------
 
 
 def trunk_forward(model, ids: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,60 +240,3 @@ def train_offline(
             bar.update(bar_task, advance=1, description=f"{oc.method.upper()} loss {stats['losses/total']:.3f}")
     model.eval()
     return _save(model, heads, tokenizer, cfg, out_dir, log)
-
-
-# ---- decoding -----------------------------------------------------------------------------------
-
-
-class ILQLPolicy:
-    """A trained causal LM plus its ILQL heads, decoding with the Q - V shift."""
-
-    def __init__(self, tokenizer, model, heads: ILQLHeads):
-        self.tokenizer, self.model, self.heads = tokenizer, model.eval(), heads.eval()
-
-    @classmethod
-    def load(cls, path: str | Path) -> ILQLPolicy:
-        path = Path(path)
-        if not (path / ILQL_HEADS).exists():
-            raise FileNotFoundError(f"'{path}' has no {ILQL_HEADS}: it is not an offline-RL (train_offline) model")
-        tokenizer, model = load_policy(path)
-        state = load_file(str(path / ILQL_HEADS))
-        vocab_size, hidden_size = state["q1.weight"].shape
-        heads = ILQLHeads(hidden_size, vocab_size)
-        heads.load_state_dict(state)
-        return cls(tokenizer, model, heads)
-
-    def shift_hook(self, beta: float):
-        """A `generation.generate` logits hook adding beta * (Qhat - V) at the current step, from the
-        last position's hidden state that generate hands it (`needs_hidden`): linear in length."""
-
-        @torch.no_grad()
-        def hook(ids: torch.Tensor, logits: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-            return ilql_decoding_shift(logits, self.heads.qhat(last), self.heads.v(last).squeeze(-1), beta)
-
-        hook.needs_hidden = True
-        return hook
-
-    @torch.no_grad()
-    def generate(
-        self,
-        prompts: list[str],
-        max_new_tokens: int,
-        beta: float = 1.0,
-        top_k: int = 0,
-        temperature: float = 1.0,
-        generator: torch.Generator | None = None,
-        greedy: bool = False,
-    ) -> Generation:
-        """Sample (or greedy-decode) from softmax((log_softmax(logits) + beta * (Qhat - V)) / temperature)."""
-        return generate(
-            self.model,
-            self.tokenizer,
-            prompts,
-            max_new_tokens,
-            greedy=greedy,
-            temperature=temperature,
-            top_k=top_k,
-            generator=generator,
-            logits_hook=self.shift_hook(beta),
-        )

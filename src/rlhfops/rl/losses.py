@@ -237,11 +237,3 @@ def weighted_lm_loss(
     """
     logp = torch.log_softmax(logits.float(), -1).gather(-1, actions[..., None]).squeeze(-1)
     return masked_mean(-weights * logp, mask)
-
-
-def ilql_decoding_shift(logits: torch.Tensor, qhat: torch.Tensor, v: torch.Tensor, beta: float) -> torch.Tensor:
-    """ILQL decoding: log_softmax(logits) + beta * (Qhat(s, .) - V(s)); beta 0 -> the policy itself.
-
-    logits, qhat (B, V), v (B,) or (B, 1) -> (B, V).
-    """
-    return torch.log_softmax(logits.float(), -1) + beta * (qhat - v.reshape(-1, 1))

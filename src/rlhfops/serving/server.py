@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rlhfops.config import Config, GenerationConfig, ServingConfig
 from rlhfops.generation import generate
 from rlhfops.inference.best_of_n import best_of_n
-from rlhfops.modeling import load_policy
+from rlhfops.modeling import load_decoder
 from rlhfops.serving.store import InteractionStore
 
 
@@ -182,6 +182,7 @@ class ModelWorker:
     tokenizer: Any
     cfg: ServingConfig
     scorer: Any = None  # CompositeReward when reward models are loaded
+    logits_hook: Any = None  # the policy's decoding shift (`modeling.load_decoder`), None: plain
     generator: torch.Generator = field(default_factory=torch.Generator)
     queue: asyncio.Queue | None = None
 
@@ -222,7 +223,7 @@ class ModelWorker:
             gen = GenerationConfig(max_new_tokens=max_tokens, temperature=max(temperature, 1e-3), top_k=top_k)
             results = best_of_n(
                 self.model, self.tokenizer, prompts, group[0].best_of, self.scorer, generation=gen,
-                generator=self.generator,
+                generator=self.generator, logits_hook=self.logits_hook,
             )  # fmt: skip
             texts = [r.best for r in results]
             finish = ["stop"] * len(texts)
@@ -231,6 +232,7 @@ class ModelWorker:
             out = generate(
                 self.model, self.tokenizer, prompts, max_tokens, greedy=temperature == 0,
                 temperature=max(temperature, 1e-6), top_k=top_k, generator=self.generator,
+                logits_hook=self.logits_hook,
             )  # fmt: skip
             texts = out.texts
             eos = self.tokenizer.eos_token_id
@@ -284,13 +286,14 @@ def create_app(
     """The server for one model directory, answering as model id `version`. `scorer` ranks
     Best-of-N candidates and gives the spread metric (a `CompositeReward`, or anything with its
     `__call__` and `vectors`); None loads the ensembles in `serving.reward_models` if set."""
-    tokenizer, model = load_policy(model_dir)
-    model.eval()
+    # decoded as it was evaluated at the gate: an offline-RL policy with its Q - V shift
+    tokenizer, model, hook = load_decoder(cfg, model_dir)
     if scorer is None and cfg.serving.reward_models:
         from rlhfops.reward.functions import CompositeReward, load_ensembles
 
         scorer = CompositeReward(load_ensembles(cfg.serving.reward_models, cfg.reward.objectives), cfg)
-    worker = ModelWorker(model, tokenizer, cfg.serving, scorer, torch.Generator().manual_seed(cfg.serving.seed))
+    generator = torch.Generator().manual_seed(cfg.serving.seed)
+    worker = ModelWorker(model, tokenizer, cfg.serving, scorer, logits_hook=hook, generator=generator)
     metrics = ServerMetrics()
     token = os.environ.get(cfg.serving.api_key_env) or None
     spread_sum = [0.0, 0]  # running sum and count for the mean gauge
