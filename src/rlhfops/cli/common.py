@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 
 from rlhfops.config import Config, load_config
-from rlhfops.workspace import Workspace
+from rlhfops.workspace import RM_SUMMARY, Workspace, is_model_dir
 
 app = typer.Typer(
     name="rlhfops",
@@ -112,10 +112,8 @@ def read_json(path: Path) -> Any:
 def trained_model(ws: Workspace, name: str) -> Path | None:
     """The workspace's `models/<name>` if a model was trained there, else None: a policy or the PRM
     (a `save_pretrained` directory with its config.json) or the reward ensembles (their summary)."""
-    from rlhfops.reward.train import SUMMARY
-
     path = ws.model_dir(name)
-    return path if (path / "config.json").exists() or (path / SUMMARY).exists() else None
+    return path if is_model_dir(path) or (path / RM_SUMMARY).exists() else None
 
 
 def require_policy(ws: Workspace) -> Path:

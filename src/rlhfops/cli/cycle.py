@@ -26,7 +26,7 @@ from rlhfops.cli.common import (
     user_errors,
 )
 from rlhfops.config import Config, load_config
-from rlhfops.workspace import Workspace
+from rlhfops.workspace import Workspace, is_model_dir
 
 
 @app.command()
@@ -54,7 +54,7 @@ def run(
     started = time.perf_counter()
     sft = ws.model_dir("sft")
     sft_seconds = None
-    if not (sft / "config.json").exists():
+    if not is_model_dir(sft):
         sft = train_sft(cfg, ws, progress=not json_out)
         sft_seconds = time.perf_counter() - started
         results = {

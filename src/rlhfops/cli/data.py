@@ -21,7 +21,7 @@ from rlhfops.cli.common import (
     user_errors,
 )
 from rlhfops.config import Config
-from rlhfops.workspace import Workspace
+from rlhfops.workspace import RESPONSES, Workspace
 
 CycleOpt = Annotated[int | None, typer.Option("--cycle", help="Cycle number; default: the workspace's latest.")]
 VersionOpt = Annotated[
@@ -87,7 +87,6 @@ def annotate(
 ) -> None:
     """Judge a cycle's responses; write pairs, step labels and the review queue; version the cycle."""
     from rlhfops.annotation.annotate import annotate as run_annotate
-    from rlhfops.annotation.collect import RESPONSES
 
     cfg, ws = setup(config, set_, workspace)
     cycle = _latest(ws, cycle, "annotate")

@@ -23,6 +23,7 @@ from rlhfops.cli.common import (
 )
 from rlhfops.config import Config
 from rlhfops.registry import Registry
+from rlhfops.workspace import REGISTRY
 
 deploy_app = typer.Typer(help="Canary rollout: locally in the model registry, or on KServe with --kserve.")
 app.add_typer(deploy_app, name="deploy")
@@ -111,7 +112,7 @@ def models(
     if json_out:
         emit_json(versions)
         return
-    table = Table(title=f"model registry ({ws.root / 'registry.json'})")
+    table = Table(title=f"model registry ({ws.root / REGISTRY})")
     for col in ("id", "stage", "name", "parent", "metrics", "last decision", "path"):
         table.add_column(col)
     for v in versions:

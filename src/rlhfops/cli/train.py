@@ -27,6 +27,7 @@ from rlhfops.cli.common import (
     trained_model,
     user_errors,
 )
+from rlhfops.workspace import RM_SUMMARY, TRAIN_LOG
 
 
 @app.command()
@@ -39,7 +40,7 @@ def sft(
     """Train the starting policy on noisy-teacher data (trl SFTTrainer)."""
     cfg, ws = setup(config, set_, workspace)
     out = train_sft(cfg, ws, progress=not json_out)
-    log = read_json(out / "train_log.json")
+    log = read_json(out / TRAIN_LOG)
     losses = [row["loss"] for row in log if "loss" in row]
     summary = {
         "model_dir": str(out),
@@ -90,7 +91,7 @@ def train_rm(
     """Train reward-model ensembles: every objective x ensemble member (trl RewardTrainer)."""
     from rich.table import Table
 
-    from rlhfops.reward.train import SUMMARY, train_reward_models
+    from rlhfops.reward.train import train_reward_models
 
     cfg, ws = setup(config, set_, workspace)
     policy = require_policy(ws)
@@ -98,7 +99,7 @@ def train_rm(
     with user_errors():
         # the union of the workspace's cycles when it has cycle data, else pairs sampled from the policy
         out = train_reward_models(cfg, data, policy, ws.model_dir("reward"), progress=not json_out, workspace=ws)
-    summary = read_json(out / SUMMARY)
+    summary = read_json(out / RM_SUMMARY)
     if json_out:
         emit_json(summary)
         return
