@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rlhfops.annotation.annotate import JUDGEMENTS, STEPS, SUMMARY, annotate, pairs_path
+from rlhfops.annotation.annotate import annotate, pairs_path
 from rlhfops.annotation.review import QUEUE, QUEUE_PRIVATE, read_queue
 from rlhfops.annotation.steps import (
     exact_step_labels,
@@ -19,7 +19,8 @@ from rlhfops.modeling import init_policy
 from rlhfops.reward.prm import union_cycle_steps
 from rlhfops.reward.train import union_cycle_pairs
 from rlhfops.tasks.arithmetic import make_example
-from rlhfops.workspace import Workspace
+from rlhfops.workspace import ANNOTATE_SUMMARY as SUMMARY
+from rlhfops.workspace import JUDGEMENTS, STEPS, Workspace
 
 SOLVE = make_example("q: 2+3*4?\n")
 GOOD, BAD = SOLVE.reference, "3*4=12\n2+12=15\nanswer: 15"

@@ -63,3 +63,29 @@ def test_saved_config_round_trips(tmp_path):
     assert path.name == CONFIG_FILENAME
     assert load_config(path) == cfg
     assert yaml.safe_load(path.read_text())["sft"]["lr"] == pytest.approx(1e-3)
+
+
+def test_named_configs_ship_inside_the_package(tmp_path):
+    """`--config smoke` must not depend on a checkout: a built wheel carries the configs."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    from rlhfops.config import CONFIG_DIR
+
+    root = Path(__file__).resolve().parents[1]
+    assert CONFIG_DIR.resolve() == (root / "configs").resolve()
+    tree = tmp_path / "tree"  # a copy, so the build leaves nothing in the checkout
+    skip = shutil.ignore_patterns("*.egg-info", "__pycache__")
+    for name in ("src", "configs"):
+        shutil.copytree(root / name, tree / name, symlinks=True, ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, tree / name)
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(tree)]
+    subprocess.run([*build, "-w", str(tmp_path)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("rlhfops-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"rlhfops/configs/tiny.yaml", "rlhfops/configs/smoke.yaml", "rlhfops/configs/accelerate/zero3.yaml"} <= names
+    assert not any(n.startswith(("components/", "pipelines/")) for n in names)

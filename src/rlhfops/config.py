@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = Path(__file__).parent / "configs"  # installed with the package (pyproject package-data)
 CONFIG_FILENAME = "rlhfops_config.yaml"
 
 

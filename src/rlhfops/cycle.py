@@ -2,7 +2,9 @@
 stages (`dvc.yaml`) and the tests call. No KFP imports here.
 
 Each stage takes the config, the workspace and the cycle number, reads what earlier stages left in
-the workspace and writes its own outputs there (atomically, so a re-run after a crash redoes it):
+the workspace and writes its own outputs there (atomically, so a re-run after a crash redoes it).
+What each stage is (the order and what each needs is `CYCLE` below, the one declaration the KFP
+graph, `dvc.yaml` and `run_in_process` follow):
 
     decide_canary      the canary the last cycle deployed: promote / rollback / wait (online gate)
     collect            <ws>/cycles/NNNN/responses.jsonl   (annotation.collect)
@@ -38,7 +40,7 @@ from typing import Any
 from rlhfops.config import Config
 from rlhfops.files import atomic_write_json
 from rlhfops.registry import Registry
-from rlhfops.workspace import Workspace
+from rlhfops.workspace import OFFLINE_DATA, RESPONSES, RM_SUMMARY, Workspace, is_model_dir
 
 # torch threads for a task that runs beside others (kfp.local runs two ParallelFor iterations at once)
 PARALLEL_THREADS_ENV = "RLHFOPS_PARALLEL_TASK_THREADS"
@@ -69,7 +71,7 @@ def stable_or_register_sft(cfg: Config, ws: Workspace) -> dict[str, Any]:
     if stable is not None:
         return stable
     sft = ws.model_dir("sft")
-    if not (sft / "config.json").exists():
+    if not is_model_dir(sft):
         raise FileNotFoundError(f"no stable model in the registry and no SFT policy in '{sft}'; run `rlhfops sft`")
     metrics = {}
     if ws.eval_path("sft").exists():
@@ -131,7 +133,7 @@ def annotate(cfg: Config, ws: Workspace, cycle: int, responses_path: str | Path 
     from rlhfops.annotation.annotate import annotate as annotate_responses
 
     out = ws.cycle_dir(cycle)
-    responses = Path(responses_path) if responses_path else out / "responses.jsonl"
+    responses = Path(responses_path) if responses_path else out / RESPONSES
     return annotate_responses(cfg, ws, responses, out, rm_dir=_latest_reward_dir(ws, cycle))
 
 
@@ -139,7 +141,7 @@ def _latest_reward_dir(ws: Workspace, cycle: int) -> Path | None:
     """The newest earlier cycle's reward ensembles (active learning and the RM judge use them)."""
     for n in range(cycle - 1, 0, -1):
         path = cycle_models(ws, n) / "reward"
-        if (path / "summary.json").exists():
+        if (path / RM_SUMMARY).exists():
             return path
     return None
 
@@ -208,16 +210,9 @@ def policy(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     out = models / cfg.policy.algorithm
     if cfg.pipeline.trainer_job:
         return _policy_trainjob(cfg, ws, cycle, out, start)
-    rm_dir = models / "reward" if cfg.policy.reward == "composite" else None
-    prm_dir = models / "prm" if (models / "prm" / "config.json").exists() else None
-    if cfg.policy.algorithm == "ppo":
-        from rlhfops.rl.ppo import train_ppo
+    from rlhfops.rl.train import train_policy
 
-        train_ppo(cfg, start, out, rm_dir, prm_dir, progress=False)
-    else:
-        from rlhfops.rl.trl_online import train_trl_online
-
-        train_trl_online(cfg, start, rm_dir, out, progress=False, prm_dir=prm_dir)
+    train_policy(cfg, start, out, models / "reward", models / "prm", progress=False)
     return {"path": str(out), "algorithm": cfg.policy.algorithm, "start": str(start)}
 
 
@@ -238,9 +233,9 @@ def _policy_trainjob(cfg: Config, ws: Workspace, cycle: int, out: Path, start: P
 
 def offline(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     """Offline RL from the stable policy on every cycle's collected policy samples so far, scored
-    by this cycle's composite reward."""
+    by `offline.reward` (this cycle's reward models by default)."""
     from rlhfops.annotation.collect import read_responses
-    from rlhfops.reward.functions import CompositeReward, load_ensembles
+    from rlhfops.reward.build import reward_fn
     from rlhfops.rl.ilql import train_offline, write_offline_data
 
     if not cfg.pipeline.offline:
@@ -249,14 +244,13 @@ def offline(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     models = cycle_models(ws, cycle)
     rows = []
     for n in ws.cycle_numbers():
-        if n <= cycle and (ws.cycle_dir(n) / "responses.jsonl").exists():
-            rows += read_responses(ws.cycle_dir(n) / "responses.jsonl")
+        if n <= cycle and (ws.cycle_dir(n) / RESPONSES).exists():
+            rows += read_responses(ws.cycle_dir(n) / RESPONSES)
     if not rows:
         raise ValueError(f"no collected responses in '{ws.root / 'cycles'}' up to cycle {cycle}")
-    composite = CompositeReward(load_ensembles(models / "reward", cfg.reward.objectives), cfg, None)
     prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
-    rewards = composite(prompts, responses)
-    data = write_offline_data(models / "offline-data.jsonl", prompts, responses, rewards)
+    rewards = reward_fn(cfg, cfg.offline.reward, models / "reward", models / "prm")(prompts, responses)
+    data = write_offline_data(models / OFFLINE_DATA, prompts, responses, rewards)
     train_offline(cfg, start, data, models / "offline", progress=False)
     return {"path": str(models / "offline"), "samples": len(rows), "start": str(start)}
 
@@ -266,7 +260,7 @@ def candidates(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Path]:
     found = {cfg.policy.algorithm: models / cfg.policy.algorithm}
     if cfg.pipeline.offline:
         found["offline"] = models / "offline"
-    return {name: path for name, path in found.items() if (path / "config.json").exists()}
+    return {name: path for name, path in found.items() if is_model_dir(path)}
 
 
 # ---- evaluation and gate --------------------------------------------------------------------------
@@ -303,15 +297,16 @@ def _evaluate_bon(cfg: Config, policy_dir: Path, rm_dir: Path) -> dict[str, Any]
     import torch
 
     from rlhfops.evaluation import score_responses
-    from rlhfops.inference.best_of_n import best_of_n, make_scorer
+    from rlhfops.inference.best_of_n import best_of_n
     from rlhfops.modeling import load_policy
+    from rlhfops.reward.build import best_of_n_scorer
     from rlhfops.reward.functions import load_ensembles
     from rlhfops.tasks.arithmetic import ArithmeticTask
 
     task = ArithmeticTask(cfg.task, seed=cfg.seed)
     examples = task.examples("test", cfg.eval.n_test)
     tokenizer, model = load_policy(policy_dir)
-    scorer = make_scorer(cfg, load_ensembles(rm_dir, cfg.reward.objectives), None)
+    scorer = best_of_n_scorer(cfg, load_ensembles(rm_dir, cfg.reward.objectives))
     picks = best_of_n(
         model,
         tokenizer,

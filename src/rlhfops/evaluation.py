@@ -53,7 +53,7 @@ def score_responses(task: ArithmeticTask, examples: list[Example], responses: li
         "n": len(rows),
         "n_prompts": len({r[0].prompt for r in rows}),
         "gold": gold,
-        "gold_composite": fmean(gold.values()),
+        "gold_composite": fmean(gold.values()),  # = tasks.gold_composite (PPO's held-out slice), without judging twice
         "by_kind": by_kind,
         "solve_accuracy": _ratio(sum(r[2].answer_correct for r in solve), len(solve)),
         "step_validity": _ratio(sum(steps), len(steps)),

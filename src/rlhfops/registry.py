@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfops.files import atomic_write_json
+from rlhfops.workspace import REGISTRY
 
 STAGES = ("candidate", "canary", "stable", "archived")
 
@@ -35,7 +36,7 @@ class RegistryError(ValueError):
 class Registry:
     def __init__(self, ws_root: str | Path) -> None:
         self.root = Path(ws_root)
-        self.path = self.root / "registry.json"
+        self.path = self.root / REGISTRY
         self.lock_path = self.root / ".registry.lock"
 
     # ---- reading ------------------------------------------------------------------------------

@@ -22,9 +22,8 @@ from trl.trainer.callbacks import RichProgressCallback
 from rlhfops.config import Config
 from rlhfops.modeling import init_policy, save_policy
 from rlhfops.tasks import Task, make_task
-
-TRAIN_LOG = "train_log.json"
-DATA_STATS = "sft_data.json"
+from rlhfops.workspace import SFT_DATA_STATS as DATA_STATS
+from rlhfops.workspace import TRAIN_LOG
 
 
 def teacher_dataset(task: Task, n: int, seed: int) -> tuple[Dataset, Counter]:

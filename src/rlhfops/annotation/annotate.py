@@ -35,15 +35,11 @@ from rlhfops.config import Config
 from rlhfops.files import atomic_write_json, atomic_write_text, write_jsonl
 from rlhfops.tasks import Example
 from rlhfops.tasks.arithmetic import make_example
-from rlhfops.workspace import Workspace
-
-JUDGEMENTS = "judgements.jsonl"
-STEPS = "steps.jsonl"
-SUMMARY = "annotate.json"
+from rlhfops.workspace import ANNOTATE_SUMMARY, JUDGEMENTS, STEPS, Workspace, pairs_file
 
 
-def pairs_path(out_dir: Path, objective: str) -> Path:
-    return out_dir / f"pairs-{objective}.jsonl"
+def pairs_path(out_dir: str | Path, objective: str) -> Path:
+    return Path(out_dir) / pairs_file(objective)
 
 
 def group_by_prompt(records: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
@@ -169,5 +165,5 @@ def annotate(
         "active_learning": "uncertainty" if uncertainty is not None and ac.strategy == "uncertainty" else "random",
         "judge_stats": dict(getattr(judge, "stats", {})),
     }
-    atomic_write_json(out_dir / SUMMARY, summary)
+    atomic_write_json(out_dir / ANNOTATE_SUMMARY, summary)
     return summary

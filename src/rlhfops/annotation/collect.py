@@ -24,10 +24,9 @@ from typing import Any
 
 from rlhfops.config import Config
 from rlhfops.files import atomic_write_json, read_jsonl, write_jsonl
-from rlhfops.workspace import Workspace, is_model_dir
+from rlhfops.workspace import COLLECT_MANIFEST as MANIFEST
+from rlhfops.workspace import RESPONSES, Workspace, is_model_dir
 
-RESPONSES = "responses.jsonl"
-MANIFEST = "collect.json"
 SOURCES = ("policy", "interaction")
 
 

@@ -22,9 +22,9 @@ from rlhfops.files import atomic_write_json, read_jsonl, write_jsonl
 from rlhfops.generation import sample_texts
 from rlhfops.tasks import Example
 from rlhfops.tasks.arithmetic import ArithmeticTask
+from rlhfops.workspace import PAIR_STATS
 
 FIELDS = ("prompt", "chosen", "rejected")
-STATS = "stats.json"
 
 
 def select_pair(scores: list[float], selection: str, rng: random.Random) -> tuple[int, int] | None:
@@ -168,5 +168,5 @@ def build_preference_data(
                 raise ValueError(f"no {split} preference pairs for '{obj}': every response scored the same")
             write_jsonl(out_dir / split / f"{obj}.jsonl", records)
         stats[split] = {obj: {"pairs": len(pairs[obj]), "flipped": flipped[obj]} for obj in pairs}
-    atomic_write_json(out_dir / STATS, stats)
+    atomic_write_json(out_dir / PAIR_STATS, stats)
     return out_dir

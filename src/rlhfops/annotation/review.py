@@ -32,10 +32,12 @@ import torch
 
 from rlhfops.files import read_jsonl
 from rlhfops.reward.objectives import grid_search, simplex_grid
+from rlhfops.workspace import REVIEW_IMPORTED as IMPORTED
+from rlhfops.workspace import REVIEW_INTERFACE as INTERFACE
+from rlhfops.workspace import REVIEW_QUEUE as QUEUE
+from rlhfops.workspace import REVIEW_QUEUE_PRIVATE as QUEUE_PRIVATE
+from rlhfops.workspace import pairs_file
 
-QUEUE = "review.json"
-QUEUE_PRIVATE = "review-queue.jsonl"
-INTERFACE = "review-config.xml"
 CHOICES = ("A", "B")
 LABEL_CONFIG = """<View>
   <Header value="$objective"/>
@@ -272,8 +274,6 @@ def fit_study_weights(
 
 # ---- the stage's file side (`rlhfops review export | import`) ----------------------------------
 
-IMPORTED = "review-import.json"
-
 
 def write_queue(cycle_dir: Path, items: list[dict[str, Any]]) -> None:
     from rlhfops.files import atomic_write_json, atomic_write_text, write_jsonl
@@ -324,7 +324,6 @@ def add_study(cfg, cycle_dir: str | Path, policy_dirs: list[str | Path], n_promp
 def import_review(cfg, cycle_dir: str | Path, export: str | Path) -> dict[str, Any]:
     """Apply a Label Studio export to the cycle: human labels override the pairs files; write
     `review-import.json` (labels, kappa, study weights); return that report."""
-    from rlhfops.annotation.annotate import pairs_path
     from rlhfops.annotation.pairs import read_pairs
     from rlhfops.files import atomic_write_json, write_jsonl
 
@@ -332,11 +331,11 @@ def import_review(cfg, cycle_dir: str | Path, export: str | Path) -> dict[str, A
     queue = read_queue(cycle_dir / QUEUE_PRIVATE)
     human = read_export(export)
     objectives = list(cfg.reward.objectives)
-    pairs = {o: read_pairs(pairs_path(cycle_dir, o)) for o in objectives if pairs_path(cycle_dir, o).exists()}
+    pairs = {o: read_pairs(cycle_dir / pairs_file(o)) for o in objectives if (cycle_dir / pairs_file(o)).exists()}
     updated, report = apply_human_labels(pairs, queue, human)
     report["study"] = fit_study_weights(queue, human, objectives)
     report["labels"] = human
     for obj, records in updated.items():
-        write_jsonl(pairs_path(cycle_dir, obj), records)
+        write_jsonl(cycle_dir / pairs_file(obj), records)
     atomic_write_json(cycle_dir / IMPORTED, report)
     return {k: v for k, v in report.items() if k != "labels"}

@@ -23,9 +23,9 @@ from transformers import AutoModel, AutoModelForSequenceClassification, PreTrain
 
 from rlhfops.modeling import load_tokenizer
 from rlhfops.reward.stacked import StackedLlamaScorer, can_stack
+from rlhfops.workspace import RM_HEADS as HEADS
+from rlhfops.workspace import RM_MANIFEST as MANIFEST
 
-MANIFEST = "manifest.json"
-HEADS = "heads.safetensors"
 AGGREGATIONS = ("mean", "weighted", "min", "uwo")
 # On a CPU the stacked pass only beats member-by-member scoring for very small batches
 # (benchmarks/ensemble_scoring.py); on a GPU it wins up to saturation.

@@ -43,14 +43,14 @@ from rlhfops.config import CONFIG_FILENAME, Config, load_config
 from rlhfops.modeling import load_decoder, load_tokenizer, save_policy
 from rlhfops.tasks import Example
 from rlhfops.tasks.arithmetic import ArithmeticTask, corrupt
+from rlhfops.workspace import PRM_METRICS as METRICS
+from rlhfops.workspace import STEPS, TRAIN_LOG
 
 IGNORE = -100  # label of a token that is not a step separator
 WARMUP_RATIO = 0.05
 GRAD_CLIP = 1.0
 LOG_POINTS = 50  # about this many rows in train_log.json
 SCORE_BATCH_SIZE = 64
-TRAIN_LOG = "train_log.json"
-METRICS = "metrics.json"
 AGGREGATIONS = ("min", "product", "last")
 
 
@@ -355,7 +355,6 @@ def train_prm(
 
 def union_cycle_steps(workspace) -> tuple[list[dict[str, Any]], list[int]]:
     """The step labels of every cycle in the workspace (TRL stepwise fields), and their cycles."""
-    from rlhfops.annotation.annotate import STEPS
 
     records, cycles = [], []
     for cycle in workspace.cycle_numbers():

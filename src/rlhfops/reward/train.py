@@ -35,16 +35,14 @@ from transformers import (
 from trl import RewardConfig as TRLRewardConfig
 from trl import RewardTrainer
 
-from rlhfops.annotation.annotate import pairs_path
 from rlhfops.annotation.pairs import FIELDS as PAIR_FIELDS
-from rlhfops.annotation.pairs import STATS, build_preference_data, read_pairs
+from rlhfops.annotation.pairs import build_preference_data, read_pairs
 from rlhfops.config import Config
 from rlhfops.files import atomic_directory, atomic_write_json, write_jsonl
 from rlhfops.modeling import load_tokenizer
 from rlhfops.reward.ensemble import AGGREGATIONS, HEADS, MANIFEST, RewardEnsemble, aggregate, pooled_last_token
-from rlhfops.workspace import Workspace
-
-SUMMARY = "summary.json"
+from rlhfops.workspace import PAIR_STATS, RM_MEMBERS, Workspace, pairs_file
+from rlhfops.workspace import RM_SUMMARY as SUMMARY
 
 
 def bootstrap(records: list[dict], seed: int) -> list[dict]:
@@ -260,7 +258,7 @@ def train_ensemble_member(
             records = [_train_full_member(cfg, train, member, policy_dir, tmp)]
         else:
             records = _train_all_heads(cfg, train, policy_dir, tmp)
-        atomic_write_json(tmp / "members.json", records)
+        atomic_write_json(tmp / RM_MEMBERS, records)
     return {"objective": objective, "member": member, "n_train": len(train)}
 
 
@@ -272,16 +270,16 @@ def finish_reward_models(cfg: Config, data_dir: str | Path, out_dir: str | Path)
     for objective in cfg.reward.objectives:
         parts = out_dir / f"{objective}{PARTS}"
         names = [f"member_{k}" for k in range(cfg.reward.members)] if cfg.reward.kind == "full" else ["heads"]
-        missing = [n for n in names if not (parts / n / "members.json").exists()]
+        missing = [n for n in names if not (parts / n / RM_MEMBERS).exists()]
         if missing:
             raise FileNotFoundError(f"reward ensemble '{objective}' lacks trained parts {missing} in '{parts}'")
         val = read_pairs(data_dir / "val" / f"{objective}.jsonl")
         with atomic_directory(out_dir / objective) as tmp:
             members = []
             for n in names:
-                members += json.loads((parts / n / "members.json").read_text())
+                members += json.loads((parts / n / RM_MEMBERS).read_text())
                 shutil.copytree(parts / n, tmp if n == "heads" else tmp / n, dirs_exist_ok=True)
-                (tmp / (n if n != "heads" else "") / "members.json").unlink()
+                (tmp / (n if n != "heads" else "") / RM_MEMBERS).unlink()
             summary[objective] = _finish_ensemble(cfg, objective, members, tmp, val)
         shutil.rmtree(parts)
     summary["mean_ensemble_accuracy"] = fmean(s["ensemble_accuracy"][cfg.reward.aggregation] for s in summary.values())
@@ -294,7 +292,7 @@ def union_cycle_pairs(ws: Workspace, objective: str) -> tuple[list[dict[str, str
     in force), and the cycles they came from."""
     records, cycles = [], []
     for cycle in ws.cycle_numbers():
-        path = pairs_path(ws.cycle_dir(cycle), objective)
+        path = ws.cycle_dir(cycle) / pairs_file(objective)
         if path.exists():
             records += [{k: r[k] for k in PAIR_FIELDS} for r in read_pairs(path)]
             cycles.append(cycle)
@@ -310,7 +308,7 @@ def prepare_preference_data(cfg: Config, ws: Workspace, data_dir: str | Path, po
     data_dir = Path(data_dir)
     unions = {obj: union_cycle_pairs(ws, obj) for obj in cfg.reward.objectives}
     if not any(cycles for _, cycles in unions.values()):
-        if not (data_dir / STATS).exists():
+        if not (data_dir / PAIR_STATS).exists():
             build_preference_data(cfg, data_dir, policy=load_decoder(cfg, policy_dir))
         return "policy"
     for obj, (records, cycles) in unions.items():
@@ -320,7 +318,7 @@ def prepare_preference_data(cfg: Config, ws: Workspace, data_dir: str | Path, po
     if not all((data_dir / "val" / f"{obj}.jsonl").exists() for obj in cfg.reward.objectives):
         build_preference_data(cfg, data_dir, policy=load_decoder(cfg, policy_dir), splits=("val",))
     stats = {"source": "cycles", "train": {o: {"pairs": len(r), "cycles": c} for o, (r, c) in unions.items()}}
-    atomic_write_json(data_dir / STATS, stats)
+    atomic_write_json(data_dir / PAIR_STATS, stats)
     return "cycles"
 
 

@@ -36,7 +36,6 @@ from torch import nn
 from transformers import AutoModelForTokenClassification
 
 from rlhfops.config import Config
-from rlhfops.evaluation import score_responses
 from rlhfops.generation import generate, sample_texts
 from rlhfops.modeling import load_policy, save_policy
 from rlhfops.reward.build import load_prm
@@ -53,11 +52,9 @@ from rlhfops.rl.losses import (
     token_rewards,
     value_loss,
 )
+from rlhfops.tasks import gold_composite
 from rlhfops.tasks.arithmetic import ArithmeticTask
-
-TRAIN_LOG = "train_log.json"
-VALUE_HEAD = "value_head.safetensors"
-
+from rlhfops.workspace import TRAIN_LOG, VALUE_HEAD
 
 # ---- roles --------------------------------------------------------------------------------------
 
@@ -129,7 +126,7 @@ def gold_on_slice(actor, tokenizer, task: ArithmeticTask, cfg: Config, seed: int
         temperature=cfg.policy.temperature,
         top_k=0,
     )
-    return score_responses(task, examples, texts)["gold_composite"]
+    return gold_composite(task, examples, texts)
 
 
 def _save(actor, critic: Critic, tokenizer, cfg: Config, out_dir: Path, log: list[dict]) -> None:

@@ -24,8 +24,7 @@ from rlhfops.config import Config
 from rlhfops.modeling import load_policy, save_policy
 from rlhfops.reward.build import build_reward
 from rlhfops.tasks import make_task
-
-TRAIN_LOG = "train_log.json"
+from rlhfops.workspace import TRAIN_LOG
 
 
 def prompt_dataset(cfg: Config) -> Dataset:

@@ -27,6 +27,8 @@ from sqlalchemy import (
     update,
 )
 
+from rlhfops.workspace import INTERACTIONS
+
 metadata = MetaData()
 
 interactions = Table(
@@ -63,7 +65,7 @@ class InteractionStore:
     def for_workspace(cls, ws_root: str | Path) -> InteractionStore:
         root = Path(ws_root)
         root.mkdir(parents=True, exist_ok=True)
-        return cls(f"sqlite:///{(root / 'interactions.db').resolve()}")
+        return cls(f"sqlite:///{(root / INTERACTIONS).resolve()}")
 
     @classmethod
     def for_config(cls, store_url: str | None, ws_root: str | Path) -> InteractionStore:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from statistics import fmean
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -47,6 +48,13 @@ class Task(Protocol):
     def teacher(self, example: Example, rng: random.Random) -> tuple[str, str]:
         """A noisy-teacher response and the name of its corruption (`none` if clean)."""
         ...
+
+
+def gold_composite(task: Task, examples: list[Example], responses: list[str]) -> float:
+    """The headline gold number: the mean over objectives of each objective's mean gold score over
+    `responses[i]` to `examples[i]` (what evaluation reports as `gold_composite`)."""
+    per_objective = zip(*(task.judge(ex, r).values() for ex, r in zip(examples, responses, strict=True)), strict=True)
+    return fmean(fmean(scores) for scores in per_objective)
 
 
 def make_task(cfg: TaskConfig, seed: int = 0) -> Task:
