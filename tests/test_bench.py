@@ -12,17 +12,22 @@ import torch
 from typer.testing import CliRunner
 
 from rlhfops.bench import (
+    FULL,
+    QUICK,
     BestOfNSamples,
     front_summary,
     mean_std,
     overoptimisation,
     pareto,
+    read_bench,
     rerank_solve,
     technique_table,
     verdict,
+    write_bench,
 )
 from rlhfops.cli import app
 from rlhfops.config import Config
+from rlhfops.cycle import STAGES
 from rlhfops.report import (
     README_PLOT_NAMES,
     bench_markdown,
@@ -241,6 +246,16 @@ def test_technique_table_gains_and_verdicts(bench_json):
     assert "64 logged samples" in table["Offline RL (vs PPO)"]["cost"]
 
 
+def test_bench_json_is_the_records_as_they_are(tmp_path, bench_json):
+    path = write_bench(tmp_path / "out", bench_json)
+    assert path == tmp_path / "out" / "bench.json"
+    assert read_bench(tmp_path / "out") == json.loads(json.dumps(bench_json))
+    with pytest.raises(FileNotFoundError, match="run `rlhfops bench` first"):
+        read_bench(tmp_path / "nothing")
+    assert QUICK.to_json()["name"] == "quick" and FULL.to_json()["name"] == "full"
+    assert QUICK.to_json()["cycles"] == QUICK.cycles
+
+
 def test_detail_lines_are_means_over_seeds(bench_json):
     lines = detail_lines(bench_json)
     assert lines[0] == (
@@ -369,6 +384,9 @@ def test_quick_bench_end_to_end(tmp_path):
         assert len(r["gains"]) == 1 and math.isfinite(r["mean"]) and r["verdict"] in ("gain", "loss", "no clear effect")
     row = bench["rows"][0]
     assert [c["cycle"] for c in row["cycles"]] == [1, 2]
+    for c in row["cycles"]:  # every stage timed, in the order the cycle declares; deploy only when deployed
+        declared = ["begin", *(s for s in STAGES if s != "deploy_canary" or c["deployed"] is not None)]
+        assert list(c["seconds"]) == declared
     assert {"ppo", "offline", "stable"} <= set(row["cycles"][0]["results"])
     assert [c["n"] for c in row["best_of_n"]["curve"]] == [1, 2, 4, 8, 16]
     assert set(row["overoptimisation"]) == {"single", "mean", "min", "uwo"}

@@ -4,9 +4,10 @@ Per seed, in its own workspace `<out>/runs/seed-N/`, trained once and shared by 
 (`run.run_seed`):
 
     sft        the starting policy (`sft.run_sft`)
-    cycles     `plan.cycles` iterative-RLHF cycles in process (`run.bench_cycle`), the stages of
-               `rlhfops.cycle` in the pipeline's order; a candidate the pre-deploy gate deploys is
-               promoted at once (no simulated traffic: the online gate is `benchmarks/gate_aa.py`)
+    cycles     `plan.cycles` iterative-RLHF cycles in process (`run.bench_cycle`): the stages in the
+               order `rlhfops.cycle` declares (`run_in_process`, as the KFP graph runs them); a
+               candidate the pre-deploy gate deploys is promoted at once (no simulated traffic: the
+               online gate is `benchmarks/gate_aa.py`)
     draw       Best-of-N_max from the SFT policy on `best_of_n.n_prompts` test prompts
                (`draw.draw_best_of_n_samples`), scored by every member of the last cycle's reward
                ensembles and by its PRM, judged by gold

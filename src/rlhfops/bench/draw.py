@@ -39,9 +39,9 @@ def draw_best_of_n_samples(
 ) -> tuple[BestOfNReport, BestOfNSamples]:
     """`evaluate_best_of_n` from `policy_dir` (its report), and its candidates, read back from the
     Best-of-N cache it filled, scored by every ensemble member and the PRM and judged by gold."""
-    from rlhfops.evaluation import load_decoder
     from rlhfops.inference.best_of_n import _policy_version, _reward_version, best_of_n, evaluate_best_of_n
     from rlhfops.inference.cache import BoNCache
+    from rlhfops.modeling import load_decoder
     from rlhfops.reward.build import best_of_n_scorer
     from rlhfops.reward.functions import load_ensembles
     from rlhfops.reward.prm import ProcessRewardModel

@@ -14,7 +14,7 @@ import torch
 from rlhfops.bench.plan import bench_eval_config
 from rlhfops.bench.records import Front, FrontPoint, TrainedFront
 from rlhfops.config import Config
-from rlhfops.workspace import Workspace
+from rlhfops.workspace import RESPONSES, Workspace
 
 HV_REF = -0.05  # hypervolume reference point in every gold coordinate: just below 0, so a 0 score still counts
 
@@ -52,7 +52,7 @@ def logged_rewards(cfg: Config, ws: Workspace) -> tuple[list[str], list[str], di
     from rlhfops.reward.functions import CompositeReward, load_ensembles
 
     names = list(cfg.reward.objectives)
-    rows = read_responses(ws.cycle_dir(1) / "responses.jsonl")
+    rows = read_responses(ws.cycle_dir(1) / RESPONSES)
     prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
     ensembles = load_ensembles(cycle_models(ws, max(ws.cycle_numbers())) / "reward", names)
     vectors = CompositeReward(ensembles, cfg, None).vectors(prompts, responses)

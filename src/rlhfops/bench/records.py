@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict, cast
 
 from rlhfops.files import atomic_write_json
 
@@ -40,6 +40,11 @@ class EvalResult(TypedDict):
     solve_accuracy: float | None
     step_validity: float | None
     over_refusal_rate: float | None
+
+
+def eval_headline(result: dict[str, Any]) -> EvalResult:
+    """An evaluation result without its per-sample lists ("samples", "per_prompt"); every other key kept."""
+    return cast(EvalResult, {k: v for k, v in result.items() if k not in ("samples", "per_prompt")})
 
 
 class GateRecord(TypedDict):

@@ -12,7 +12,7 @@ from rlhfops.bench.dense_prm import dense_prm_ppo
 from rlhfops.bench.draw import draw_best_of_n_samples, overoptimisation, pareto, rerank_solve
 from rlhfops.bench.pareto import trained_pareto
 from rlhfops.bench.plan import BenchPlan, bench_config
-from rlhfops.bench.records import Bench, CycleResult, EvalResult, SeedResult, write_bench
+from rlhfops.bench.records import Bench, CycleResult, SeedResult, eval_headline, write_bench
 from rlhfops.bench.speed import speed_ratios
 from rlhfops.bench.table import technique_table
 from rlhfops.config import Config
@@ -22,41 +22,26 @@ Log = Callable[[str], None]
 
 
 def bench_cycle(cfg: Config, ws: Workspace, log: Log) -> CycleResult:
-    """One cycle through `rlhfops.cycle`'s stages in the pipeline's order, each timed; a deployed
-    candidate is promoted to stable at once. Returns the cycle's evaluation, gate and timings."""
-    from rlhfops import cycle as stages
+    """One cycle as the pipeline runs it (`rlhfops.cycle.run_in_process`: its stages in their
+    declared order), each stage timed; a candidate the gate deploys is promoted to stable at once
+    (no simulated traffic). Returns the cycle's evaluation, gate and timings."""
+    from rlhfops.cycle import run_in_process
     from rlhfops.registry import Registry
 
     seconds: dict[str, float] = {}
 
-    def timed(name: str, *args, **kwargs):
-        start = time.perf_counter()
-        fn = stages.begin if name == "begin" else stages.STAGES[name]
-        result = fn(*args, **kwargs)
-        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
-        return result
+    def on_stage(name: str, elapsed: float) -> None:
+        seconds[name] = seconds.get(name, 0.0) + elapsed
 
-    n = timed("begin", cfg, ws)["cycle"]
-    for name in ("collect", "annotate", "version_data"):
-        timed(name, cfg, ws, n)
-    for spec in timed("reward_plan", cfg, ws, n):
-        timed("reward_member", cfg, ws, n, spec=spec)
-    timed("reward_finish", cfg, ws, n)
-    timed("prm", cfg, ws, n)
-    timed("policy", cfg, ws, n)
-    offline = timed("offline", cfg, ws, n)
-    summary = timed("evaluate", cfg, ws, n)
-    gate = timed("gate", cfg, ws, n)
-    deployed = None
-    if gate["decision"] == "deploy":
-        deployed = timed("deploy_canary", cfg, ws, n)["version"]
+    done = run_in_process(cfg, ws, on_stage)
+    n, stages = done["cycle"], done["results"]
+    summary, gate, offline = stages["evaluate"], stages["gate"], stages["offline"]
+    deployed = stages["deploy_canary"]["version"] if "deploy_canary" in stages else None
+    if deployed is not None:
         registry = Registry(ws.root)
         registry.record_decision(deployed, "promote", {"reason": "rlhfops bench: promoted at the pre-deploy gate"})
         registry.promote_canary()
-    results: dict[str, EvalResult] = {
-        name: {k: v for k, v in r.items() if k not in ("samples", "per_prompt")}  # type: ignore[misc]
-        for name, r in summary["results"].items()
-    }
+    results = {name: eval_headline(r) for name, r in summary["results"].items()}
     after = results[gate["candidate"]] if deployed else results["stable"]
     log(
         f"  cycle {n}: stable {results['stable']['gold_composite']:.3f}, "

@@ -14,15 +14,12 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
+from rlhfops.bench.plan import BenchPlan
 from rlhfops.bench.records import BatchingSpeed, PPOvsRLOO, ScoringRow, SpeedRatios, UpdateThroughput
 from rlhfops.config import Config, load_config
-
-if TYPE_CHECKING:
-    from rlhfops.bench.plan import BenchPlan
 
 
 def median_seconds(fn, repeats: int, *args) -> float:
@@ -84,19 +81,29 @@ def best_of_n_batching_speed(cfg: Config, policy_dir: Path, n_prompts: int, n: i
     """Seconds to draw n samples for each of n_prompts test prompts in `best_of_n.batch_size`
     batches vs one `generate` call per prompt (batch = its n samples)."""
     from rlhfops.inference.best_of_n import sample
-    from rlhfops.modeling import load_policy
+    from rlhfops.modeling import load_decoder
     from rlhfops.tasks.arithmetic import ArithmeticTask
 
-    tokenizer, model = load_policy(policy_dir)
+    tokenizer, model, hook = load_decoder(cfg, policy_dir)
     prompts = [ex.prompt for ex in ArithmeticTask(cfg.task, seed=cfg.seed).examples("test", n_prompts)]
 
     def draw(batch_size: int) -> float:
         gen = torch.Generator().manual_seed(cfg.seed)
         start = time.perf_counter()
-        sample(model, tokenizer, prompts, n, generation=cfg.generation, generator=gen, batch_size=batch_size)
+        sample(
+            model,
+            tokenizer,
+            prompts,
+            n,
+            generation=cfg.generation,
+            generator=gen,
+            batch_size=batch_size,
+            logits_hook=hook,
+        )
         return time.perf_counter() - start
 
-    sample(model, tokenizer, prompts[:1], n, generation=cfg.generation, generator=None, batch_size=n)  # warm-up
+    warm_up = prompts[:1]
+    sample(model, tokenizer, warm_up, n, generation=cfg.generation, generator=None, batch_size=n, logits_hook=hook)
     batched, looped = draw(cfg.best_of_n.batch_size), draw(n)
     return {"prompts": n_prompts, "n": n, "batched_s": batched, "per_prompt_s": looped, "ratio": looped / batched}
 
@@ -123,10 +130,10 @@ def ppo_vs_rloo(
                 *overrides,
                 "policy.reward=gold",
                 f"policy.steps={steps}",
-                "policy.eval_prompts=1",
                 f"policy.algorithm={algorithm}",
                 f"policy.prompts_per_step={prompts_per_step}",
-                *([f"policy.group_size={group_size}"] if algorithm != "ppo" else []),
+                # PPO's in-training evaluation kept to one prompt; RLOO has none, and group_size is RLOO's alone
+                *(["policy.eval_prompts=1"] if algorithm == "ppo" else [f"policy.group_size={group_size}"]),
             ],
         )
         start = time.perf_counter()

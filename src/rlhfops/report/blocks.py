@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rlhfops.workspace import Workspace
+from rlhfops.workspace import PRM_METRICS, REGISTRY, RM_MANIFEST, RM_SUMMARY, TRAIN_LOG, Workspace
 
 ROWS = (
     ("gold helpfulness", lambda r: r["gold"]["helpfulness"]),
@@ -46,15 +46,15 @@ def gold_eval_markdown(results: dict[str, dict[str, Any]], train_seconds: float 
 
 def gold_eval_block(ws: Workspace) -> str:
     results = {name: read_json(ws.eval_path(name), "rlhfops run") for name in ("untrained", "sft")}
-    log = read_json(ws.model_dir("sft") / "train_log.json", "rlhfops run")
+    log = read_json(ws.model_dir("sft") / TRAIN_LOG, "rlhfops run")
     seconds = next((row["train_runtime"] for row in log if "train_runtime" in row), None)
     return gold_eval_markdown(results, seconds)
 
 
 def reward_block(ws: Workspace) -> str:
-    summary = read_json(ws.model_dir("reward") / "summary.json", "rlhfops train-rm")
+    summary = read_json(ws.model_dir("reward") / RM_SUMMARY, "rlhfops train-rm")
     manifest = read_json(
-        ws.model_dir("reward") / next(k for k in summary if isinstance(summary[k], dict)) / "manifest.json",
+        ws.model_dir("reward") / next(k for k in summary if isinstance(summary[k], dict)) / RM_MANIFEST,
         "rlhfops train-rm",
     )
     lines = [
@@ -73,7 +73,7 @@ def reward_block(ws: Workspace) -> str:
             f"| {s['mean_member_accuracy']:.3f} | {acc['mean']:.3f} | {acc['weighted']:.3f} "
             f"| {acc['min']:.3f} | {acc['uwo']:.3f} | {s['spread_when_right']:.3f} | {s['spread_when_wrong']:.3f} |"
         )
-    prm_path = ws.model_dir("prm") / "metrics.json"
+    prm_path = ws.model_dir("prm") / PRM_METRICS
     if prm_path.exists():
         m = json.loads(prm_path.read_text())
         ranking = ", ".join(f"{how} {r['rate']:.3f}" for how, r in m["ranking"].items())
@@ -127,7 +127,7 @@ def policy_block(ws: Workspace) -> str:
         raise FileNotFoundError(f"no policy evaluation in '{ws.eval_path('ppo').parent}'; run `rlhfops train-policy`")
     for name in results:
         if name != "sft":
-            log = read_json(ws.model_dir(name) / "train_log.json", "rlhfops train-policy")
+            log = read_json(ws.model_dir(name) / TRAIN_LOG, "rlhfops train-policy")
             results[name]["_updates"] = len(log) if name == "ppo" else max(r.get("step", 0) for r in log)
     lines = ["| metric | " + " | ".join(results) + " |", "| --- |" + " ---: |" * len(results)]
     for label, get in ROWS[:7]:
@@ -139,7 +139,7 @@ def policy_block(ws: Workspace) -> str:
 
 def _canary_decision(ws: Workspace, version: str) -> str | None:
     """The online gate's last decision on a canary, from the workspace's registry (None if undecided)."""
-    path = ws.root / "registry.json"
+    path = ws.root / REGISTRY
     if not path.exists():
         return None
     found = [v for v in json.loads(path.read_text())["versions"] if v["id"] == version]

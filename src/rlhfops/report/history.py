@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rlhfops.cycle import cycle_gate_path
 from rlhfops.report.plots import figure, save_figure
 from rlhfops.workspace import Workspace
 
@@ -24,7 +25,7 @@ def cycle_history(ws: Workspace) -> list[dict[str, Any]]:
     for path in sorted(ws.eval_path("x").parent.glob("cycle-[0-9][0-9][0-9][0-9].json")):
         summary = json.loads(path.read_text())
         n = summary["cycle"]
-        gate_path = path.with_name(f"cycle-{n:04d}-gate.json")
+        gate_path = cycle_gate_path(ws, n)
         row: dict[str, Any] = {
             "cycle": n,
             "gold": {name: {**r["gold"], "composite": r["gold_composite"]} for name, r in summary["results"].items()},
