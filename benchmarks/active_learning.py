@@ -27,7 +27,7 @@ from rlhfops.annotation.active import prompt_uncertainty, select_prompts
 from rlhfops.annotation.judges import VerifierJudge
 from rlhfops.annotation.pairs import collect_responses, judged_pairs
 from rlhfops.config import load_config
-from rlhfops.modeling import load_policy, load_tokenizer
+from rlhfops.modeling import load_decoder, load_tokenizer
 from rlhfops.reward.train import train_heads, trunk_features
 from rlhfops.tasks.arithmetic import ArithmeticTask
 
@@ -54,7 +54,7 @@ def main() -> None:
     cfg = load_config(args.config)
     objectives = list(cfg.reward.objectives)
     task = ArithmeticTask(cfg.task, seed=cfg.seed)
-    policy = load_policy(args.policy)
+    policy = load_decoder(cfg, args.policy)
     tokenizer = load_tokenizer(args.policy)
     trunk = AutoModel.from_pretrained(str(args.policy), use_safetensors=True).eval()
     k = cfg.reward.data.responses_per_prompt

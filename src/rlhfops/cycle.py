@@ -266,6 +266,12 @@ def candidates(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Path]:
 # ---- evaluation and gate --------------------------------------------------------------------------
 
 
+def cycle_eval_config(cfg: Config) -> Config:
+    """How a cycle gold-evaluates a policy: on `pipeline.eval_prompts` test prompts with the run's
+    seed (the bench evaluates the policies it trains beside the cycle the same way)."""
+    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"n_test": cfg.pipeline.eval_prompts})})
+
+
 def evaluate(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     """Gold evaluation of the stable policy and each candidate on the same test prompts, decoding
     Best-of-N (`pipeline.eval_best_of_n`, scored by this cycle's reward ensembles) when N > 1;
@@ -273,7 +279,7 @@ def evaluate(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     from rlhfops.evaluation import evaluate_dir
 
     stable = stable_or_register_sft(cfg, ws)
-    eval_cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"n_test": cfg.pipeline.eval_prompts})})
+    eval_cfg = cycle_eval_config(cfg)
     models = {"stable": Path(stable["path"]), **candidates(cfg, ws, cycle)}
     results = {}
     for name, path in models.items():

@@ -56,6 +56,7 @@ PAIR_STATS = "stats.json"
 OFFLINE_DATA = "offline-data.jsonl"
 # at the workspace root
 REGISTRY = "registry.json"
+BENCH_JSON = "bench.json"  # `rlhfops bench`'s measurements, in its output directory
 INTERACTIONS = "interactions.db"
 
 

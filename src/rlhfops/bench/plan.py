@@ -92,6 +92,8 @@ def bench_config(plan: BenchPlan, seed: int, overrides: list[str] | tuple[str, .
 
 
 def bench_eval_config(cfg: Config) -> Config:
-    """How the bench gold-evaluates a policy it trains beside the cycle (weight-grid, dense-PRM): on
-    `pipeline.eval_prompts` test prompts with the run's seed, as the cycle evaluates its candidates."""
-    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"n_test": cfg.pipeline.eval_prompts})})
+    """How the bench gold-evaluates a policy it trains beside the cycle (weight-grid, dense-PRM):
+    as the cycle evaluates its candidates (`cycle.cycle_eval_config`)."""
+    from rlhfops.cycle import cycle_eval_config
+
+    return cycle_eval_config(cfg)

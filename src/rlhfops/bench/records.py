@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any, NotRequired, TypedDict, cast
 
 from rlhfops.files import atomic_write_json
-
-BENCH_JSON = "bench.json"
+from rlhfops.workspace import BENCH_JSON
 
 
 class MeanStd(TypedDict):

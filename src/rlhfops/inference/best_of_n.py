@@ -35,7 +35,6 @@ from rlhfops.generation import generate
 from rlhfops.inference.cache import BoNCache, cache_key, directory_version
 from rlhfops.modeling import is_offline_policy, load_decoder
 from rlhfops.reward.build import best_of_n_scorer
-from rlhfops.reward.build import best_of_n_scorer as make_scorer  # noqa: F401  (until the bench moves)
 from rlhfops.reward.functions import CompositeReward, load_ensembles
 from rlhfops.reward.prm import ProcessRewardModel
 from rlhfops.tasks.arithmetic import ArithmeticTask
