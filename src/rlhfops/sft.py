@@ -12,16 +12,14 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-import torch
 from datasets import Dataset
-from transformers import PrinterCallback, ProgressCallback
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
-from trl.trainer.callbacks import RichProgressCallback
 
 from rlhfops.config import Config
 from rlhfops.modeling import init_policy, save_policy
 from rlhfops.tasks import Task, make_task
+from rlhfops.training import one_progress_display, trl_run_args
 from rlhfops.workspace import SFT_DATA_STATS as DATA_STATS
 from rlhfops.workspace import TRAIN_LOG
 
@@ -55,20 +53,10 @@ def run_sft(cfg: Config, out_dir: str | Path, progress: bool = True) -> Path:
             max_length=cfg.sft.max_length,
             completion_only_loss=True,
             logging_steps=cfg.sft.logging_steps,
-            save_strategy="no",
-            report_to="none",
-            seed=cfg.seed,
-            data_seed=cfg.seed,
-            use_cpu=not torch.cuda.is_available(),
-            dataloader_num_workers=0,
-            disable_tqdm=True,
+            **trl_run_args(cfg.seed),
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-        # One progress display: rich's, or none (--json); never tqdm bars or printed log dicts.
-        trainer.remove_callback(ProgressCallback)
-        trainer.remove_callback(PrinterCallback)
-        if progress:
-            trainer.add_callback(RichProgressCallback())
+        one_progress_display(trainer, progress)
         trainer.train()
     extras = {
         TRAIN_LOG: trainer.state.log_history,

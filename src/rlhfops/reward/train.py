@@ -28,8 +28,6 @@ from safetensors.torch import save_file
 from transformers import (
     AutoModel,
     AutoModelForSequenceClassification,
-    PrinterCallback,
-    ProgressCallback,
     set_seed,
 )
 from trl import RewardConfig as TRLRewardConfig
@@ -41,6 +39,7 @@ from rlhfops.config import Config
 from rlhfops.files import atomic_directory, atomic_write_json, write_jsonl
 from rlhfops.modeling import load_tokenizer
 from rlhfops.reward.ensemble import AGGREGATIONS, HEADS, MANIFEST, RewardEnsemble, aggregate, pooled_last_token
+from rlhfops.training import one_progress_display, trl_run_args
 from rlhfops.workspace import PAIR_STATS, RM_MEMBERS, Workspace, pairs_file
 from rlhfops.workspace import RM_SUMMARY as SUMMARY
 
@@ -71,19 +70,12 @@ def train_member(cfg: Config, pairs: list[dict], init: str | Path, out_dir: Path
             max_length=cfg.reward.max_length,
             logging_steps=10,
             logging_first_step=True,  # the untrained loss, so "the loss fell" is measured from the start
-            save_strategy="no",
-            report_to="none",
-            seed=seed,
-            data_seed=seed,
-            use_cpu=not torch.cuda.is_available(),
-            dataloader_num_workers=0,
-            disable_tqdm=True,
+            **trl_run_args(seed),
         )
         trainer = RewardTrainer(
             model=model, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer
         )
-        trainer.remove_callback(ProgressCallback)
-        trainer.remove_callback(PrinterCallback)
+        one_progress_display(trainer, progress=False)
         trainer.train()
     trainer.model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

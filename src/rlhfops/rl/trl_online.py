@@ -24,6 +24,7 @@ from rlhfops.config import Config
 from rlhfops.modeling import load_policy, save_policy
 from rlhfops.reward.build import build_reward
 from rlhfops.tasks import make_task
+from rlhfops.training import one_progress_display, trl_run_args
 from rlhfops.workspace import TRAIN_LOG
 
 
@@ -36,9 +37,8 @@ def prompt_dataset(cfg: Config) -> Dataset:
 
 
 def trainer_args(cfg: Config, config_cls, output_dir: str, reward_weights: list[float]):
-    """The `GRPOConfig` / `RLOOConfig` for `policy.*`: the one place our config becomes TRL's."""
-    import torch
-
+    """The `GRPOConfig` / `RLOOConfig` for `policy.*`: the one place our config becomes TRL's (the
+    settings every TRL trainer here shares are `training.trl_run_args`)."""
     pc = cfg.policy
     return config_cls(
         output_dir=output_dir,
@@ -61,13 +61,7 @@ def trainer_args(cfg: Config, config_cls, output_dir: str, reward_weights: list[
         # A tiny model on CPU: full precision, no activation checkpointing.
         bf16=False,
         activation_checkpointing=False,
-        save_strategy="no",
-        report_to="none",
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        disable_tqdm=True,
+        **trl_run_args(cfg.seed),
     )
 
 
@@ -84,9 +78,7 @@ def train_trl_online(
     The model directory gets the weights, the tokenizer, the resolved config and TRL's log
     history (`train_log.json`: loss, KL, per-objective and total rewards, completion lengths).
     """
-    from transformers import PrinterCallback, ProgressCallback
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
-    from trl.trainer.callbacks import RichProgressCallback
 
     pc = cfg.policy
     if pc.algorithm == "grpo":
@@ -110,10 +102,6 @@ def train_trl_online(
             train_dataset=dataset,
             processing_class=tokenizer,
         )
-        # One progress display: rich's, or none; never tqdm bars or printed log dicts.
-        trainer.remove_callback(ProgressCallback)
-        trainer.remove_callback(PrinterCallback)
-        if progress:
-            trainer.add_callback(RichProgressCallback())
+        one_progress_display(trainer, progress)
         trainer.train()
     return save_policy(trainer.model, tokenizer, cfg, out_dir, extras={TRAIN_LOG: trainer.state.log_history})
