@@ -37,6 +37,7 @@ VALUE_HEAD = "value_head.safetensors"  # PPO's critic head
 ILQL_HEADS = "ilql_heads.safetensors"  # offline RL's Q / V heads: the policy decodes with their shift
 SFT_DATA_STATS = "sft_data.json"
 PRM_METRICS = "metrics.json"
+RM_WEIGHTS = "weights.json"  # `rlhfops tune-weights`: the grid-searched scalarisation weights
 # in a reward-model directory (one sub-directory per objective) and its ensembles
 RM_SUMMARY = "summary.json"  # per objective: pairs, member and ensemble validation accuracy
 RM_MANIFEST = "manifest.json"  # an ensemble's members, normalisation and validation accuracy

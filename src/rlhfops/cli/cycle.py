@@ -26,6 +26,7 @@ from rlhfops.cli.common import (
     user_errors,
 )
 from rlhfops.config import Config, load_config
+from rlhfops.pipeline import COMPILED
 from rlhfops.workspace import Workspace, is_model_dir
 
 
@@ -231,9 +232,7 @@ def stage(
 def compile_(
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="where to write the KFP IR YAML")] = Path(
-        "pipelines/iterative_rlhf.yaml"
-    ),
+    out: Annotated[Path, typer.Option("--out", "-o", help="where to write the KFP IR YAML")] = COMPILED,
 ) -> None:
     """Compile the cycle pipeline to KFP IR YAML (upload it in the Kubeflow UI, or `rlhfops schedule`)."""
     from rlhfops.pipeline.graph import compile_pipeline
@@ -247,9 +246,7 @@ def compile_(
 def schedule(
     host: Annotated[str, typer.Option("--host", help="Kubeflow Pipelines API endpoint, e.g. https://host/pipeline")],
     cron: Annotated[str, typer.Option("--cron", help="six-field KFP cron, seconds first")] = "0 0 2 * * 0",
-    package: Annotated[Path, typer.Option("--package", help="compiled pipeline")] = Path(
-        "pipelines/iterative_rlhf.yaml"
-    ),
+    package: Annotated[Path, typer.Option("--package", help="compiled pipeline")] = COMPILED,
     experiment: Annotated[str, typer.Option("--experiment")] = "rlhfops",
     job_name: Annotated[str, typer.Option("--job-name")] = "rlhfops-weekly-cycle",
     run_config: Annotated[str, typer.Option("--run-config", help="the runs' `config` parameter")] = "tiny",

@@ -27,7 +27,7 @@ from rlhfops.cli.common import (
     trained_model,
     user_errors,
 )
-from rlhfops.workspace import RM_SUMMARY, TRAIN_LOG
+from rlhfops.workspace import RM_SUMMARY, RM_WEIGHTS, TRAIN_LOG
 
 
 @app.command()
@@ -225,7 +225,7 @@ def tune_weights(
     cfg, ws = setup(config, set_, workspace)
     policy = require_policy(ws)
     with user_errors():
-        report = run_tuning(cfg, policy, ws.model_dir("reward"), ws.model_dir("reward") / "weights.json")
+        report = run_tuning(cfg, policy, ws.model_dir("reward"), ws.model_dir("reward") / RM_WEIGHTS)
     if json_out:
         emit_json(report)
         return
@@ -235,7 +235,7 @@ def tune_weights(
         console.print(f"  test gold utility of the picked candidate, {name.replace('_', ' ')}: {value:.3f}")
     as_yaml = ", ".join(f"{k}: {v:g}" for k, v in report["best_weights"].items())
     console.print(
-        f"written to {ws.model_dir('reward') / 'weights.json'}; use with --set 'scalarisation.weights={{{as_yaml}}}'",
+        f"written to {ws.model_dir('reward') / RM_WEIGHTS}; use with --set 'scalarisation.weights={{{as_yaml}}}'",
         soft_wrap=True,
     )
 

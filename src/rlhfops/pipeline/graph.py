@@ -21,6 +21,7 @@ from typing import List
 from kfp import compiler, dsl, kubernetes
 
 from rlhfops.config import Config, PipelineConfig
+from rlhfops.pipeline import COMPILED
 from rlhfops.pipeline.components.annotate import annotate
 from rlhfops.pipeline.components.canary_decide import canary_decide
 from rlhfops.pipeline.components.canary_deploy import canary_deploy
@@ -36,7 +37,6 @@ from rlhfops.pipeline.components.version_data import version_data
 
 PIPELINE_NAME = "rlhfops-iterative-rlhf"
 # where `rlhfops compile` writes the IR YAML, relative to the repository root (checked in there)
-COMPILED = Path("pipelines") / "iterative_rlhf.yaml"
 
 
 def _cluster(task: dsl.PipelineTask, pc: PipelineConfig, train: bool) -> dsl.PipelineTask:

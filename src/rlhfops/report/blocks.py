@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rlhfops.workspace import PRM_METRICS, REGISTRY, RM_MANIFEST, RM_SUMMARY, TRAIN_LOG, Workspace
+from rlhfops.workspace import PRM_METRICS, REGISTRY, RM_MANIFEST, RM_SUMMARY, RM_WEIGHTS, TRAIN_LOG, Workspace
 
 ROWS = (
     ("gold helpfulness", lambda r: r["gold"]["helpfulness"]),
@@ -88,7 +88,7 @@ def reward_block(ws: Workspace) -> str:
 
 
 def weights_block(ws: Workspace) -> str:
-    report = read_json(ws.model_dir("reward") / "weights.json", "rlhfops tune-weights")
+    report = read_json(ws.model_dir("reward") / RM_WEIGHTS, "rlhfops tune-weights")
     weights = ", ".join(f"{k} {v:.2f}" for k, v in report["best_weights"].items())
     lines = [
         f"Best weights over {report['grid_size']} simplex grid points (validation): {weights}.",
