@@ -38,26 +38,72 @@ class NoiseConfig(Section):
 
 
 class TaskConfig(Section):
-    """The built-in arithmetic task (DESIGN.md, 'The built-in task')."""
+    """Where prompts, references and gold judges come from: the built-in `arithmetic` task (DESIGN.md,
+    'The built-in task'), a `dataset` of prompts in a file, or a user-written task (`factory`)."""
 
-    name: Literal["arithmetic"] = "arithmetic"
-    min_ops: int = Field(1, ge=1, description="fewest operations in a solve expression")
-    max_ops: int = Field(2, ge=1, description="most operations in a solve expression")
-    max_operand: int = Field(9, ge=1, description="operands are drawn from 0..max_operand")
-    ops: str = Field("+-*/", description="operators that may appear; '/' only ever divides exactly")
+    name: Literal["arithmetic", "dataset"] = Field(
+        "arithmetic", description="the built-in task to use; ignored (left at arithmetic) when `factory` is set"
+    )
+    factory: str | None = Field(
+        None,
+        description="a user-written task, 'package.module:callable' (imported with the working directory on "
+        "sys.path) or 'path/to/file.py:callable', called with (this section, seed); see rlhfops.tasks.plugin",
+    )
+    # -- dataset: the prompts file and its columns; a factory task may read `path` too --
+    path: str | None = Field(
+        None, description="dataset: a JSONL or Parquet file, or a `datasets.save_to_disk` directory, of prompts"
+    )
+    prompt_field: str = Field(
+        "prompt", description="dataset: column of the prompt text, ending where the model should continue"
+    )
+    response_field: str = Field("response", description="dataset: column of a reference response (SFT data)")
+    answer_field: str = Field("answer", description="dataset: column of the answer a helpful response contains")
+    kind_field: str = Field("kind", description="dataset: column of a prompt category (reported per kind)")
+    split_field: str = Field(
+        "split", description="dataset: column of train | val | test; without it, splits by hash of the prompt"
+    )
+    objectives: list[str] = Field(
+        default_factory=lambda: ["helpfulness", "conciseness"],
+        description="dataset: what it judges; helpfulness needs the answer column, conciseness the response column",
+    )
+    # -- arithmetic only (other tasks ignore these) --
+    min_ops: int = Field(1, ge=1, description="arithmetic: fewest operations in a solve expression")
+    max_ops: int = Field(2, ge=1, description="arithmetic: most operations in a solve expression")
+    max_operand: int = Field(9, ge=1, description="arithmetic: operands are drawn from 0..max_operand")
+    ops: str = Field("+-*/", description="arithmetic: operators that may appear; '/' only ever divides exactly")
     kind_weights: dict[Literal["solve", "undefined", "unsafe"], float] = Field(
         default_factory=lambda: {"solve": 0.7, "undefined": 0.15, "unsafe": 0.15},
-        description="relative frequency of each prompt kind",
+        description="arithmetic: relative frequency of each prompt kind",
     )
-    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of the prompt space hashed to validation")
-    test_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of the prompt space hashed to test")
+    # -- every task --
+    val_fraction: float = Field(
+        0.1, gt=0, lt=0.5, description="share of prompts hashed to validation (arithmetic; dataset without splits)"
+    )
+    test_fraction: float = Field(
+        0.1, gt=0, lt=0.5, description="share of prompts hashed to test (arithmetic; dataset without splits)"
+    )
     n_train: int = Field(8000, ge=1, description="training prompts (SFT)")
     n_val: int = Field(256, ge=1, description="validation prompts")
     n_test: int = Field(512, ge=1, description="held-out test prompts (gold evaluation)")
-    noise: NoiseConfig = Field(default_factory=NoiseConfig)
+    noise: NoiseConfig = Field(default_factory=NoiseConfig, description="arithmetic: the noisy teacher")
 
     @model_validator(mode="after")
     def _check(self) -> TaskConfig:
+        # A saved config states every key, so only a non-default name can be told apart from "not set".
+        if self.factory is not None and self.name != "arithmetic":
+            raise ValueError(
+                f"task.factory '{self.factory}' and task.name '{self.name}' both choose the task; "
+                "remove task.name (a factory replaces the named task)"
+            )
+        module, _, attr = (self.factory or "").rpartition(":")
+        if self.factory is not None and not (module and attr.isidentifier()):
+            raise ValueError(
+                f"task.factory '{self.factory}' must look like 'package.module:callable' or 'path/to/file.py:callable'"
+            )
+        if self.name == "dataset" and self.factory is None and not self.path:
+            raise ValueError("task.name is 'dataset' but task.path is not set; point it at the prompts file")
+        if not self.objectives:
+            raise ValueError("task.objectives must name at least one objective")
         if self.min_ops > self.max_ops:
             raise ValueError(f"min_ops ({self.min_ops}) must not exceed max_ops ({self.max_ops})")
         if not self.ops or set(self.ops) - set("+-*/"):

@@ -1,11 +1,13 @@
 """Tasks: where prompts, reference solutions and gold judges come from.
 
 A task is anything with the shape of `Task` below; `make_task` picks one by config name with a
-flat if/elif (no registry). The built-in task is `arithmetic` (DESIGN.md).
+flat if/elif (no registry): the built-in `arithmetic` (DESIGN.md), `dataset` (prompts from a file,
+tasks/dataset.py), or a user-written task named by `task.factory` (tasks/plugin.py shows one).
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from statistics import fmean
@@ -15,6 +17,10 @@ if TYPE_CHECKING:
     from rlhfops.config import TaskConfig
 
 SPLITS = ("train", "val", "test")
+
+
+class TaskError(ValueError):
+    """A task that cannot be built or does not have the shape of `Task`; one sentence for a person."""
 
 
 @dataclass(frozen=True)
@@ -57,9 +63,30 @@ def gold_composite(task: Task, examples: list[Example], responses: list[str]) ->
     return fmean(fmean(scores) for scores in per_objective)
 
 
+def split_of(prompt: str, val_fraction: float, test_fraction: float) -> str:
+    """`train` | `val` | `test`, from the sha256 of the prompt mapped into [0, 1): a function of the
+    prompt text alone, so splits never share a prompt and adding prompts moves none."""
+    u = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big") / 2**64
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + val_fraction:
+        return "val"
+    return "train"
+
+
 def make_task(cfg: TaskConfig, seed: int = 0) -> Task:
+    """The task the config names: `task.factory` when set (a user-written task, checked for the shape
+    of `Task`), else `task.name`."""
+    if cfg.factory is not None:
+        from rlhfops.tasks.plugin import load_task
+
+        return load_task(cfg.factory, cfg, seed)
     if cfg.name == "arithmetic":
         from rlhfops.tasks.arithmetic import ArithmeticTask
 
         return ArithmeticTask(cfg, seed=seed)
+    if cfg.name == "dataset":
+        from rlhfops.tasks.dataset import DatasetTask
+
+        return DatasetTask(cfg)
     raise ValueError(f"unknown task '{cfg.name}'")
