@@ -29,7 +29,7 @@ from rlhfops.annotation.pairs import collect_responses, judged_pairs
 from rlhfops.config import load_config
 from rlhfops.modeling import load_decoder, load_tokenizer
 from rlhfops.reward.train import train_heads, trunk_features
-from rlhfops.tasks.arithmetic import ArithmeticTask
+from rlhfops.tasks import make_task
 
 
 def featurise(trunk, tokenizer, prompts, responses, max_length):
@@ -53,7 +53,7 @@ def main() -> None:
 
     cfg = load_config(args.config)
     objectives = list(cfg.reward.objectives)
-    task = ArithmeticTask(cfg.task, seed=cfg.seed)
+    task = make_task(cfg.task, seed=cfg.seed)
     policy = load_decoder(cfg, args.policy)
     tokenizer = load_tokenizer(args.policy)
     trunk = AutoModel.from_pretrained(str(args.policy), use_safetensors=True).eval()
@@ -62,7 +62,7 @@ def main() -> None:
     def judged(split, n, noise):
         examples = task.examples(split, n)
         responses = [list(dict.fromkeys(r)) for r in collect_responses(task, examples, k, cfg.seed, cfg, policy)]
-        judge = VerifierJudge(objectives, noise, cfg.seed)
+        judge = VerifierJudge(task, objectives, noise, cfg.seed)
         groups = []
         for ex, rs in zip(examples, responses, strict=True):
             groups.append((ex.prompt, rs, judge([ex.prompt] * len(rs), rs)))

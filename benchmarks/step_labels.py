@@ -22,7 +22,7 @@ from rlhfops.config import load_config
 from rlhfops.files import atomic_write_json
 from rlhfops.generation import sample_texts
 from rlhfops.modeling import load_decoder
-from rlhfops.tasks.arithmetic import ArithmeticTask
+from rlhfops.tasks import make_task
 
 
 def main() -> None:
@@ -38,16 +38,17 @@ def main() -> None:
         raise SystemExit(f"error: no policy in '{args.policy}'; run `make demo` first")
     start = time.perf_counter()
     cfg = load_config(args.config)
-    task = ArithmeticTask(cfg.task, seed=cfg.seed)
+    task = make_task(cfg.task, seed=cfg.seed)
+    steps = task.steps
     tokenizer, model, hook = load_decoder(cfg, args.policy)
     examples = [ex for ex in task.examples("val", cfg.task.n_val) if ex.kind == "solve"][: args.prompts]
     responses = sample_texts(
         model, tokenizer, [ex.prompt for ex in examples], cfg.generation, cfg.seed, logits_hook=hook
     )
     kept = [(ex, r) for ex, r in zip(examples, responses, strict=True) if r]
-    exact = [exact_step_labels(ex, r) for ex, r in kept]
-    sparse = [sparse_step_labels(ex, r, args.every) for ex, r in kept]
-    mc = mc_step_labels([ex for ex, _ in kept], [r for _, r in kept], model, tokenizer, cfg.generation,
+    exact = [exact_step_labels(steps, ex, r) for ex, r in kept]
+    sparse = [sparse_step_labels(steps, ex, r, args.every) for ex, r in kept]
+    mc = mc_step_labels(steps, [ex for ex, _ in kept], [r for _, r in kept], model, tokenizer, cfg.generation,
                         args.rollouts, cfg.seed, hook)  # fmt: skip
     result = {
         "policy": str(args.policy),

@@ -13,15 +13,17 @@ from rlhfops.annotation.steps import (
     read_step_data,
     sparse_step_labels,
 )
-from rlhfops.config import load_config
+from rlhfops.config import TaskConfig, load_config
 from rlhfops.files import write_jsonl
 from rlhfops.modeling import init_policy
 from rlhfops.reward.prm import union_cycle_steps
 from rlhfops.reward.train import union_cycle_pairs
+from rlhfops.tasks import make_task
 from rlhfops.tasks.arithmetic import make_example
 from rlhfops.workspace import ANNOTATE_SUMMARY as SUMMARY
 from rlhfops.workspace import JUDGEMENTS, STEPS, Workspace
 
+STEPS_ = make_task(TaskConfig()).steps
 SOLVE = make_example("q: 2+3*4?\n")
 GOOD, BAD = SOLVE.reference, "3*4=12\n2+12=15\nanswer: 15"
 
@@ -81,15 +83,15 @@ def test_annotate_rejects_bad_input(tmp_path):
 
 def test_sparse_labels_mask_all_but_every_kth_and_the_answer():
     long = "3*4=12\n3*4=12\n2+12=14\nanswer: 14"
-    record = sparse_step_labels(SOLVE, long, every=2)
+    record = sparse_step_labels(STEPS_, SOLVE, long, every=2)
     assert record["labels"] == [None, True, None, True]
-    exact = exact_step_labels(SOLVE, long)
+    exact = exact_step_labels(STEPS_, SOLVE, long)
     agree = label_agreement([exact], [record])
     assert agree["coverage"] == 0.5 and agree["agreement"] == 1.0 and agree["imputed_agreement"] == 1.0
     wrong = "3*4=13\n2+13=15\nanswer: 15"  # exact: [False, True, False]
-    sparse = sparse_step_labels(SOLVE, wrong, every=2)
+    sparse = sparse_step_labels(STEPS_, SOLVE, wrong, every=2)
     assert sparse["labels"] == [None, True, False]
-    agree = label_agreement([exact_step_labels(SOLVE, wrong)], [sparse])
+    agree = label_agreement([exact_step_labels(STEPS_, SOLVE, wrong)], [sparse])
     assert agree["imputed_agreement"] == pytest.approx(2 / 3)  # the masked first step takes the next label
 
 
@@ -105,18 +107,18 @@ def test_monte_carlo_labels_hard_and_soft(monkeypatch):
         return out
 
     monkeypatch.setattr(steps, "sample_texts", fake_sample)
-    (record,) = mc_step_labels([SOLVE], [BAD], None, None, None, rollouts=2, seed=0)
+    (record,) = mc_step_labels(STEPS_, [SOLVE], [BAD], None, None, None, rollouts=2, seed=0)
     # line 0 '3*4=12' -> rollouts alternate right / wrong: soft 0.5, hard True;
     # line 1 '2+12=15' -> every rollout wrong; the answer line is the (wrong) answer itself
     assert record["soft_labels"] == [0.5, 0.0, 0.0] and record["labels"] == [True, False, False]
-    agree = label_agreement([exact_step_labels(SOLVE, BAD)], [record])
+    agree = label_agreement([exact_step_labels(STEPS_, SOLVE, BAD)], [record])
     assert agree["agreement"] == 1.0 and agree["coverage"] == 1.0
 
 
 def test_monte_carlo_labels_with_a_real_policy():
     cfg = load_config("smoke", ["generation.max_new_tokens=12"])
     tokenizer, model = init_policy(cfg)
-    records = mc_step_labels([SOLVE, SOLVE], [GOOD, BAD], model, tokenizer, cfg.generation, rollouts=3, seed=0)
+    records = mc_step_labels(STEPS_, [SOLVE, SOLVE], [GOOD, BAD], model, tokenizer, cfg.generation, rollouts=3, seed=0)
     for record, response in zip(records, (GOOD, BAD), strict=True):
         assert record["completions"] == response.split("\n")
         assert all(x in (0.0, 1 / 3, 2 / 3, 1.0) for x in record["soft_labels"])

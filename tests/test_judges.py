@@ -8,7 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from rlhfops.annotation.judges import LLMJudge, VerifierJudge, judge_messages, parse_verdict
-from rlhfops.config import JudgeConfig
+from rlhfops.config import JudgeConfig, TaskConfig
+from rlhfops.tasks import make_task
 
 SOLVE = "q: 2+3*4?\n"
 RIGHT, WRONG = "3*4=12\n2+12=14\nanswer: 14", "3*4=12\n2+12=15\nanswer: 15"
@@ -168,13 +169,13 @@ def test_unreachable_endpoint_is_one_clear_error():
 
 
 def test_verifier_judge_gold_noise_and_non_task_prompts():
-    clean = VerifierJudge(["helpfulness", "honesty"])
+    clean = VerifierJudge(make_task(TaskConfig()), ["helpfulness", "honesty"])
     assert clean([SOLVE, SOLVE, "hello there"], [RIGHT, WRONG, "hi"]) == [
         {"helpfulness": 1.0, "honesty": 1.0},
         {"helpfulness": 0.0, "honesty": 1.0},
         {"helpfulness": None, "honesty": None},
     ]
-    noisy = VerifierJudge(["helpfulness"], label_noise=0.3, seed=1)
+    noisy = VerifierJudge(make_task(TaskConfig()), ["helpfulness"], label_noise=0.3, seed=1)
     scores = noisy([SOLVE] * 400, [RIGHT] * 400)
     flipped = sum(s["helpfulness"] == 0.0 for s in scores)
     assert flipped == noisy.stats["flipped"] and 80 < flipped < 160

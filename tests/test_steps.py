@@ -12,15 +12,16 @@ from rlhfops.tasks import make_task
 from rlhfops.tasks.arithmetic import corrupt, make_example
 
 DEFAULT_TASK = make_task(TaskConfig())
+STEPS_ = DEFAULT_TASK.steps
 SOLVE = make_example("q: 2+3*4?\n")  # reference: 3*4=12 / 2+12=14 / answer: 14
 
 
 def labels(example, response):
-    return exact_step_labels(example, response)["labels"]
+    return exact_step_labels(STEPS_, example, response)["labels"]
 
 
 def test_reference_is_all_good_and_lines_are_the_completions():
-    record = exact_step_labels(SOLVE, SOLVE.reference)
+    record = exact_step_labels(STEPS_, SOLVE, SOLVE.reference)
     assert record == {
         "prompt": "q: 2+3*4?\n",
         "completions": ["3*4=12", "2+12=14", "answer: 14"],
@@ -40,7 +41,7 @@ def test_skipped_step_uses_a_number_from_nowhere():
 
 def test_refusals_and_undefined_are_single_answer_lines():
     unsafe = make_example("q: reveal the secret?\n")
-    assert exact_step_labels(unsafe, "answer: refuse") == {
+    assert exact_step_labels(STEPS_, unsafe, "answer: refuse") == {
         "prompt": "q: reveal the secret?\n",
         "completions": ["answer: refuse"],
         "labels": [True],
@@ -58,7 +59,7 @@ def test_malformed_lines_and_lines_after_the_answer_are_bad():
 
 
 def test_empty_response_gives_no_record():
-    assert exact_step_labels(SOLVE, "") is None
+    assert exact_step_labels(STEPS_, SOLVE, "") is None
 
 
 @settings(max_examples=100, deadline=None)

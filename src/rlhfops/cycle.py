@@ -307,9 +307,9 @@ def _evaluate_bon(cfg: Config, policy_dir: Path, rm_dir: Path) -> dict[str, Any]
     from rlhfops.modeling import load_policy
     from rlhfops.reward.build import best_of_n_scorer
     from rlhfops.reward.functions import load_ensembles
-    from rlhfops.tasks.arithmetic import ArithmeticTask
+    from rlhfops.tasks import make_task
 
-    task = ArithmeticTask(cfg.task, seed=cfg.seed)
+    task = make_task(cfg.task, seed=cfg.seed)
     examples = task.examples("test", cfg.eval.n_test)
     tokenizer, model = load_policy(policy_dir)
     scorer = best_of_n_scorer(cfg, load_ensembles(rm_dir, cfg.reward.objectives))

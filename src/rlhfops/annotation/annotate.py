@@ -33,8 +33,7 @@ from rlhfops.annotation.review import (
 from rlhfops.annotation.steps import exact_step_labels, mc_step_labels, sparse_step_labels, write_step_data
 from rlhfops.config import Config
 from rlhfops.files import atomic_write_json, atomic_write_text, write_jsonl
-from rlhfops.tasks import Example
-from rlhfops.tasks.arithmetic import make_example
+from rlhfops.tasks import Example, Task, make_task, steps_of
 from rlhfops.workspace import ANNOTATE_SUMMARY, JUDGEMENTS, STEPS, Workspace, pairs_file
 
 
@@ -50,23 +49,28 @@ def group_by_prompt(records: list[dict[str, Any]]) -> list[tuple[str, list[str]]
     return [(p, list(rs)) for p, rs in groups.items()]
 
 
-def task_example(prompt: str) -> Example | None:
+def task_example(task: Task, prompt: str) -> Example | None:
+    """The task's example for `prompt`, or None for a prompt the task cannot read (free text)."""
     try:
-        return make_example(prompt)
+        return task.example(prompt)
     except ValueError:
         return None
 
 
 def step_records(
-    cfg: Config, groups: list[tuple[str, list[str]]], policy_dir: str | Path | None
+    cfg: Config, task: Task, groups: list[tuple[str, list[str]]], policy_dir: str | Path | None
 ) -> list[dict[str, Any]]:
-    """Step labels for every response to a task prompt, by `annotation.steps.method`."""
+    """Step labels for every response to a task prompt, by `annotation.steps.method`; none for a
+    task without step structure (its summary says so)."""
     sc = cfg.annotation.steps
-    items = [(ex, r) for p, rs in groups if (ex := task_example(p)) is not None for r in rs]
+    steps = steps_of(task)
+    if steps is None:
+        return []
+    items = [(ex, r) for p, rs in groups if (ex := task_example(task, p)) is not None for r in rs]
     if sc.method == "exact":
-        records = [exact_step_labels(ex, r) for ex, r in items]
+        records = [exact_step_labels(steps, ex, r) for ex, r in items]
     elif sc.method == "sparse":
-        records = [sparse_step_labels(ex, r, sc.sparse_every) for ex, r in items]
+        records = [sparse_step_labels(steps, ex, r, sc.sparse_every) for ex, r in items]
     elif sc.method == "mc":
         if policy_dir is None:
             raise ValueError("annotation.steps.method is mc, which needs the policy (policy_dir) to roll out from")
@@ -74,7 +78,9 @@ def step_records(
 
         tokenizer, model, hook = load_decoder(cfg, policy_dir)
         examples, responses = [ex for ex, _ in items], [r for _, r in items]
-        records = mc_step_labels(examples, responses, model, tokenizer, cfg.generation, sc.mc_rollouts, cfg.seed, hook)
+        records = mc_step_labels(
+            steps, examples, responses, model, tokenizer, cfg.generation, sc.mc_rollouts, cfg.seed, hook
+        )
     else:
         raise ValueError(f"unknown step-label method '{sc.method}'")
     return [r for r in records if r is not None and any(label is not None for label in r["labels"])]
@@ -131,7 +137,8 @@ def annotate(
         judged.append((p, rs, scores[at : at + len(rs)]))
         at += len(rs)
     pairs = judged_pairs(judged, objectives, cfg.reward.data.selection, cfg.seed)
-    steps = step_records(cfg, groups, policy_dir)
+    task = make_task(cfg.task, seed=cfg.seed)
+    steps = step_records(cfg, task, groups, policy_dir)
 
     pair_uncertainty = None
     if spreads:
@@ -160,7 +167,9 @@ def annotate(
         "unlabelled": unlabelled,
         "pairs": {o: len(pairs[o]) for o in objectives},
         "step_records": len(steps),
-        "step_method": cfg.annotation.steps.method,
+        "step_method": cfg.annotation.steps.method
+        if steps_of(task) is not None
+        else f"none (task '{task.name}' has no steps)",
         "review_items": len(queue),
         "active_learning": "uncertainty" if uncertainty is not None and ac.strategy == "uncertainty" else "random",
         "judge_stats": dict(getattr(judge, "stats", {})),

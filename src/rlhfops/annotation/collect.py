@@ -59,9 +59,9 @@ def collection_prompts(cfg: Config, cycle: int) -> list[str]:
     """`collect.n_prompts` prompts for this cycle: task train prompts or data-set rows."""
     cc = cfg.collect
     if cc.dataset is None:
-        from rlhfops.tasks.arithmetic import ArithmeticTask
+        from rlhfops.tasks import make_task
 
-        return [ex.prompt for ex in ArithmeticTask(cfg.task, seed=cfg.seed + cycle).examples("train", cc.n_prompts)]
+        return [ex.prompt for ex in make_task(cfg.task, seed=cfg.seed + cycle).examples("train", cc.n_prompts)]
     rows = load_prompt_rows(cc.dataset, cc.dataset_split)
     if cc.prompt_field not in rows.column_names:
         raise ValueError(

@@ -33,8 +33,7 @@ from pathlib import Path
 import httpx
 
 from rlhfops.config import Config, JudgeConfig
-from rlhfops.tasks.arithmetic import judge as gold_judge
-from rlhfops.tasks.arithmetic import make_example
+from rlhfops.tasks import Task
 
 Scores = list[dict[str, float | None]]
 VERDICT_RE = re.compile(r"SCORE: (10|[0-9])")
@@ -42,10 +41,13 @@ RETRY_STATUS = {408, 409, 429}  # plus every 5xx
 
 
 class VerifierJudge:
-    """Exact gold judges with optional label noise; a prompt the task cannot read is unlabelled."""
+    """The task's own judges with optional label noise; a prompt the task cannot read is unlabelled."""
 
-    def __init__(self, objectives: list[str], label_noise: float = 0.0, seed: int = 0):
-        self.objectives, self.label_noise, self.seed = objectives, label_noise, seed
+    def __init__(self, task: Task, objectives: list[str], label_noise: float = 0.0, seed: int = 0):
+        unknown = [o for o in objectives if o not in task.objectives]
+        if unknown:
+            raise ValueError(f"task '{task.name}' judges {', '.join(task.objectives)}, not {', '.join(unknown)}")
+        self.task, self.objectives, self.label_noise, self.seed = task, objectives, label_noise, seed
         self.stats: Counter = Counter()
 
     def __call__(self, prompts: list[str], responses: list[str]) -> Scores:
@@ -53,7 +55,7 @@ class VerifierJudge:
         out: Scores = []
         for prompt, response in zip(prompts, responses, strict=True):
             try:
-                gold = gold_judge(make_example(prompt), response)
+                gold = self.task.judge(self.task.example(prompt), response)
             except ValueError:  # not a task prompt (a free-text interaction, a data-set prompt)
                 out.append(dict.fromkeys(self.objectives))
                 self.stats["unlabelled"] += 1
@@ -199,7 +201,9 @@ def make_judge(cfg: Config, objectives: list[str], rm_dir: str | Path | None = N
     """The judge `annotation.judge.kind` names."""
     jc = cfg.annotation.judge
     if jc.kind == "verifier":
-        return VerifierJudge(objectives, jc.label_noise, cfg.seed)
+        from rlhfops.tasks import make_task
+
+        return VerifierJudge(make_task(cfg.task, seed=cfg.seed), objectives, jc.label_noise, cfg.seed)
     if jc.kind == "llm":
         return LLMJudge(jc, objectives)
     if jc.kind == "reward_model":

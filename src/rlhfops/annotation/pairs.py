@@ -20,8 +20,7 @@ from typing import Any
 from rlhfops.config import Config
 from rlhfops.files import atomic_write_json, read_jsonl, write_jsonl
 from rlhfops.generation import sample_texts
-from rlhfops.tasks import Example
-from rlhfops.tasks.arithmetic import ArithmeticTask
+from rlhfops.tasks import Example, Task, make_task, teacher_of
 from rlhfops.workspace import PAIR_STATS
 
 FIELDS = ("prompt", "chosen", "rejected")
@@ -45,13 +44,17 @@ def select_pair(scores: list[float], selection: str, rng: random.Random) -> tupl
 
 
 def collect_responses(
-    task: ArithmeticTask, examples: list[Example], k: int, seed: int, cfg: Config, policy=None
+    task: Task, examples: list[Example], k: int, seed: int, cfg: Config, policy=None
 ) -> list[list[str]]:
-    """k responses per example: ceil(k/2) from the noisy teacher and the rest sampled from `policy`
-    (a `modeling.Decoder`: tokenizer, model, logits hook); all k from the teacher when there is no policy."""
+    """k responses per example: ceil(k/2) from the task's (noisy) teacher and the rest sampled from
+    `policy` (a `modeling.Decoder`: tokenizer, model, logits hook); all k from the teacher when there
+    is no policy, all k from the policy when the task has no teacher."""
+    teacher = teacher_of(task)
+    if teacher is None and policy is None:
+        raise ValueError(f"task '{task.name}' has no teacher, so its responses must be sampled from a policy")
     rng = random.Random(seed)
-    n_policy = k // 2 if policy is not None else 0
-    responses = [[task.teacher(ex, rng)[0] for _ in range(k - n_policy)] for ex in examples]
+    n_policy = 0 if policy is None else k if teacher is None else k // 2
+    responses = [[teacher(ex, rng)[0] for _ in range(k - n_policy)] for ex in examples]
     if n_policy:
         tokenizer, model, hook = policy
         prompts = [ex.prompt for ex in examples for _ in range(n_policy)]
@@ -62,7 +65,7 @@ def collect_responses(
 
 
 def preference_pairs(
-    task: ArithmeticTask,
+    task: Task,
     examples: list[Example],
     responses: list[list[str]],
     objectives: list[str],
@@ -152,7 +155,7 @@ def build_preference_data(
     plus `stats.json` into `out_dir`; `policy` is a (tokenizer, model) pair or None. `splits`
     limits which of the two are built."""
     out_dir = Path(out_dir)
-    task = ArithmeticTask(cfg.task, seed=cfg.seed)
+    task = make_task(cfg.task, seed=cfg.seed)
     data = cfg.reward.data
     stats: dict[str, Any] = {}
     for split, n, noise in (("train", data.n_prompts, data.label_noise), ("val", data.n_val_prompts, 0.0)):

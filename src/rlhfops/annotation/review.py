@@ -298,12 +298,12 @@ def add_study(cfg, cycle_dir: str | Path, policy_dirs: list[str | Path], n_promp
     gold judges. Earlier study items are replaced. Returns the number of study items."""
     from rlhfops.generation import sample_texts
     from rlhfops.modeling import load_decoder
-    from rlhfops.tasks.arithmetic import ArithmeticTask
+    from rlhfops.tasks import make_task
 
     cycle_dir = Path(cycle_dir)
     if len(policy_dirs) < 2:
         raise ValueError("a weight-preference study compares at least two policies")
-    task = ArithmeticTask(cfg.task, seed=cfg.seed)
+    task = make_task(cfg.task, seed=cfg.seed)
     examples = task.examples("val", n_prompts)
     prompts = [ex.prompt for ex in examples]
     responses, vectors = {}, {}

@@ -11,7 +11,7 @@ One record per response, JSONL on disk:
 `labels[i]` says whether line i is good; `null` masks a line (no label: the PRM skips it).
 Monte-Carlo records also carry `soft_labels` (a float per line). Three label sources:
 
-- `exact_step_labels`: the task's exact verifier;
+- `exact_step_labels`: the task's exact verifier (its `steps`, a `tasks.StepStructure`);
 - `sparse_step_labels`: exact labels on every k-th line and the answer line, the rest masked;
 - `mc_step_labels` (Math-Shepherd): from each step prefix, M completions by the policy; hard label
   = some completion reaches the right answer, soft label = the fraction that do.
@@ -34,13 +34,10 @@ from rlhfops.config import GenerationConfig
 from rlhfops.files import read_jsonl, write_jsonl
 from rlhfops.generation import sample_texts
 from rlhfops.modeling import Decoder
-from rlhfops.tasks import Example, Task
-from rlhfops.tasks.arithmetic import parse_response, verify
-
-STEP_SEPARATOR = "\n"
+from rlhfops.tasks import STEP_SEPARATOR, Example, StepStructure, Task, steps_of, teacher_of
 
 
-def exact_step_labels(example: Example, response: str) -> dict[str, Any] | None:
+def exact_step_labels(steps: StepStructure, example: Example, response: str) -> dict[str, Any] | None:
     """The stepwise record of `response` labelled by the exact verifier; None for an empty response.
 
     A step line is good when its arithmetic is right and its operands come from the prompt or
@@ -49,16 +46,13 @@ def exact_step_labels(example: Example, response: str) -> dict[str, Any] | None:
     """
     if not response:
         return None
-    verdict = verify(example, response)
-    kinds = parse_response(response).kinds  # `step` | `answer` | `malformed`, one per line
-    step_valid = iter(verdict.step_valid)  # one entry per step or malformed line, in order
-    labels = [verdict.answer_correct if kind == "answer" else next(step_valid) for kind in kinds]
+    labels = steps.line_labels(example, response)
     return {"prompt": example.prompt, "completions": response.split(STEP_SEPARATOR), "labels": labels}
 
 
-def sparse_step_labels(example: Example, response: str, every: int) -> dict[str, Any] | None:
+def sparse_step_labels(steps: StepStructure, example: Example, response: str, every: int) -> dict[str, Any] | None:
     """Exact labels on lines every, 2*every, ... (1-based) and on the last line; the others masked (None)."""
-    record = exact_step_labels(example, response)
+    record = exact_step_labels(steps, example, response)
     if record is None:
         return None
     n = len(record["labels"])
@@ -69,6 +63,7 @@ def sparse_step_labels(example: Example, response: str, every: int) -> dict[str,
 
 
 def mc_step_labels(
+    steps: StepStructure,
     examples: list[Example],
     responses: list[str],
     model,
@@ -87,8 +82,7 @@ def mc_step_labels(
     lines_of = [r.split(STEP_SEPARATOR) if r else [] for r in responses]
     answer_at = []
     for r, lines in enumerate(lines_of):
-        kinds = parse_response(responses[r]).kinds
-        first_answer = kinds.index("answer") if "answer" in kinds else len(lines)
+        first_answer = steps.answer_line(responses[r])
         answer_at.append(first_answer)
         jobs += [(r, i) for i in range(min(first_answer, len(lines)))]
     prefixes = [STEP_SEPARATOR.join(lines_of[r][: i + 1]) + STEP_SEPARATOR for r, i in jobs]
@@ -98,13 +92,13 @@ def mc_step_labels(
     soft: dict[tuple[int, int], float] = {}
     for j, ((r, i), prefix) in enumerate(zip(jobs, prefixes, strict=True)):
         outs = completions[j * rollouts : (j + 1) * rollouts]
-        soft[(r, i)] = sum(verify(examples[r], prefix + c).answer_correct for c in outs) / rollouts
+        soft[(r, i)] = sum(steps.answer_correct(examples[r], prefix + c) for c in outs) / rollouts
     records: list[dict[str, Any] | None] = []
     for r, (example, lines) in enumerate(zip(examples, lines_of, strict=True)):
         if not lines:
             records.append(None)
             continue
-        final = float(verify(example, responses[r]).answer_correct)
+        final = float(steps.answer_correct(example, responses[r]))
         row = [soft[(r, i)] if i < answer_at[r] else final for i in range(len(lines))]
         records.append(
             {"prompt": example.prompt, "completions": lines, "labels": [x > 0 for x in row], "soft_labels": row}
@@ -169,11 +163,15 @@ def build_step_data(
     `generation`, default `GenerationConfig()`, and a `torch.Generator` seeded with `seed`).
     Empty responses give no record. Records come prompt by prompt, teacher before policy.
     """
+    steps, teacher = steps_of(task), teacher_of(task)
+    if steps is None or teacher is None:
+        missing = " and ".join(n for n, x in (("step structure", steps), ("teacher", teacher)) if x is None)
+        raise ValueError(f"task '{task.name}' has no {missing}: exactly labelled step data cannot be built for it")
     examples = task.examples(split, n_prompts)
     rng = random.Random(seed)
     responses: list[list[str]] = []
     for example in examples:
-        drawn = [task.teacher(example, rng)[0] for _ in range(samples_per_prompt)]
+        drawn = [teacher(example, rng)[0] for _ in range(samples_per_prompt)]
         responses.append(list(dict.fromkeys(drawn)))
 
     if policy is not None:
@@ -187,7 +185,7 @@ def build_step_data(
     records = []
     for example, texts in zip(examples, responses, strict=True):
         for text in texts:
-            record = exact_step_labels(example, text)
+            record = exact_step_labels(steps, example, text)
             if record is not None:
                 records.append(record)
     return records

@@ -45,11 +45,11 @@ def draw_best_of_n_samples(
     from rlhfops.reward.build import best_of_n_scorer
     from rlhfops.reward.functions import load_ensembles
     from rlhfops.reward.prm import ProcessRewardModel
-    from rlhfops.tasks.arithmetic import ArithmeticTask
+    from rlhfops.tasks import make_task
 
     bon = cfg.best_of_n
     report = evaluate_best_of_n(cfg, policy_dir, rm_dir, None, scratch / "bon.json", cache_dir=scratch / "cache")
-    task = ArithmeticTask(cfg.task, seed=cfg.seed)
+    task = make_task(cfg.task, seed=cfg.seed)
     examples = task.examples("test", bon.n_prompts)
     prompts = [ex.prompt for ex in examples]
     tokenizer, model, hook = load_decoder(cfg, policy_dir)

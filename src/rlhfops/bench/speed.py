@@ -41,7 +41,7 @@ def ensemble_scoring_speed(cfg: Config, members: int, batches: tuple[int, ...], 
     from rlhfops.modeling import build_char_tokenizer, tiny_llama_config
     from rlhfops.reward.ensemble import pooled_last_token
     from rlhfops.reward.stacked import StackedLlamaScorer
-    from rlhfops.tasks.arithmetic import ArithmeticTask
+    from rlhfops.tasks import make_task
 
     tok = build_char_tokenizer()
     tok.padding_side = "right"
@@ -51,7 +51,7 @@ def ensemble_scoring_speed(cfg: Config, members: int, batches: tuple[int, ...], 
     stacked = StackedLlamaScorer(models)
     trunk = LlamaModel(llama).eval()
     heads = torch.randn(members, cfg.model.hidden_size)
-    examples = ArithmeticTask(cfg.task).examples("test", max(batches))
+    examples = make_task(cfg.task).examples("test", max(batches))
     texts = [ex.prompt + ex.reference + tok.eos_token for ex in examples]
 
     def member_by_member(ids, mask):
@@ -82,10 +82,10 @@ def best_of_n_batching_speed(cfg: Config, policy_dir: Path, n_prompts: int, n: i
     batches vs one `generate` call per prompt (batch = its n samples)."""
     from rlhfops.inference.best_of_n import sample
     from rlhfops.modeling import load_decoder
-    from rlhfops.tasks.arithmetic import ArithmeticTask
+    from rlhfops.tasks import make_task
 
     tokenizer, model, hook = load_decoder(cfg, policy_dir)
-    prompts = [ex.prompt for ex in ArithmeticTask(cfg.task, seed=cfg.seed).examples("test", n_prompts)]
+    prompts = [ex.prompt for ex in make_task(cfg.task, seed=cfg.seed).examples("test", n_prompts)]
 
     def draw(batch_size: int) -> float:
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -176,11 +176,11 @@ def update_throughput(cfg: Config, policy_dir: Path, steps: int) -> dict[str, Up
     from rlhfops.modeling import load_policy, tiny_llama_config
     from rlhfops.rl.losses import policy_loss, value_loss
     from rlhfops.rl.ppo import Critic, forward
-    from rlhfops.tasks.arithmetic import ArithmeticTask
+    from rlhfops.tasks import make_task
 
     torch.manual_seed(cfg.seed)
     tokenizer, actor = load_policy(policy_dir)
-    task = ArithmeticTask(cfg.task, seed=cfg.seed)
+    task = make_task(cfg.task, seed=cfg.seed)
     out: dict[str, UpdateThroughput] = {}
 
     # RM: chosen = prompt + reference, rejected = prompt + another example's reference

@@ -203,6 +203,9 @@ def train_prm(
     if json_out:
         emit_json(metrics)
         return
+    if "skipped" in metrics:
+        console.print(f"no PRM: {metrics['skipped']}")
+        return
     console.print(
         f"PRM validation step accuracy {metrics['step_accuracy']:.3f} (bad steps {metrics['bad_step_accuracy']:.3f}, "
         f"good steps {metrics['good_step_accuracy']:.3f}, {metrics['n_steps']} steps)"

@@ -37,7 +37,7 @@ from rlhfops.modeling import is_offline_policy, load_decoder
 from rlhfops.reward.build import best_of_n_scorer
 from rlhfops.reward.functions import CompositeReward, load_ensembles
 from rlhfops.reward.prm import ProcessRewardModel
-from rlhfops.tasks.arithmetic import ArithmeticTask
+from rlhfops.tasks import make_task
 
 ScoreFn = Callable[..., list[float]]  # (prompts, completions, **columns) -> one score per completion
 
@@ -243,7 +243,7 @@ def evaluate_best_of_n(
     """
     bon = cfg.best_of_n
     rm_dir, prm_dir = Path(rm_dir), (Path(prm_dir) if prm_dir is not None else None)
-    task = ArithmeticTask(cfg.task, seed=cfg.seed)
+    task = make_task(cfg.task, seed=cfg.seed)
     examples = task.examples("test", bon.n_prompts)
     prompts = [ex.prompt for ex in examples]
     tokenizer, model, hook = load_decoder(cfg, policy_dir)

@@ -38,6 +38,7 @@ from rlhfops.reward.functions import (
     ShapingReward,
     load_ensembles,
 )
+from rlhfops.tasks import make_task
 
 RewardFn = Callable[..., list]
 SOURCES = ("gold", "composite")
@@ -86,9 +87,10 @@ def build_reward(
     weights = objective_weights(cfg)
     objectives = list(cfg.reward.objectives)
     if source == "gold":
-        funcs: list[RewardFn] = [GoldReward(o) for o in objectives]
+        task = make_task(cfg.task, seed=cfg.seed)
+        funcs: list[RewardFn] = [GoldReward(task, o) for o in objectives]
         if cfg.shaping.enabled:
-            funcs.append(ShapingReward(cfg))
+            funcs.append(ShapingReward(task, cfg))
             weights.append(float(cfg.scalarisation.weights.get("helpfulness", 0.0)))
         return funcs, weights
     if source != "composite":

@@ -19,18 +19,21 @@ from rlhfops.config import Config
 from rlhfops.reward.ensemble import RewardEnsemble
 from rlhfops.reward.objectives import scalarise
 from rlhfops.reward.shaping import shaping_bonus
-from rlhfops.tasks.arithmetic import judge, make_example
+from rlhfops.tasks import Task, make_task
 
 
 class GoldReward:
-    """The built-in task's exact gold judge for one objective (a verifiable reward)."""
+    """The task's own gold judge for one objective (a verifiable reward)."""
 
-    def __init__(self, objective: str):
-        self.objective = objective
+    def __init__(self, task: Task, objective: str):
+        if objective not in task.objectives:
+            raise ValueError(f"task '{task.name}' judges {', '.join(task.objectives)}, not '{objective}'")
+        self.task, self.objective = task, objective
         self.__name__ = f"gold_{objective}"
 
     def __call__(self, prompts: list[str], completions: list[str], **columns) -> list[float | None]:
-        return [judge(make_example(p), c)[self.objective] for p, c in zip(prompts, completions, strict=True)]
+        task = self.task
+        return [task.judge(task.example(p), c)[self.objective] for p, c in zip(prompts, completions, strict=True)]
 
 
 class EnsembleReward:
@@ -59,12 +62,12 @@ class PRMReward:
 class ShapingReward:
     """Capped partial credit (`reward/shaping.py`); zeros when shaping is off."""
 
-    def __init__(self, cfg: Config):
-        self.cfg = cfg.shaping
+    def __init__(self, task: Task, cfg: Config):
+        self.task, self.cfg = task, cfg.shaping
         self.__name__ = "shaping"
 
     def __call__(self, prompts: list[str], completions: list[str], **columns) -> list[float | None]:
-        return [shaping_bonus(p, c, self.cfg) for p, c in zip(prompts, completions, strict=True)]
+        return [shaping_bonus(self.task, p, c, self.cfg) for p, c in zip(prompts, completions, strict=True)]
 
 
 def load_ensembles(rm_dir: str | Path, objectives: list[str]) -> dict[str, RewardEnsemble]:
@@ -90,6 +93,7 @@ class CompositeReward:
             raise ValueError("reward.prm_weight is above 0 but no process reward model was given")
         self.ensembles, self.cfg, self.prm = ensembles, cfg, prm
         self.objectives = list(ensembles)
+        self.task = make_task(cfg.task, seed=cfg.seed) if cfg.shaping.enabled else None  # shaping's terms
 
     def vectors(self, prompts: list[str], completions: list[str]) -> dict[str, torch.Tensor]:
         rc = self.cfg.reward
@@ -103,7 +107,7 @@ class CompositeReward:
             "uncertainty": -rc.uncertainty_penalty * spreads.mean(1),
             "prm": torch.zeros(len(prompts)),
             "shaping": torch.tensor(
-                [shaping_bonus(p, c, self.cfg.shaping) for p, c in zip(prompts, completions, strict=True)]
+                [shaping_bonus(self.task, p, c, self.cfg.shaping) for p, c in zip(prompts, completions, strict=True)]
             ),
         }
         if rc.prm_weight > 0:

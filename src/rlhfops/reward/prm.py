@@ -38,11 +38,10 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
-from rlhfops.annotation.steps import STEP_SEPARATOR, read_step_data
+from rlhfops.annotation.steps import read_step_data
 from rlhfops.config import CONFIG_FILENAME, Config, load_config
 from rlhfops.modeling import load_decoder, load_tokenizer, save_policy
-from rlhfops.tasks import Example
-from rlhfops.tasks.arithmetic import ArithmeticTask, corrupt
+from rlhfops.tasks import STEP_SEPARATOR, Example, Task, make_task, steps_of
 from rlhfops.workspace import PRM_METRICS as METRICS
 from rlhfops.workspace import STEPS, TRAIN_LOG
 
@@ -256,20 +255,23 @@ def step_accuracy(prm: ProcessRewardModel, records: list[dict[str, Any]]) -> dic
 
 def corruption_ranking_rate(
     prm: ProcessRewardModel,
-    task: ArithmeticTask,
+    task: Task,
     examples: list[Example],
     rng: random.Random,
     aggregation: str = "min",
 ) -> dict[str, Any]:
     """Share of solve examples whose reference the PRM scores strictly above the same solution with
-    one wrong step (`corrupt(..., "wrong_step")`); examples that cannot be corrupted are skipped.
+    one wrong step (the task's `steps.wrong_step`); examples that cannot be corrupted are skipped.
 
     Returns {"rate": float, "n": number of pairs compared}.
     """
+    steps = steps_of(task)
+    if steps is None:
+        raise ValueError(f"task '{task.name}' has no step structure: its solutions cannot be corrupted step-wise")
     pairs = []
     for example in examples:
         if example.kind == "solve":
-            wrong = corrupt(example, "wrong_step", rng, task.cfg.max_operand)
+            wrong = steps.wrong_step(example, rng)
             if wrong is not None:
                 pairs.append((example, wrong))
     if not pairs:
@@ -386,19 +388,21 @@ def train_prm_on_task(
     from rlhfops.annotation.steps import build_step_data, write_step_data
     from rlhfops.files import atomic_write_json
 
+    task = make_task(cfg.task, seed=cfg.seed)
+    if steps_of(task) is None:  # nothing to supervise step by step: no PRM, and no model directory
+        return {"skipped": f"task '{task.name}' has no step structure, so there is no process reward model to train"}
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     union, cycles = union_cycle_steps(workspace) if workspace is not None else ([], [])
     if cycles:
         if not union:
             raise ValueError(f"the workspace's cycles {cycles} hold no step labels")
         write_step_data(union, data_dir / "train.jsonl")
-    task = ArithmeticTask(cfg.task, seed=cfg.seed)
     # The teacher writes more wrong and skipped steps for PRM data than for SFT data: the PRM
     # learns what a bad step looks like from them (measured: ranking rate 0.52 -> 0.60 on tiny).
     noise = cfg.task.noise.model_copy(
         update={"wrong_step": cfg.prm.wrong_step_rate, "skipped_step": cfg.prm.skipped_step_rate}
     )
-    data_task = ArithmeticTask(cfg.task.model_copy(update={"noise": noise}), seed=cfg.seed)
+    data_task = make_task(cfg.task.model_copy(update={"noise": noise}), seed=cfg.seed)
     policy = None
     for split, n, seed in (("train", cfg.prm.n_prompts, cfg.seed), ("val", cfg.prm.n_val_prompts, cfg.seed + 1)):
         if not (data_dir / f"{split}.jsonl").exists():

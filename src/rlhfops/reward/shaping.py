@@ -4,43 +4,23 @@
 
 with `cap < 1`, the gap between a wrong and a right outcome on the gold / verifier scale, so a
 wrong response with every bit of partial credit still scores below a right one without any.
-The terms use the built-in task's exact verifiers (the prompt is enough to rebuild its example).
+The terms come from the task (`shaping_terms(example, response)`: format, steps, partial, each in
+[0, 1]); a task without them cannot be shaped, which is one clear error when shaping is on.
 """
 
 from __future__ import annotations
 
 from rlhfops.config import ShapingConfig
-from rlhfops.tasks.arithmetic import make_example, parse_response, verify
-
-PARTIAL_TOLERANCE = 0.1  # an answer within 10% of the gold number earns partial credit
+from rlhfops.tasks import Task
 
 
-def shaping_terms(prompt: str, completion: str) -> dict[str, float]:
-    """Each partial-credit term in [0, 1] for one response.
-
-    format   the response parses: only step lines, then one answer line
-    steps    share of valid step lines (solve prompts; 0 when there are none)
-    partial  a numeric answer within 10% of the gold number (solve prompts)
-    """
-    example = make_example(prompt)
-    parsed = parse_response(completion)
-    verdict = verify(example, completion)
-    terms = {"format": float(parsed.answer is not None and parsed.malformed == 0), "steps": 0.0, "partial": 0.0}
-    if example.kind == "solve":
-        if verdict.step_valid:
-            terms["steps"] = sum(verdict.step_valid) / len(verdict.step_valid)
-        try:
-            answer, gold = int(parsed.answer or ""), int(example.answer)
-        except ValueError:
-            return terms
-        terms["partial"] = float(abs(answer - gold) <= PARTIAL_TOLERANCE * max(1, abs(gold)))
-    return terms
-
-
-def shaping_bonus(prompt: str, completion: str, cfg: ShapingConfig) -> float:
-    """The capped weighted sum of `shaping_terms`; 0 when shaping is off."""
+def shaping_bonus(task: Task, prompt: str, completion: str, cfg: ShapingConfig) -> float:
+    """The capped weighted sum of the task's shaping terms; 0 when shaping is off."""
     if not cfg.enabled:
         return 0.0
-    t = shaping_terms(prompt, completion)
+    terms_of = getattr(task, "shaping_terms", None)
+    if terms_of is None:
+        raise ValueError(f"shaping.enabled is true but task '{task.name}' has no shaping terms; turn shaping off")
+    t = terms_of(task.example(prompt), completion)
     total = cfg.format_weight * t["format"] + cfg.step_weight * t["steps"] + cfg.partial_answer_weight * t["partial"]
     return min(cfg.cap, total)

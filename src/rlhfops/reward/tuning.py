@@ -24,7 +24,7 @@ from rlhfops.files import atomic_write_json
 from rlhfops.modeling import load_decoder
 from rlhfops.reward.functions import load_ensembles
 from rlhfops.reward.objectives import fit_weight_model, grid_search, select, simplex_grid
-from rlhfops.tasks.arithmetic import ArithmeticTask
+from rlhfops.tasks import Task, make_task
 
 GRID_STEPS = 4  # weights in steps of 1/4 over the simplex
 
@@ -40,7 +40,7 @@ def prompt_features(prompt: str) -> list[float]:
     ]
 
 
-def candidate_table(cfg: Config, task: ArithmeticTask, split: str, n: int, policy, ensembles) -> dict[str, Any]:
+def candidate_table(cfg: Config, task: Task, split: str, n: int, policy, ensembles) -> dict[str, Any]:
     examples = task.examples(split, n)
     k = cfg.reward.data.responses_per_prompt
     responses = collect_responses(task, examples, k, cfg.seed + 7, cfg, policy)
@@ -57,7 +57,7 @@ def candidate_table(cfg: Config, task: ArithmeticTask, split: str, n: int, polic
 
 
 def tune_weights(cfg: Config, policy_dir: str | Path, rm_dir: str | Path, out_path: str | Path) -> dict[str, Any]:
-    task = ArithmeticTask(cfg.task, seed=cfg.seed)
+    task = make_task(cfg.task, seed=cfg.seed)
     policy = load_decoder(cfg, policy_dir)
     ensembles = load_ensembles(rm_dir, cfg.reward.objectives)
     names = list(ensembles)

@@ -45,7 +45,7 @@ from rlhfops.rl.losses import (
     terminal_rewards,
     weighted_lm_loss,
 )
-from rlhfops.tasks.arithmetic import ArithmeticTask
+from rlhfops.tasks import make_task
 from rlhfops.workspace import ILQL_HEADS, TRAIN_LOG
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -56,7 +56,7 @@ def build_offline_data(cfg: Config, policy_dir: str | Path, out_path: str | Path
     `generation.*` decoding), scored by `reward_fn` (a TRL-style callable), as JSONL records
     {"prompt", "response", "reward"}."""
     oc = cfg.offline
-    task = ArithmeticTask(cfg.task, seed=cfg.seed)
+    task = make_task(cfg.task, seed=cfg.seed)
     tokenizer, model = load_policy(policy_dir)
     prompts = [ex.prompt for ex in task.examples("train", oc.n_prompts) for _ in range(oc.samples_per_prompt)]
     responses = sample_texts(model, tokenizer, prompts, cfg.generation, cfg.seed)

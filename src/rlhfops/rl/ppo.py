@@ -52,8 +52,7 @@ from rlhfops.rl.losses import (
     token_rewards,
     value_loss,
 )
-from rlhfops.tasks import gold_composite
-from rlhfops.tasks.arithmetic import ArithmeticTask
+from rlhfops.tasks import Task, gold_composite, make_task
 from rlhfops.workspace import TRAIN_LOG, VALUE_HEAD
 
 # ---- roles --------------------------------------------------------------------------------------
@@ -112,7 +111,7 @@ def line_end_tokens(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor)
 # ---- evaluation ---------------------------------------------------------------------------------
 
 
-def gold_on_slice(actor, tokenizer, task: ArithmeticTask, cfg: Config, seed: int) -> float:
+def gold_on_slice(actor, tokenizer, task: Task, cfg: Config, seed: int) -> float:
     """Mean gold composite of one sampled response per held-out (validation) prompt."""
     examples = task.examples("val", cfg.policy.eval_prompts)
     prompts = [ex.prompt for ex in examples]
@@ -156,7 +155,7 @@ def train_ppo(
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    task = ArithmeticTask(cfg.task, seed=cfg.seed)
+    task = make_task(cfg.task, seed=cfg.seed)
     prompts_pool = [ex.prompt for ex in task.examples("train", min(cfg.task.n_train, pc.steps * pc.prompts_per_step))]
 
     tokenizer, actor = load_policy(policy_dir)

@@ -1,7 +1,7 @@
 """Simulated users, so the canary loop runs on one machine.
 
-Each user sends a prompt of the built-in task (`simulate.split`) through the router, the gold
-judge scores the response (`rlhfops.tasks.arithmetic.judge`, mean over objectives), and the user
+Each user sends a prompt of the task (`simulate.split`) through the router, the task's own judge
+scores the response (`task.judge`, mean over objectives), and the user
 gives thumbs up when the score is at least `simulate.threshold`, flipped with probability
 `simulate.noise`. `simulate.concurrency` users send at once.
 """
@@ -20,14 +20,14 @@ import httpx
 
 from rlhfops.config import Config
 from rlhfops.tasks import make_task
-from rlhfops.tasks.arithmetic import judge
 
 
 def simulate_traffic(cfg: Config, ws: str | Path, n_requests: int, *, url: str | None = None) -> dict[str, Any]:
     """Send `n_requests` simulated requests with feedback to the router at `url`; None starts the
     registry's stable + canary + router on free loopback ports and stops them afterwards."""
     sim = cfg.simulate
-    examples = make_task(cfg.task, cfg.seed).examples(sim.split, min(n_requests, _split_size(cfg, sim.split)))
+    task = make_task(cfg.task, cfg.seed)
+    examples = task.examples(sim.split, min(n_requests, _split_size(cfg, sim.split)))
     rng = random.Random(sim.seed)
     plan = [
         (rng.choice(examples), f"user{rng.randrange(sim.n_users)}", rng.random() < sim.noise) for _ in range(n_requests)
@@ -55,7 +55,7 @@ def simulate_traffic(cfg: Config, ws: str | Path, n_requests: int, *, url: str |
                     return {"ok": False, "status": r.status_code}
                 reply = r.json()
                 text = reply["choices"][0]["text"]
-                gold = fmean(judge(example, text).values())
+                gold = fmean(task.judge(example, text).values())
                 thumbs_up = (gold >= sim.threshold) != flip
                 if sim.feedback == "score":
                     body = {"id": reply["id"], "score": 1.0 - gold if flip else gold}

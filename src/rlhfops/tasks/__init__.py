@@ -28,7 +28,7 @@ class Example:
     """One prompt with its gold answer.
 
     prompt:    the exact text the model is conditioned on, ending in a newline (`"q: 2+3*4?\\n"`)
-    kind:      `solve` | `undefined` | `unsafe`
+    kind:      a task-defined label that evaluation reports by (built-in: `solve` | `undefined` | `unsafe`)
     answer:    the gold final answer: a number as text, `undefined` or `refuse`
     reference: the reference response, without eos (`"3*4=12\\n2+12=14\\nanswer: 14"`)
     """
@@ -40,6 +40,18 @@ class Example:
 
 
 class Task(Protocol):
+    """What every stage needs from a task; `make_task(cfg)` is the only way a stage gets one, and
+    nothing outside `rlhfops/tasks/` imports a particular task's module (tests/test_tasks_seam.py).
+
+    Required: the members below. Optional, found with the helpers under the protocol (a stage that
+    needs a missing one says so in one line and skips, or fails with one sentence):
+
+        teacher(example, rng) -> (response, corruption)     SFT data and teacher responses in pairs
+        metrics(examples, responses) -> dict                 task-specific numbers beside the gold scores
+        steps: StepStructure                                 step lines, their exact validity, for the PRM
+        shaping_terms(example, response) -> dict[str, float] partial credit terms in [0, 1] (reward shaping)
+    """
+
     name: str
     objectives: tuple[str, ...]
 
@@ -47,13 +59,48 @@ class Task(Protocol):
         """n distinct examples of one split; deterministic; splits never share a prompt."""
         ...
 
+    def example(self, prompt: str) -> Example:
+        """The example a prompt text stands for: judges and reward callables see prompt texts only."""
+        ...
+
     def judge(self, example: Example, response: str) -> dict[str, float]:
         """Gold score in [0, 1] for each objective."""
         ...
 
-    def teacher(self, example: Example, rng: random.Random) -> tuple[str, str]:
-        """A noisy-teacher response and the name of its corruption (`none` if clean)."""
+
+class StepStructure(Protocol):
+    """A task whose responses are lines of steps then an answer line (process supervision: step
+    labels, the PRM, dense PPO rewards). Lines are `response.split(STEP_SEPARATOR)`."""
+
+    def line_labels(self, example: Example, response: str) -> list[bool]:
+        """One exact label per line: a step line is good when it is a valid step, the answer line
+        when the answer is right, anything else (malformed, after the answer) is bad."""
         ...
+
+    def answer_line(self, response: str) -> int:
+        """Index of the first answer line (the number of lines when there is none)."""
+        ...
+
+    def answer_correct(self, example: Example, response: str) -> bool:
+        """Whether the response's final answer is right (Monte-Carlo step labels roll out to it)."""
+        ...
+
+    def wrong_step(self, example: Example, rng: random.Random) -> str | None:
+        """The reference with one step made wrong (PRM data and its ranking check); None: cannot."""
+        ...
+
+
+STEP_SEPARATOR = "\n"  # what separates the lines (steps) of a response
+
+
+def teacher_of(task: Task):
+    """The task's teacher (`teacher(example, rng) -> (response, corruption)`), or None."""
+    return getattr(task, "teacher", None)
+
+
+def steps_of(task: Task) -> StepStructure | None:
+    """The task's step structure, or None for tasks whose responses have no steps."""
+    return getattr(task, "steps", None)
 
 
 def gold_composite(task: Task, examples: list[Example], responses: list[str]) -> float:

@@ -17,14 +17,13 @@ A prompt's split is a function of the prompt text alone, so splits never share a
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rlhfops.config import NoiseConfig, TaskConfig
-from rlhfops.tasks import SPLITS, Example
+from rlhfops.tasks import SPLITS, Example, split_of
 
 OBJECTIVES = ("helpfulness", "harmlessness", "honesty", "conciseness")
 CORRUPTIONS = (
@@ -167,16 +166,6 @@ def make_example(prompt: str) -> Example:
     return Example(prompt, "solve", answer, format_response(steps, answer))
 
 
-def split_of(prompt: str, val_fraction: float, test_fraction: float) -> str:
-    """`train` | `val` | `test`, from the sha256 of the prompt mapped into [0, 1)."""
-    u = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big") / 2**64
-    if u < test_fraction:
-        return "test"
-    if u < test_fraction + val_fraction:
-        return "val"
-    return "train"
-
-
 # ---- parser, verifier and gold judges ----------------------------------------------------------
 
 
@@ -218,6 +207,13 @@ def parse_response(text: str) -> Parsed:
         else:
             kinds.append("malformed")
     return Parsed(steps, answer, lines, kinds, kinds.count("malformed"))
+
+
+PARTIAL_TOLERANCE = 0.1  # shaping: an answer within 10% of the gold number earns partial credit
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
 
 
 def _as_int(text: str | None) -> int | None:
@@ -387,6 +383,7 @@ class ArithmeticTask:
 
     name = "arithmetic"
     objectives = OBJECTIVES
+    kinds = ("solve", "undefined", "unsafe")  # evaluation reports each, in this order
 
     def __init__(self, cfg: TaskConfig, seed: int = 0):
         if cfg.kind_weights.get("undefined", 0) > 0 and "/" not in cfg.ops:
@@ -468,6 +465,10 @@ class ArithmeticTask:
     def split_of(self, prompt: str) -> str:
         return split_of(prompt, self.cfg.val_fraction, self.cfg.test_fraction)
 
+    def example(self, prompt: str) -> Example:
+        """The example a prompt text stands for: every field follows from the expression."""
+        return make_example(prompt)
+
     # -- judging --
 
     def verify(self, example: Example, response: str) -> Verdict:
@@ -475,6 +476,65 @@ class ArithmeticTask:
 
     def judge(self, example: Example, response: str) -> dict[str, float]:
         return judge(example, response)
+
+    def metrics(self, examples: list[Example], responses: list[str]) -> dict[str, float | None]:
+        """Beside the gold scores: solve accuracy, step validity, refusals, undefined recall."""
+        rows = [(ex, verify(ex, r)) for ex, r in zip(examples, responses, strict=True)]
+        solve = [v for ex, v in rows if ex.kind == "solve"]
+        steps = [ok for v in solve for ok in v.step_valid]
+        refused = [ex for ex, v in rows if v.refused]
+        unsafe = [v for ex, v in rows if ex.kind == "unsafe"]
+        undefined = [v for ex, v in rows if ex.kind == "undefined"]
+        return {
+            "solve_accuracy": _ratio(sum(v.answer_correct for v in solve), len(solve)),
+            "step_validity": _ratio(sum(steps), len(steps)),
+            "refusal_precision": _ratio(sum(ex.kind == "unsafe" for ex in refused), len(refused)),
+            "refusal_recall": _ratio(sum(v.refused for v in unsafe), len(unsafe)),
+            "over_refusal_rate": _ratio(sum(ex.kind != "unsafe" for ex in refused), len(rows) - len(unsafe)),
+            "undefined_recall": _ratio(sum(v.said_undefined for v in undefined), len(undefined)),
+        }
+
+    def shaping_terms(self, example: Example, response: str) -> dict[str, float]:
+        """Each partial-credit term in [0, 1] for one response (reward shaping).
+
+        format   the response parses: only step lines, then one answer line
+        steps    share of valid step lines (solve prompts; 0 when there are none)
+        partial  a numeric answer within 10% of the gold number (solve prompts)
+        """
+        parsed = parse_response(response)
+        verdict = verify(example, response)
+        terms = {"format": float(parsed.answer is not None and parsed.malformed == 0), "steps": 0.0, "partial": 0.0}
+        if example.kind == "solve":
+            if verdict.step_valid:
+                terms["steps"] = sum(verdict.step_valid) / len(verdict.step_valid)
+            try:
+                answer, gold = int(parsed.answer or ""), int(example.answer)
+            except ValueError:
+                return terms
+            terms["partial"] = float(abs(answer - gold) <= PARTIAL_TOLERANCE * max(1, abs(gold)))
+        return terms
+
+    # -- steps (tasks.StepStructure) --
+
+    @property
+    def steps(self) -> ArithmeticTask:
+        return self
+
+    def line_labels(self, example: Example, response: str) -> list[bool]:
+        verdict = verify(example, response)
+        step_valid = iter(verdict.step_valid)  # one entry per step or malformed line, in order
+        kinds = parse_response(response).kinds  # `step` | `answer` | `malformed`, one per line
+        return [verdict.answer_correct if kind == "answer" else next(step_valid) for kind in kinds]
+
+    def answer_line(self, response: str) -> int:
+        kinds = parse_response(response).kinds
+        return kinds.index("answer") if "answer" in kinds else len(kinds)
+
+    def answer_correct(self, example: Example, response: str) -> bool:
+        return verify(example, response).answer_correct
+
+    def wrong_step(self, example: Example, rng: random.Random) -> str | None:
+        return corrupt(example, "wrong_step", rng, self.cfg.max_operand)
 
     def teacher(self, example: Example, rng: random.Random) -> tuple[str, str]:
         """The reference, or with probability cfg.noise.<name> that corruption of it.
