@@ -49,13 +49,12 @@ def logged_rewards(cfg: Config, ws: Workspace) -> tuple[list[str], list[str], di
     "extra" (N,), the terms the scalarisation does not weigh (uncertainty penalty, PRM, shaping)."""
     from rlhfops.annotation.collect import read_responses
     from rlhfops.cycle import cycle_models
-    from rlhfops.reward.functions import CompositeReward, load_ensembles
+    from rlhfops.reward.build import composite_reward
 
-    names = list(cfg.reward.objectives)
     rows = read_responses(ws.cycle_dir(1) / RESPONSES)
     prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
-    ensembles = load_ensembles(cycle_models(ws, max(ws.cycle_numbers())) / "reward", names)
-    vectors = CompositeReward(ensembles, cfg, None).vectors(prompts, responses)
+    rm_dir = cycle_models(ws, max(ws.cycle_numbers())) / "reward"
+    vectors = composite_reward(cfg, rm_dir).vectors(prompts, responses)
     return prompts, responses, {**vectors, "extra": vectors["uncertainty"] + vectors["prm"] + vectors["shaping"]}
 
 

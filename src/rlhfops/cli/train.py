@@ -130,7 +130,8 @@ def score(
 ) -> None:
     """Score prompt/response pairs: per-objective aggregates and spreads, PRM step scores, composite."""
     from rlhfops.files import read_jsonl
-    from rlhfops.reward.functions import CompositeReward, load_ensembles
+    from rlhfops.reward.build import composite_reward
+    from rlhfops.reward.functions import load_ensembles
     from rlhfops.reward.prm import ProcessRewardModel
 
     cfg, ws = setup(config, set_, workspace)
@@ -147,8 +148,7 @@ def score(
         prm_dir = trained_model(ws, "prm")
         prm = ProcessRewardModel.load(prm_dir) if prm_dir is not None else None
         prompts, responses = [r["prompt"] for r in records], [r["response"] for r in records]
-        # the composite's parts per objective (rewards, spreads), which build_reward's callables do not expose
-        parts = CompositeReward(ensembles, cfg, prm if cfg.reward.prm_weight > 0 else None).vectors(prompts, responses)
+        parts = composite_reward(cfg, ensembles=ensembles, prm=prm, prm_dir=prm_dir).vectors(prompts, responses)
         steps = prm.step_scores(prompts, responses) if prm is not None else [None] * len(records)
     rows = []
     for i, r in enumerate(records):

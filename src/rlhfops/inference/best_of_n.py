@@ -34,7 +34,7 @@ from rlhfops.files import atomic_write_json
 from rlhfops.generation import generate
 from rlhfops.inference.cache import BoNCache, cache_key, directory_version
 from rlhfops.modeling import is_offline_policy, load_decoder
-from rlhfops.reward.build import best_of_n_scorer
+from rlhfops.reward.build import best_of_n_scorer, composite_reward
 from rlhfops.reward.functions import CompositeReward, load_ensembles
 from rlhfops.reward.prm import ProcessRewardModel
 from rlhfops.tasks import make_task
@@ -250,7 +250,7 @@ def evaluate_best_of_n(
     ensembles = load_ensembles(rm_dir, cfg.reward.objectives)
     prm = ProcessRewardModel.load(prm_dir) if prm_dir is not None else None
     scorer = best_of_n_scorer(cfg, ensembles, prm)
-    composite = CompositeReward(ensembles, cfg, prm)
+    composite = composite_reward(cfg, ensembles=ensembles, prm=prm, prm_dir=prm_dir)
 
     n_max = max(bon.n_values)
     n_draw = max(n_max, bon.n)  # adaptive N reads its candidates off the same draws

@@ -95,16 +95,34 @@ def build_reward(
         return funcs, weights
     if source != "composite":
         raise ValueError(f"unknown reward source '{source}'; expected one of {', '.join(SOURCES)}")
-    if ensembles is None:
-        if rm_dir is None:
-            raise ValueError("the composite reward needs the reward-model ensembles, but no directory was given")
-        ensembles = load_ensembles(rm_dir, objectives)
     if needs_composite(cfg):
-        if cfg.reward.prm_weight > 0 and prm is None:
-            prm = load_prm(prm_dir, "reward.prm_weight above 0")
-        return [CompositeReward(ensembles, cfg, prm if cfg.reward.prm_weight > 0 else None)], [1.0]
+        return [composite_reward(cfg, rm_dir, prm_dir, ensembles=ensembles, prm=prm)], [1.0]
+    ensembles = ensembles if ensembles is not None else _ensembles(cfg, rm_dir)
     how, lam = cfg.reward.aggregation, cfg.reward.uwo_lambda
     return [EnsembleReward(ensembles[o], how, lam) for o in objectives], weights
+
+
+def _ensembles(cfg: Config, rm_dir: str | Path | None) -> dict[str, RewardEnsemble]:
+    if rm_dir is None:
+        raise ValueError("the composite reward needs the reward-model ensembles, but no directory was given")
+    return load_ensembles(rm_dir, list(cfg.reward.objectives))
+
+
+def composite_reward(
+    cfg: Config,
+    rm_dir: str | Path | None = None,
+    prm_dir: str | Path | None = None,
+    *,
+    ensembles: dict[str, RewardEnsemble] | None = None,
+    prm=None,
+) -> CompositeReward:
+    """The reward models' composite as one object, with its per-objective parts (`vectors`: rewards,
+    spreads, each term) for what needs more than the score: `rlhfops score`, the server's spread
+    metric, adaptive Best-of-N, the bench. The PRM term is loaded when `reward.prm_weight > 0`."""
+    ensembles = ensembles if ensembles is not None else _ensembles(cfg, rm_dir)
+    if cfg.reward.prm_weight > 0 and prm is None:
+        prm = load_prm(prm_dir, "reward.prm_weight above 0")
+    return CompositeReward(ensembles, cfg, prm if cfg.reward.prm_weight > 0 else None)
 
 
 class WeightedSum:

@@ -289,9 +289,9 @@ def create_app(
     # decoded as it was evaluated at the gate: an offline-RL policy with its Q - V shift
     tokenizer, model, hook = load_decoder(cfg, model_dir)
     if scorer is None and cfg.serving.reward_models:
-        from rlhfops.reward.functions import CompositeReward, load_ensembles
+        from rlhfops.reward.build import composite_reward
 
-        scorer = CompositeReward(load_ensembles(cfg.serving.reward_models, cfg.reward.objectives), cfg)
+        scorer = composite_reward(cfg, cfg.serving.reward_models)
     generator = torch.Generator().manual_seed(cfg.serving.seed)
     worker = ModelWorker(model, tokenizer, cfg.serving, scorer, logits_hook=hook, generator=generator)
     metrics = ServerMetrics()
