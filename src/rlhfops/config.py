@@ -158,14 +158,67 @@ class GenerationConfig(Section):
     batch_size: int = Field(256, ge=1)
 
 
+class JudgeSpec(Section):
+    """One objective's judge, in `annotation.judges` or `eval.judges` (rlhfops.annotation.judges says
+    what each kind costs)."""
+
+    kind: Literal["verifier", "llm", "reward_model", "python"] = Field(
+        description="verifier: the task's own judge; llm: the endpoint of annotation.judge; reward_model: "
+        "a reward-model directory; python: a function"
+    )
+    path: str | None = Field(
+        None,
+        description="reward_model: one of our ensemble directories (<reward>/<objective>) or any Hugging Face "
+        "sequence-classification model directory (score = sigmoid of its one logit); unset in annotation: "
+        "the cycle's ensembles",
+    )
+    callable: str | None = Field(
+        None,
+        description="python: 'package.module:fn' or 'path/to/file.py:fn', called as fn(prompts, responses) "
+        "-> list[float in [0, 1] | None]",
+    )
+
+
+def check_judges(section: str, judges: dict[str, JudgeSpec]) -> None:
+    """Each spec's fields fit its kind; `section` names the key in the one-sentence error."""
+    for objective, spec in judges.items():
+        key = f"{section}.judges.{objective}"
+        if spec.kind == "python":
+            module, _, attr = (spec.callable or "").rpartition(":")
+            if not (module and attr.isidentifier()):
+                raise ValueError(
+                    f"{key} is a python judge whose callable must look like 'package.module:fn' or "
+                    f"'path/to/file.py:fn', got {spec.callable!r}"
+                )
+        elif spec.callable is not None:
+            raise ValueError(f"{key}.callable is for python judges, not {spec.kind} ones")
+        if spec.path is not None and spec.kind != "reward_model":
+            raise ValueError(f"{key}.path is for reward_model judges, not {spec.kind} ones")
+
+
 class EvalConfig(Section):
-    """Gold evaluation on the held-out test split."""
+    """Evaluation on the held-out test split, scored by `judges` (by default the task's own)."""
 
     greedy: bool = Field(
         False, description="greedy decoding; false (default) scores the policy's own samples at generation.temperature"
     )
     samples_per_prompt: int = Field(4, ge=1, description="sampled responses per test prompt (1 when greedy)")
     n_test: int | None = Field(None, ge=1, description="evaluate on the first n test prompts; None: all")
+    judges: dict[str, JudgeSpec] = Field(
+        default_factory=dict,
+        description="objective -> its judge for evaluation, the pre-deploy gate and simulated feedback; an "
+        "objective not named here is scored by the task's own judge (verifier)",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        check_judges("eval", self.judges)
+        for objective, spec in self.judges.items():
+            if spec.kind == "reward_model" and spec.path is None:
+                raise ValueError(
+                    f"eval.judges.{objective} is a reward_model judge without a path; name the reward-model directory"
+                )
+        return self
 
 
 OBJECTIVES = ("helpfulness", "harmlessness", "honesty", "conciseness")
@@ -186,8 +239,9 @@ class PreferenceConfig(Section):
 class RewardConfig(Section):
     """Bradley-Terry reward-model ensembles, one per objective (trl RewardTrainer)."""
 
-    objectives: list[Literal["helpfulness", "harmlessness", "honesty", "conciseness"]] = Field(
-        default_factory=lambda: list(OBJECTIVES)
+    objectives: list[str] = Field(
+        default_factory=lambda: list(OBJECTIVES),
+        description="one ensemble per objective; each must be one the task judges (checked where judges are built)",
     )
     members: int = Field(3, ge=1, description="K ensemble members per objective")
     kind: Literal["full", "heads"] = Field(
@@ -210,6 +264,12 @@ class RewardConfig(Section):
     batch_size: int = Field(32, ge=1)
     max_length: int = Field(96, ge=8)
     data: PreferenceConfig = Field(default_factory=PreferenceConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> RewardConfig:
+        if not self.objectives or len(set(self.objectives)) < len(self.objectives):
+            raise ValueError(f"reward.objectives must name distinct objectives, got {self.objectives}")
+        return self
 
 
 class PRMConfig(Section):
@@ -424,9 +484,12 @@ class CollectConfig(Section):
 
 
 class JudgeConfig(Section):
-    """Who labels responses: exact verifiers (+ noise), an LLM over an OpenAI-compatible API, or the RM ensemble."""
+    """Who labels responses: exact verifiers (+ noise), an LLM over an OpenAI-compatible API, or the RM ensemble.
+    The LLM settings here serve every `llm` judge, in annotation and in evaluation."""
 
-    kind: Literal["verifier", "llm", "reward_model"] = "verifier"
+    kind: Literal["verifier", "llm", "reward_model"] = Field(
+        "verifier", description="the annotation judge of every objective that annotation.judges does not name"
+    )
     label_noise: float = Field(0.1, ge=0, lt=0.5, description="verifier: chance a pair's label is swapped")
     base_url: str = Field("http://127.0.0.1:8000/v1", description="llm: OpenAI-compatible endpoint, up to /v1")
     model: str = Field("judge", description="llm: the `model` field of each request")
@@ -471,9 +534,18 @@ class AnnotationConfig(Section):
     """Annotation of collected responses: judges, pairs, step labels, active learning, review."""
 
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    judges: dict[str, JudgeSpec] = Field(
+        default_factory=dict,
+        description="objective -> its annotation judge; an objective not named here uses judge.kind",
+    )
     steps: StepLabelConfig = Field(default_factory=StepLabelConfig)
     active: ActiveConfig = Field(default_factory=ActiveConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> AnnotationConfig:
+        check_judges("annotation", self.judges)
+        return self
 
 
 class VersioningConfig(Section):

@@ -273,21 +273,33 @@ def cycle_eval_config(cfg: Config) -> Config:
 
 
 def evaluate(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
-    """Gold evaluation of the stable policy and each candidate on the same test prompts, decoding
-    Best-of-N (`pipeline.eval_best_of_n`, scored by this cycle's reward ensembles) when N > 1;
-    per-prompt gold composites for the gate. Written to <ws>/eval/cycle-NNNN.json."""
-    from rlhfops.evaluation import evaluate_dir
+    """Evaluation of the stable policy and each candidate on the same test prompts by the evaluation
+    judges (`eval.judges`), decoding Best-of-N (`pipeline.eval_best_of_n`, picked by this cycle's
+    reward ensembles) when N > 1: per objective the mean score, per prompt the composite (the gate's
+    paired scores), and per candidate its win rate against stable on those prompts. Written to
+    <ws>/eval/cycle-NNNN.json."""
+    from rlhfops.annotation.judges import eval_judges
+    from rlhfops.evaluation import evaluate_dir, win_rate
+    from rlhfops.tasks import make_task
 
     stable = stable_or_register_sft(cfg, ws)
     eval_cfg = cycle_eval_config(cfg)
+    judge = eval_judges(eval_cfg, make_task(eval_cfg.task, seed=eval_cfg.seed))
     models = {"stable": Path(stable["path"]), **candidates(cfg, ws, cycle)}
     results = {}
     for name, path in models.items():
         if cfg.pipeline.eval_best_of_n > 1:
-            results[name] = _evaluate_bon(eval_cfg, path, cycle_models(ws, cycle) / "reward")
+            results[name] = _evaluate_bon(eval_cfg, path, cycle_models(ws, cycle) / "reward", judge)
         else:
-            results[name] = evaluate_dir(eval_cfg, path)
-    best = max((n for n in models if n != "stable"), key=lambda n: results[n]["gold_composite"], default=None)
+            results[name] = evaluate_dir(eval_cfg, path, judge)
+    for name in models:
+        if name != "stable":
+            results[name]["win_rate"] = win_rate(results["stable"]["per_prompt"], results[name]["per_prompt"])
+    best = max(
+        (n for n in models if n != "stable"),
+        key=lambda n: -math.inf if results[n]["gold_composite"] is None else results[n]["gold_composite"],
+        default=None,
+    )
     summary = {
         "cycle": cycle,
         "stable_version": stable["id"],
@@ -299,7 +311,7 @@ def evaluate(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     return summary
 
 
-def _evaluate_bon(cfg: Config, policy_dir: Path, rm_dir: Path) -> dict[str, Any]:
+def _evaluate_bon(cfg: Config, policy_dir: Path, rm_dir: Path, judge) -> dict[str, Any]:
     import torch
 
     from rlhfops.evaluation import score_responses
@@ -323,13 +335,15 @@ def _evaluate_bon(cfg: Config, policy_dir: Path, rm_dir: Path) -> dict[str, Any]
         generator=torch.Generator().manual_seed(cfg.seed),
         batch_size=cfg.best_of_n.batch_size,
     )
-    result = score_responses(task, examples, [r.best for r in picks])
+    result = score_responses(task, examples, [r.best for r in picks], judge)
     result["decoding"] = f"Best-of-{cfg.pipeline.eval_best_of_n} (reward ensembles of the cycle)"
     return {"model": str(policy_dir), **result}
 
 
 def gate(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
-    """deploy | reject the best candidate against stable on paired per-prompt gold scores."""
+    """deploy | reject the best candidate against stable on paired per-prompt composites (the prompts
+    both have a labelled score for)."""
+    from rlhfops.evaluation import paired
     from rlhfops.serving.gate import compare_scores
 
     summary = json.loads(cycle_eval_path(ws, cycle).read_text())
@@ -338,8 +352,7 @@ def gate(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
         out = {"decision": "reject", "reason": "no candidate was trained", "candidate": None}
         atomic_write_json(cycle_gate_path(ws, cycle), out)
         return out
-    stable = summary["results"]["stable"]["per_prompt"]
-    candidate = summary["results"][best]["per_prompt"]
+    stable, candidate = paired(summary["results"]["stable"]["per_prompt"], summary["results"][best]["per_prompt"])
     result = compare_scores(stable, candidate, cfg.gate)
     out = {"decision": result.decision, "reason": result.reason, "candidate": best, "stats": result.stats}
     atomic_write_json(cycle_gate_path(ws, cycle), out)

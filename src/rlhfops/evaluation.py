@@ -1,10 +1,13 @@
-"""Gold evaluation of a policy on the held-out test split.
+"""Evaluation of a policy on the held-out test split.
 
-Every number comes from the task's own judges (`task.judge`, exact for the built-in task): the
-mean gold score per objective and per prompt kind, their mean (the gold composite the gate
-compares), the mean response length, and whatever the task measures beside them
-(`task.metrics`: for the built-in task solve accuracy, step validity, refusal precision / recall,
-undefined recall). `evaluate` returns a JSON-ready dict; `eval_table` renders it for a terminal.
+Every score comes from the evaluation judges (`eval.judges`; by default the task's own judges,
+`task.judge`, exact for the built-in task): the mean score per objective and per prompt kind,
+their mean (the composite the gate compares, kept under the keys `gold` / `gold_composite`), the
+mean response length, and whatever the task measures beside them (`task.metrics`: for the built-in
+task solve accuracy, step validity, refusal precision / recall, undefined recall). A score a judge
+left unlabelled (None) is left out of every mean and counted in `unlabelled`. `win_rate` compares
+two policies' per-prompt composites. `evaluate` returns a JSON-ready dict; `eval_table` renders it
+for a terminal.
 """
 
 from __future__ import annotations
@@ -16,19 +19,35 @@ from typing import Any
 from rich.table import Table
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rlhfops.annotation.judges import Judge, VerifierJudge, eval_judges
 from rlhfops.config import Config
 from rlhfops.generation import sample_texts
 from rlhfops.tasks import Example, Task, make_task
 
 N_SAMPLES_KEPT = 12
+Row = tuple[Example, str, dict[str, float | None]]
 
 
-def score_responses(task: Task, examples: list[Example], responses: list[str]) -> dict[str, Any]:
-    """Aggregate gold metrics of `responses[i]` to `examples[i]`."""
-    rows = [(ex, resp, task.judge(ex, resp)) for ex, resp in zip(examples, responses, strict=True)]
+def _mean(values) -> float | None:
+    """fmean of the labelled values; None when none is."""
+    labelled = [v for v in values if v is not None]
+    return fmean(labelled) if labelled else None
 
-    def gold_means(subset) -> dict[str, float | None]:
-        return {obj: (fmean(r[2][obj] for r in subset) if subset else None) for obj in task.objectives}
+
+def score_responses(
+    task: Task, examples: list[Example], responses: list[str], judge: Judge | None = None
+) -> dict[str, Any]:
+    """Aggregate scores of `responses[i]` to `examples[i]` by `judge` (an `eval_judges`; None: the
+    task's own judges, the default of `eval.judges`)."""
+    if judge is None:
+        judge = VerifierJudge(task, list(task.objectives))
+    objectives = list(getattr(judge, "objectives", task.objectives))
+    judged_by = getattr(judge, "kinds", None) or dict.fromkeys(objectives, "verifier")
+    scores = judge([ex.prompt for ex in examples], responses)
+    rows: list[Row] = list(zip(examples, responses, scores, strict=True))
+
+    def gold_means(subset: list[Row]) -> dict[str, float | None]:
+        return {obj: _mean(r[2][obj] for r in subset) for obj in objectives}
 
     kinds = getattr(task, "kinds", None) or tuple(dict.fromkeys(ex.kind for ex in examples))
     by_kind = {}
@@ -41,8 +60,11 @@ def score_responses(task: Task, examples: list[Example], responses: list[str]) -
     return {
         "n": len(rows),
         "n_prompts": len({r[0].prompt for r in rows}),
+        "judges": dict(judged_by),
         "gold": gold,
-        "gold_composite": fmean(gold.values()),  # = tasks.gold_composite (PPO's held-out slice), without judging twice
+        # = tasks.gold_composite (PPO's held-out slice) when the task's judges score, without judging twice
+        "gold_composite": _mean(gold.values()),
+        "unlabelled": {obj: sum(r[2][obj] is None for r in rows) for obj in objectives},
         "by_kind": by_kind,
         **(metrics(examples, responses) if metrics is not None else {}),
         "mean_length": fmean(len(r[1]) for r in rows),
@@ -53,27 +75,58 @@ def score_responses(task: Task, examples: list[Example], responses: list[str]) -
     }
 
 
-def per_prompt_composite(rows) -> list[float]:
-    """Mean gold composite of each distinct prompt's responses, in first-appearance order: the
-    paired scores the pre-deploy gate compares."""
+def per_prompt_composite(rows: list[Row]) -> list[float | None]:
+    """Per distinct prompt, in first-appearance order, the mean over its responses of each response's
+    mean labelled score (None for a prompt with no labelled score): the paired scores the pre-deploy
+    gate and `win_rate` compare."""
     by_prompt: dict[str, list[float]] = {}
-    for ex, _, gold in rows:
-        by_prompt.setdefault(ex.prompt, []).append(fmean(gold.values()))
-    return [fmean(v) for v in by_prompt.values()]
+    for ex, _, scores in rows:
+        composite = _mean(scores.values())
+        by_prompt.setdefault(ex.prompt, [])
+        if composite is not None:
+            by_prompt[ex.prompt].append(composite)
+    return [fmean(v) if v else None for v in by_prompt.values()]
+
+
+def paired(stable: list[float | None], candidate: list[float | None]) -> tuple[list[float], list[float]]:
+    """The per-prompt composites of two policies on the same prompts, keeping the prompts both have."""
+    if len(stable) != len(candidate):
+        raise ValueError(f"paired scores need the same prompts, got {len(stable)} and {len(candidate)}")
+    kept = [(s, c) for s, c in zip(stable, candidate, strict=True) if s is not None and c is not None]
+    return [s for s, _ in kept], [c for _, c in kept]
+
+
+def win_rate(stable: list[float | None], candidate: list[float | None]) -> float | None:
+    """Share of the prompts (both labelled) where the candidate's per-prompt composite beats stable's,
+    a tie counting half; None without such a prompt.
+
+    >>> win_rate([0.2, 0.5, 0.9, None], [0.4, 0.5, 0.1, 0.7])
+    0.5
+    """
+    s, c = paired(stable, candidate)
+    if not s:
+        return None
+    return fmean(1.0 if b > a else 0.5 if b == a else 0.0 for a, b in zip(s, c, strict=True))
 
 
 def evaluate(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, cfg: Config, logits_hook=None
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    cfg: Config,
+    logits_hook=None,
+    judge: Judge | None = None,
 ) -> dict[str, Any]:
-    """Decode the test split with the policy (greedy, or `samples_per_prompt` samples) and score it.
-    `logits_hook` changes decoding (e.g. the offline policy's beta * (Q - V) shift)."""
+    """Decode the test split with the policy (greedy, or `samples_per_prompt` samples) and score it
+    with `judge` (None: `eval_judges(cfg, task)`). `logits_hook` changes decoding (e.g. the offline
+    policy's beta * (Q - V) shift)."""
     examples = task.examples("test", cfg.eval.n_test or cfg.task.n_test)
     examples = [ex for ex in examples for _ in range(1 if cfg.eval.greedy else cfg.eval.samples_per_prompt)]
     prompts = [ex.prompt for ex in examples]
     responses = sample_texts(
         model, tokenizer, prompts, cfg.generation, cfg.seed, greedy=cfg.eval.greedy, logits_hook=logits_hook
     )
-    result = score_responses(task, examples, responses)
+    result = score_responses(task, examples, responses, judge or eval_judges(cfg, task))
     result["decoding"] = (
         "greedy"
         if cfg.eval.greedy
@@ -82,19 +135,32 @@ def evaluate(
     return result
 
 
-def evaluate_dir(cfg: Config, model_dir: str | Path) -> dict[str, Any]:
+def evaluate_dir(cfg: Config, model_dir: str | Path, judge: Judge | None = None) -> dict[str, Any]:
     """`evaluate` of a saved policy directory, decoding as `modeling.load_decoder` says."""
     from rlhfops.modeling import load_decoder
 
     tokenizer, model, hook = load_decoder(cfg, model_dir)
-    return {"model": str(model_dir), **evaluate(model, tokenizer, make_task(cfg.task, seed=cfg.seed), cfg, hook)}
+    task = make_task(cfg.task, seed=cfg.seed)
+    return {"model": str(model_dir), **evaluate(model, tokenizer, task, cfg, hook, judge)}
 
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-GENERIC_KEYS = {"n", "n_prompts", "gold", "gold_composite", "by_kind", "mean_length", "per_prompt", "samples"}
+GENERIC_KEYS = {
+    "n",
+    "n_prompts",
+    "judges",
+    "gold",
+    "gold_composite",
+    "unlabelled",
+    "by_kind",
+    "mean_length",
+    "per_prompt",
+    "samples",
+    "win_rate",
+}
 
 
 def task_metric_keys(result: dict[str, Any]) -> list[str]:
@@ -118,6 +184,10 @@ def eval_table(results: dict[str, dict[str, Any]], title: str = "gold evaluation
             rows.append((f"  {kind}: {obj}", [_fmt(r["by_kind"][kind]["gold"][obj]) for r in results.values()]))
     for key in task_metric_keys(first):
         rows.append((key.replace("_", " "), [_fmt(r.get(key)) for r in results.values()]))
+    if any(r.get("win_rate") is not None for r in results.values()):
+        rows.append(("win rate vs stable", [_fmt(r.get("win_rate")) for r in results.values()]))
+    if any(sum(r.get("unlabelled", {}).values()) for r in results.values()):
+        rows.append(("unlabelled scores", [str(sum(r.get("unlabelled", {}).values())) for r in results.values()]))
     rows.append(("mean length (chars)", [f"{r['mean_length']:.1f}" for r in results.values()]))
     rows.append(("prompts x samples", [f"{r['n_prompts']} x {r['n'] // r['n_prompts']}" for r in results.values()]))
     for label, values in rows:

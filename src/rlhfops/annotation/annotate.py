@@ -1,7 +1,7 @@
 """The `annotate` stage: collected responses -> judged, paired, step-labelled, queued for review.
 
     responses.jsonl  --(active learning picks prompts within the budget)-->
-    judge (annotation.judge.kind)        -> judgements.jsonl
+    judges (annotation.judges, else annotation.judge.kind) -> judgements.jsonl
     pairs per objective (reward.data.selection) -> pairs-<objective>.jsonl
     step labels (annotation.steps.method) -> steps.jsonl
     review queue (uncertain + validation) -> review.json (Label Studio), review-queue.jsonl, review-config.xml
@@ -20,7 +20,7 @@ from typing import Any
 
 from rlhfops.annotation.active import prompt_uncertainty, select_prompts
 from rlhfops.annotation.collect import read_responses
-from rlhfops.annotation.judges import RewardModelJudge, make_judge
+from rlhfops.annotation.judges import RewardModelJudge, annotation_judges, check_objectives
 from rlhfops.annotation.pairs import judged_pairs
 from rlhfops.annotation.review import (
     INTERFACE,
@@ -100,7 +100,8 @@ def annotate(
     `rm_dir`: the current reward ensembles (active learning, review ranking, the reward_model
     judge); `policy_dir`: the policy Monte-Carlo step labels roll out from."""
     out_dir = Path(out_dir)
-    objectives = list(cfg.reward.objectives)
+    task = make_task(cfg.task, seed=cfg.seed)
+    objectives = check_objectives(cfg.reward.objectives, task)
     records = read_responses(responses_path)
     if not records:
         raise ValueError(f"'{responses_path}' holds no responses to annotate")
@@ -108,7 +109,7 @@ def annotate(
 
     ensemble = None
     if rm_dir is not None and all((Path(rm_dir) / o / "manifest.json").exists() for o in objectives):
-        ensemble = RewardModelJudge(cfg, rm_dir, objectives)
+        ensemble = RewardModelJudge.of_cycle(cfg, rm_dir, objectives)
     uncertainty = None
     spreads: dict[tuple[str, str], dict[str, float]] = {}
     if ensemble is not None:
@@ -126,8 +127,7 @@ def annotate(
     picked = select_prompts(uncertainty, n_collected, ac.budget, ac.strategy, cfg.seed)
     groups = [groups[i] for i in picked]
 
-    jc = cfg.annotation.judge
-    judge = ensemble if jc.kind == "reward_model" and ensemble is not None else make_judge(cfg, objectives, rm_dir)
+    judge = annotation_judges(cfg, task, rm_dir, ensemble)
     prompts = [p for p, rs in groups for _ in rs]
     responses = [r for _, rs in groups for r in rs]
     scores = judge(prompts, responses)
@@ -137,7 +137,6 @@ def annotate(
         judged.append((p, rs, scores[at : at + len(rs)]))
         at += len(rs)
     pairs = judged_pairs(judged, objectives, cfg.reward.data.selection, cfg.seed)
-    task = make_task(cfg.task, seed=cfg.seed)
     steps = step_records(cfg, task, groups, policy_dir)
 
     pair_uncertainty = None
@@ -159,7 +158,7 @@ def annotate(
     atomic_write_text(out_dir / INTERFACE, LABEL_CONFIG)
     unlabelled = sum(s.get(o) is None for s in scores for o in objectives)
     summary = {
-        "judge": jc.kind,
+        "judges": judge.kinds,
         "prompts_collected": n_collected,
         "prompts_annotated": len(groups),
         "responses_judged": len(responses),
@@ -172,7 +171,7 @@ def annotate(
         else f"none (task '{task.name}' has no steps)",
         "review_items": len(queue),
         "active_learning": "uncertainty" if uncertainty is not None and ac.strategy == "uncertainty" else "random",
-        "judge_stats": dict(getattr(judge, "stats", {})),
+        "judge_stats": dict(judge.stats),
     }
     atomic_write_json(out_dir / ANNOTATE_SUMMARY, summary)
     return summary

@@ -2,22 +2,42 @@
 
     judge(prompts: list[str], responses: list[str]) -> list[dict[str, float | None]]
 
-one dict per response mapping each objective to a score (higher is better) or None when the
-judge could not label it. None is never turned into a label: pairs skip it.
+one dict per response mapping each objective to a score in [0, 1] (higher is better) or None when
+the judge could not label it. None is never turned into a label: pairs skip it, evaluation leaves
+it out of its means and counts it.
 
-- `VerifierJudge`: the built-in task's exact gold judges in [0, 1]; with `label_noise` each
-  (response, objective) score is flipped to 1 - score, an imperfect AI annotator.
-- `LLMJudge`: any OpenAI-compatible `/v1/chat/completions` endpoint, one request per
-  (response, objective). The system message holds the objective's principles (the constitution)
-  and the instructions; the user message holds only the data, as one JSON object between
-  `<data>` and `</data>` with every `<` escaped, so content cannot close the block or pose as
-  instructions. The verdict format is strict: the reply's last non-empty line must be exactly
-  `SCORE: N` with N an integer 0..10, and no other line may start with `SCORE:`; the score is
-  N / 10. Anything else is unparsable and recorded unlabelled. Timeouts, connection errors,
-  429 and 5xx are retried up to `max_retries` times with exponential backoff
-  `min(backoff_s * 2**attempt, max_backoff_s)`; at most `max_concurrency` requests are in flight.
-- `RewardModelJudge`: the current reward ensembles (aggregate per objective); it also keeps the
-  spreads of its last call, the disagreement active learning and review use.
+Which judge scores which objective is config, per objective and separately for the two places
+that judge: `annotation.judges` (labels for the reward models; an objective not named there uses
+`annotation.judge.kind`) and `eval.judges` (evaluation, the pre-deploy gate, simulated traffic
+feedback; an objective not named there uses the task's own judge, so a policy is not graded by
+the reward models it was trained against unless the config says so). `annotation_judges` and
+`eval_judges` build them through `build_judges`, the one place each kind is built:
+
+- `verifier` (`VerifierJudge`): the task's own judges (`task.judge`, exact for the built-in task);
+  in annotation with `annotation.judge.label_noise`, each (response, objective) score flipped to
+  1 - score at that rate, an imperfect AI annotator. Cost: free, a function call per response.
+- `llm` (`LLMJudge`): any OpenAI-compatible `/v1/chat/completions` endpoint (`annotation.judge`'s
+  settings serve both places), one request per (response, objective). The system message holds
+  the objective's principles (the constitution) and the instructions; the user message holds only
+  the data, as one JSON object between `<data>` and `</data>` with every `<` escaped, so content
+  cannot close the block or pose as instructions. The verdict format is strict: the reply's last
+  non-empty line must be exactly `SCORE: N` with N an integer 0..10, and no other line may start
+  with `SCORE:`; the score is N / 10. Anything else is unparsable and recorded unlabelled.
+  Timeouts, connection errors, 429 and 5xx are retried up to `max_retries` times with exponential
+  backoff `min(backoff_s * 2**attempt, max_backoff_s)`; at most `max_concurrency` requests are in
+  flight. Cost: one request per response x objective, each the endpoint's latency (a round trip
+  plus up to `max_tokens` generated tokens) and its tokens (the constitution, the prompt and the
+  response in, the verdict out); bounded by `max_concurrency`, priced by whoever serves it.
+- `reward_model` (`RewardModelJudge`, `SequenceClassifierJudge`): without a path (annotation only),
+  the cycle's reward ensembles; with `path`, one of our ensemble directories or any Hugging Face
+  `AutoModelForSequenceClassification` directory with one label. The score is the sigmoid of the
+  reward: of an ensemble's aggregate (`reward.aggregation` over members normalised on validation
+  responses, so 0.5 is the validation mean), or of the model's one logit. Cost: a forward pass per
+  response through each member (truncated to `reward.max_length` tokens), in batches, local.
+- `python` (`PythonJudge`): `callable`, 'package.module:fn' or 'path/to/file.py:fn' (loaded as
+  `task.factory` is), called once per call as `fn(prompts, responses) -> list[float | None]`, each
+  score in [0, 1] or None; the same score for every objective that names it. Cost: whatever the
+  function does.
 """
 
 from __future__ import annotations
@@ -27,15 +47,23 @@ import json
 import os
 import random
 import re
+import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
-from rlhfops.config import Config, JudgeConfig
+from rlhfops.config import Config, JudgeConfig, JudgeSpec
 from rlhfops.tasks import Task
+from rlhfops.workspace import RM_MANIFEST
+
+if TYPE_CHECKING:
+    from rlhfops.reward.ensemble import RewardEnsemble
 
 Scores = list[dict[str, float | None]]
+Judge = Callable[[list[str], list[str]], Scores]
 VERDICT_RE = re.compile(r"SCORE: (10|[0-9])")
 RETRY_STATUS = {408, 409, 429}  # plus every 5xx
 
@@ -181,33 +209,210 @@ class LLMJudge:
 
 
 class RewardModelJudge:
-    """The reward ensembles as a judge; `last_spreads` holds the per-objective spread of the last call."""
+    """Reward ensembles as a judge, one per objective: sigmoid of the aggregate; `last_spreads`
+    holds the per-objective spread (of the normalised members, before the sigmoid) of the last call."""
 
-    def __init__(self, cfg: Config, rm_dir: str | Path, objectives: list[str]):
+    def __init__(self, cfg: Config, ensembles: dict[str, RewardEnsemble]):
+        self.cfg, self.ensembles, self.objectives = cfg, ensembles, list(ensembles)
+        self.last_spreads: list[dict[str, float]] = []
+        self.lock = threading.Lock()  # one scoring at a time: a fast tokenizer is not thread-safe
+
+    @classmethod
+    def of_cycle(cls, cfg: Config, rm_dir: str | Path, objectives: list[str]) -> RewardModelJudge:
+        """The cycle's ensembles, `<rm_dir>/<objective>`."""
         from rlhfops.reward.functions import load_ensembles
 
-        self.cfg, self.objectives = cfg, objectives
-        self.ensembles = load_ensembles(rm_dir, objectives)
-        self.last_spreads: list[dict[str, float]] = []
+        return cls(cfg, load_ensembles(rm_dir, objectives))
 
     def __call__(self, prompts: list[str], responses: list[str]) -> Scores:
         rc = self.cfg.reward
-        scored = {o: e.score(prompts, responses, rc.aggregation, rc.uwo_lambda) for o, e in self.ensembles.items()}
+        with self.lock:
+            scored = {o: e.score(prompts, responses, rc.aggregation, rc.uwo_lambda) for o, e in self.ensembles.items()}
         self.last_spreads = [{o: scored[o][1][i].item() for o in self.objectives} for i in range(len(prompts))]
-        return [{o: scored[o][0][i].item() for o in self.objectives} for i in range(len(prompts))]
+        return [{o: scored[o][0][i].sigmoid().item() for o in self.objectives} for i in range(len(prompts))]
 
 
-def make_judge(cfg: Config, objectives: list[str], rm_dir: str | Path | None = None):
-    """The judge `annotation.judge.kind` names."""
+class SequenceClassifierJudge:
+    """Any Hugging Face sequence-classification model with one label as a judge: sigmoid of its
+    logit on prompt + response (+ eos), truncated to `max_length` tokens, every objective alike."""
+
+    def __init__(self, path: str | Path, objectives: list[str], max_length: int, batch_size: int = 32):
+        from transformers import AutoModelForSequenceClassification
+
+        from rlhfops.modeling import load_tokenizer
+
+        try:
+            self.tokenizer = load_tokenizer(path)
+            self.model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot load the reward model '{path}': {str(e).splitlines()[0]}") from None
+        if self.model.config.num_labels != 1:
+            raise ValueError(
+                f"the reward model '{path}' has {self.model.config.num_labels} labels; a reward model has one"
+            )
+        if self.model.config.pad_token_id is None:  # batched pooling finds the last token by the pad id
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.objectives, self.max_length, self.batch_size = objectives, max_length, batch_size
+        self.lock = threading.Lock()  # one scoring at a time: a fast tokenizer is not thread-safe
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> Scores:
+        import torch
+
+        eos = self.tokenizer.eos_token or ""
+        texts = [p + r + eos for p, r in zip(prompts, responses, strict=True)]
+        scores: list[float] = []
+        with self.lock, torch.no_grad():
+            self.tokenizer.padding_side = "right"
+            for i in range(0, len(texts), self.batch_size):
+                enc = self.tokenizer(
+                    texts[i : i + self.batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                    add_special_tokens=True,
+                )
+                logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits  # (B, 1)
+                scores += logits[:, 0].float().sigmoid().tolist()
+        return [dict.fromkeys(self.objectives, s) for s in scores]
+
+
+class PythonJudge:
+    """`fn(prompts, responses) -> list[float | None]` named by 'package.module:fn' or
+    'path/to/file.py:fn'; its score goes to every objective it judges. `key` names it in errors."""
+
+    def __init__(self, spec: str, objectives: list[str], key: str):
+        from rlhfops.tasks import TaskError
+        from rlhfops.tasks.plugin import load_factory
+
+        try:
+            self.fn = load_factory(spec)
+        except TaskError as e:
+            raise ValueError(f"{key} (python judge '{spec}') cannot be used: {e}") from e
+        self.spec, self.objectives, self.key = spec, objectives, key
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> Scores:
+        name = f"{self.key} (python judge '{self.spec}')"
+        try:
+            scores = self.fn(list(prompts), list(responses))
+        except Exception as e:
+            raise ValueError(f"{name} raised {type(e).__name__}: {' '.join(str(e).split())}") from e
+        if not isinstance(scores, list | tuple) or len(scores) != len(prompts):
+            got = f"{len(scores)} scores" if isinstance(scores, list | tuple) else f"a {type(scores).__name__}"
+            raise ValueError(f"{name} returned {got} for {len(prompts)} responses, not one score per response")
+        for i, score in enumerate(scores):
+            ok = score is None or (
+                isinstance(score, int | float) and not isinstance(score, bool) and 0 <= score <= 1  # NaN fails too
+            )
+            if not ok:
+                raise ValueError(f"{name} scored response {i} {score!r}, not a number in [0, 1] or None")
+        return [dict.fromkeys(self.objectives, None if s is None else float(s)) for s in scores]
+
+
+class Judges:
+    """Per-objective judges as one judge: `parts` are (judge, the objectives it scores); every row
+    has every objective of `objectives`, in that order. `kinds` says what judges each objective."""
+
+    def __init__(self, parts: list[tuple[Judge, list[str]]], objectives: list[str], kinds: dict[str, str]):
+        self.parts, self.objectives, self.kinds = parts, objectives, kinds
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> Scores:
+        rows: Scores = [dict.fromkeys(self.objectives) for _ in prompts]
+        for judge, objectives in self.parts:
+            for row, scored in zip(rows, judge(prompts, responses), strict=True):
+                row.update((o, scored[o]) for o in objectives)
+        return rows
+
+    @property
+    def stats(self) -> Counter:
+        """The counts of every part that keeps them (labelled, flipped, requests, unparsable, ...)."""
+        return sum((getattr(judge, "stats", Counter()) for judge, _ in self.parts), Counter())
+
+
+def build_judges(
+    cfg: Config,
+    task: Task,
+    specs: dict[str, JudgeSpec],
+    objectives: list[str],
+    default: JudgeSpec,
+    section: str,
+    *,
+    label_noise: float = 0.0,
+    rm_dir: str | Path | None = None,
+    ensemble: RewardModelJudge | None = None,
+) -> Judges:
+    """One judge over `objectives`: each scored by its spec in `specs` or by `default`; objectives
+    with the same spec share one judge (one LLM batch, one model load). `section` ('annotation' |
+    'eval') names config keys in errors; `label_noise` is the verifier's; a reward_model spec
+    without a path uses `ensemble` (already loaded) or the ensembles in `rm_dir`."""
+    unknown = [o for o in specs if o not in objectives]
+    if unknown:
+        raise ValueError(
+            f"{section}.judges names {', '.join(unknown)}, which is not among the objectives judged there "
+            f"({', '.join(objectives)})"
+        )
+    groups: dict[tuple[str, str | None, str | None], list[str]] = {}
+    for objective in objectives:
+        spec = specs.get(objective, default)
+        groups.setdefault((spec.kind, spec.path, spec.callable), []).append(objective)
+    parts: list[tuple[Judge, list[str]]] = []
+    kinds: dict[str, str] = {}
+    for (kind, path, fn), objs in groups.items():
+        key = f"{section}.judges.{objs[0]}" if objs[0] in specs else f"{section} default judge"
+        if kind == "verifier":
+            judge: Judge = VerifierJudge(task, objs, label_noise, cfg.seed)
+        elif kind == "llm":
+            judge = LLMJudge(cfg.annotation.judge, objs)
+        elif kind == "reward_model" and path is None:
+            if ensemble is not None:
+                judge = ensemble
+            elif rm_dir is None:
+                raise ValueError(f"{key} is a reward_model judge without a path, and no reward models were given")
+            else:
+                judge = RewardModelJudge.of_cycle(cfg, rm_dir, objs)
+        elif kind == "reward_model":
+            if not Path(path).is_dir():
+                raise ValueError(f"{key}.path '{path}' is not a directory")
+            if (Path(path) / RM_MANIFEST).exists():
+                from rlhfops.reward.ensemble import RewardEnsemble
+
+                loaded = RewardEnsemble(path)
+                judge = RewardModelJudge(cfg, dict.fromkeys(objs, loaded))
+            else:
+                judge = SequenceClassifierJudge(path, objs, cfg.reward.max_length)
+        elif kind == "python":
+            judge = PythonJudge(fn, objs, key)
+        else:
+            raise ValueError(f"unknown judge kind '{kind}' ({key})")
+        parts.append((judge, objs))
+        kinds.update(dict.fromkeys(objs, kind if path is None and fn is None else f"{kind}: {path or fn}"))
+    return Judges(parts, objectives, kinds)
+
+
+def check_objectives(objectives: list[str], task: Task) -> list[str]:
+    """`reward.objectives` if the task judges each of them; otherwise one sentence naming the rest."""
+    unknown = [o for o in objectives if o not in task.objectives]
+    if unknown:
+        raise ValueError(
+            f"reward.objectives names {', '.join(unknown)}, which task '{task.name}' does not judge; "
+            f"choose among its objectives {', '.join(task.objectives)}"
+        )
+    return list(objectives)
+
+
+def annotation_judges(
+    cfg: Config, task: Task, rm_dir: str | Path | None = None, ensemble: RewardModelJudge | None = None
+) -> Judges:
+    """The annotation judge over `reward.objectives`: `annotation.judges`, else `annotation.judge.kind`."""
     jc = cfg.annotation.judge
-    if jc.kind == "verifier":
-        from rlhfops.tasks import make_task
+    objectives = check_objectives(cfg.reward.objectives, task)
+    default = JudgeSpec(kind=jc.kind)
+    return build_judges(
+        cfg, task, cfg.annotation.judges, objectives, default, "annotation", label_noise=jc.label_noise,
+        rm_dir=rm_dir, ensemble=ensemble,
+    )  # fmt: skip
 
-        return VerifierJudge(make_task(cfg.task, seed=cfg.seed), objectives, jc.label_noise, cfg.seed)
-    if jc.kind == "llm":
-        return LLMJudge(jc, objectives)
-    if jc.kind == "reward_model":
-        if rm_dir is None:
-            raise ValueError("annotation.judge.kind is reward_model but no reward-model directory was given")
-        return RewardModelJudge(cfg, rm_dir, objectives)
-    raise ValueError(f"unknown judge kind '{jc.kind}'")
+
+def eval_judges(cfg: Config, task: Task) -> Judges:
+    """The evaluation judge over the task's objectives: `eval.judges`, else the task's own (verifier)."""
+    return build_judges(cfg, task, cfg.eval.judges, list(task.objectives), JudgeSpec(kind="verifier"), "eval")

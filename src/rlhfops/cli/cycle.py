@@ -143,18 +143,21 @@ def _traffic_needed(cfg: Config) -> int:
 def _print_cycle(row: dict[str, Any]) -> None:
     from rich.table import Table
 
+    def fmt(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
     results = row["results"]
     objectives = list(next(iter(results.values()))["gold"])
-    table = Table(title=f"cycle {row['cycle']}: gold scores on the test split ({row['seconds']:.0f} s)")
-    for col in ["model", "composite", *objectives, "solve acc"]:
+    table = Table(title=f"cycle {row['cycle']}: scores on the test split by the eval judges ({row['seconds']:.0f} s)")
+    for col in ["model", "composite", "win rate vs stable", *objectives, "solve acc"]:
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, r in results.items():
-        solve = r.get("solve_accuracy")
         table.add_row(
             name,
-            f"{r['gold_composite']:.3f}",
-            *(f"{r['gold'][o]:.3f}" for o in objectives),
-            f"{solve:.3f}" if solve is not None else "-",
+            fmt(r["gold_composite"]),
+            fmt(r.get("win_rate")),
+            *(fmt(r["gold"][o]) for o in objectives),
+            fmt(r.get("solve_accuracy")),
         )
     console.print(table)
     gate = row.get("gate") or {}
@@ -164,7 +167,7 @@ def _print_cycle(row: dict[str, Any]) -> None:
         line = f"canary: {row['canary']} deployed"
         if traffic:
             per = traffic["versions"]
-            shares = ", ".join(f"{v} {d['requests']} req mean gold {d['mean_gold']:.3f}" for v, d in per.items())
+            shares = ", ".join(f"{v} {d['requests']} req mean score {fmt(d['mean_gold'])}" for v, d in per.items())
             line += f"; simulated {traffic['requests']} requests ({traffic['errors']} errors): {shares}"
         console.print(line)
     else:

@@ -1,9 +1,10 @@
 """Simulated users, so the canary loop runs on one machine.
 
-Each user sends a prompt of the task (`simulate.split`) through the router, the task's own judge
-scores the response (`task.judge`, mean over objectives), and the user
-gives thumbs up when the score is at least `simulate.threshold`, flipped with probability
-`simulate.noise`. `simulate.concurrency` users send at once.
+Each user sends a prompt of the task (`simulate.split`) through the router, the evaluation judges
+score the response (`eval.judges`, by default the task's own; the mean over the objectives they
+labelled), and the user gives thumbs up when the score is at least `simulate.threshold`, flipped
+with probability `simulate.noise`. A response no judge labelled gets no feedback (counted as
+`unlabelled`). `simulate.concurrency` users send at once.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from rlhfops.annotation.judges import eval_judges
 from rlhfops.config import Config
 from rlhfops.tasks import make_task
 
@@ -27,6 +29,7 @@ def simulate_traffic(cfg: Config, ws: str | Path, n_requests: int, *, url: str |
     registry's stable + canary + router on free loopback ports and stops them afterwards."""
     sim = cfg.simulate
     task = make_task(cfg.task, cfg.seed)
+    judge = eval_judges(cfg, task)
     examples = task.examples(sim.split, min(n_requests, _split_size(cfg, sim.split)))
     rng = random.Random(sim.seed)
     plan = [
@@ -55,7 +58,10 @@ def simulate_traffic(cfg: Config, ws: str | Path, n_requests: int, *, url: str |
                     return {"ok": False, "status": r.status_code}
                 reply = r.json()
                 text = reply["choices"][0]["text"]
-                gold = fmean(task.judge(example, text).values())
+                labelled = [v for v in judge([example.prompt], [text])[0].values() if v is not None]
+                if not labelled:
+                    return {"ok": True, "version": reply["model"], "gold": None, "up": None}
+                gold = fmean(labelled)
                 thumbs_up = (gold >= sim.threshold) != flip
                 if sim.feedback == "score":
                     body = {"id": reply["id"], "score": 1.0 - gold if flip else gold}
@@ -75,10 +81,16 @@ def simulate_traffic(cfg: Config, ws: str | Path, n_requests: int, *, url: str |
         if r["ok"]:
             v = versions.setdefault(r["version"], {"requests": 0, "gold": [], "up": []})
             v["requests"] += 1
-            v["gold"].append(r["gold"])
-            v["up"].append(float(r["up"]))
+            if r["gold"] is not None:
+                v["gold"].append(r["gold"])
+                v["up"].append(float(r["up"]))
     per_version = {
-        k: {"requests": v["requests"], "mean_gold": fmean(v["gold"]), "thumbs_up_rate": fmean(v["up"])}
+        k: {
+            "requests": v["requests"],
+            "unlabelled": v["requests"] - len(v["gold"]),
+            "mean_gold": fmean(v["gold"]) if v["gold"] else None,
+            "thumbs_up_rate": fmean(v["up"]) if v["up"] else None,
+        }
         for k, v in versions.items()
     }
     return {
