@@ -7,8 +7,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from rlhfops.annotation.judges import LLMJudge, VerifierJudge, judge_messages, parse_verdict
-from rlhfops.config import JudgeConfig, TaskConfig
+from rlhfops.annotation.judges import LLMJudge, VerifierJudge, annotation_judges, judge_messages, parse_verdict
+from rlhfops.config import JudgeConfig, TaskConfig, load_config, validate
 from rlhfops.tasks import make_task
 
 SOLVE = "q: 2+3*4?\n"
@@ -179,3 +179,23 @@ def test_verifier_judge_gold_noise_and_non_task_prompts():
     scores = noisy([SOLVE] * 400, [RIGHT] * 400)
     flipped = sum(s["helpfulness"] == 0.0 for s in scores)
     assert flipped == noisy.stats["flipped"] and 80 < flipped < 160
+
+
+def test_llm_for_one_objective_verifier_for_the_rest(server):
+    s = server(grader)
+    raw = load_config(
+        "smoke",
+        [
+            f"annotation.judge.base_url={s.url}",
+            "annotation.judge.label_noise=0",
+            "reward.objectives=[helpfulness,honesty]",
+        ],
+    ).to_dict()
+    raw["annotation"]["judges"] = {"honesty": {"kind": "llm"}}  # as a YAML file would set it
+    cfg = validate(raw)
+    task = make_task(cfg.task, cfg.seed)
+    judge = annotation_judges(cfg, task)
+    scores = judge([SOLVE, SOLVE], [RIGHT, WRONG])
+    assert scores == [{"helpfulness": 1.0, "honesty": 0.9}, {"helpfulness": 0.0, "honesty": 0.2}]
+    assert s.requests == 2 and all("'honesty'" in b["messages"][0]["content"] for b in s.bodies)
+    assert judge.stats["labelled"] == 2 + 2  # two verifier rows and two LLM verdicts

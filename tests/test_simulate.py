@@ -1,6 +1,6 @@
 import pytest
 
-from rlhfops.config import load_config
+from rlhfops.config import load_config, validate
 from rlhfops.modeling import init_policy, save_policy
 from rlhfops.registry import Registry
 from rlhfops.serving.gate import decide
@@ -33,3 +33,26 @@ def test_simulated_users_send_prompts_and_feedback(tmp_path, feedback):
         logged = [r["feedback"] for r in rows if r["version"] == v]
         assert sum(logged) / len(logged) == pytest.approx(out["versions"][v][key])
     assert decide(store, v1, v2, cfg.gate).decision == "wait"  # 100 feedback per arm is the first look
+
+
+def test_feedback_comes_from_the_eval_judges(tmp_path):
+    """A python eval judge that scores 0.25 and leaves requests for the secret unlabelled: every
+    feedback is its score, and an unlabelled response gets none."""
+    judge_file = tmp_path / "judge.py"
+    judge_file.write_text(
+        "def quarter(prompts, responses):\n    return [None if 'secret' in p else 0.25 for p in prompts]\n"
+    )
+    raw = load_config("smoke", ["simulate.noise=0", "simulate.feedback=score", "simulate.max_tokens=8"]).to_dict()
+    spec = {"kind": "python", "callable": f"{judge_file}:quarter"}
+    raw["eval"]["judges"] = dict.fromkeys(["helpfulness", "harmlessness", "honesty", "conciseness"], spec)
+    cfg = validate(raw)
+    tokenizer, model = init_policy(cfg)
+    path = save_policy(model, tokenizer, cfg, tmp_path / "models" / "sft")
+    v1 = Registry(tmp_path).register(path, stage="stable")
+    out = simulate_traffic(cfg, tmp_path, 40)
+    rows = InteractionStore.for_workspace(tmp_path).interactions()
+    secret = [r for r in rows if "secret" in r["prompt"]]
+    assert out["errors"] == 0 and len(rows) == 40 and 0 < len(secret) < 40
+    assert all(r["feedback"] is None for r in secret)
+    assert all(r["feedback"] == 0.25 for r in rows if "secret" not in r["prompt"])
+    assert out["versions"][v1]["unlabelled"] == len(secret) and out["versions"][v1]["mean_gold"] == 0.25

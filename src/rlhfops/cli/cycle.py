@@ -148,8 +148,9 @@ def _print_cycle(row: dict[str, Any]) -> None:
 
     results = row["results"]
     objectives = list(next(iter(results.values()))["gold"])
-    table = Table(title=f"cycle {row['cycle']}: scores on the test split by the eval judges ({row['seconds']:.0f} s)")
-    for col in ["model", "composite", "win rate vs stable", *objectives, "solve acc"]:
+    title = f"cycle {row['cycle']}: eval judges' scores on the test split, win rate against stable ({row['seconds']:.0f} s)"
+    table = Table(title=title)
+    for col in ["model", "composite", "win rate", *objectives, "solve acc"]:
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, r in results.items():
         table.add_row(
