@@ -148,7 +148,7 @@ def _print_cycle(row: dict[str, Any]) -> None:
 
     results = row["results"]
     objectives = list(next(iter(results.values()))["gold"])
-    title = f"cycle {row['cycle']}: eval judges' scores on the test split, win rate against stable ({row['seconds']:.0f} s)"
+    title = f"cycle {row['cycle']}: eval judges' scores on the test split, win rate vs stable ({row['seconds']:.0f} s)"
     table = Table(title=title)
     for col in ["model", "composite", "win rate", *objectives, "solve acc"]:
         table.add_column(col, justify="left" if col == "model" else "right")
