@@ -20,7 +20,7 @@ from typing import Any
 
 from rlhfops.annotation.active import prompt_uncertainty, select_prompts
 from rlhfops.annotation.collect import read_responses
-from rlhfops.annotation.judges import RewardModelJudge, annotation_judges, check_objectives
+from rlhfops.annotation.judges import RewardModelJudge, annotation_judges
 from rlhfops.annotation.pairs import judged_pairs
 from rlhfops.annotation.review import (
     INTERFACE,
@@ -33,7 +33,7 @@ from rlhfops.annotation.review import (
 from rlhfops.annotation.steps import exact_step_labels, mc_step_labels, sparse_step_labels, write_step_data
 from rlhfops.config import Config
 from rlhfops.files import atomic_write_json, atomic_write_text, write_jsonl
-from rlhfops.tasks import Example, Task, make_task, steps_of
+from rlhfops.tasks import Example, Task, check_objectives, make_task, steps_of
 from rlhfops.workspace import ANNOTATE_SUMMARY, JUDGEMENTS, STEPS, Workspace, pairs_file
 
 

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from rlhfops.config import Config, JudgeConfig, JudgeSpec
-from rlhfops.tasks import Task
+from rlhfops.tasks import Task, check_objectives
 from rlhfops.workspace import RM_MANIFEST
 
 if TYPE_CHECKING:
@@ -387,17 +387,6 @@ def build_judges(
         parts.append((judge, objs))
         kinds.update(dict.fromkeys(objs, kind if path is None and fn is None else f"{kind}: {path or fn}"))
     return Judges(parts, objectives, kinds)
-
-
-def check_objectives(objectives: list[str], task: Task) -> list[str]:
-    """`reward.objectives` if the task judges each of them; otherwise one sentence naming the rest."""
-    unknown = [o for o in objectives if o not in task.objectives]
-    if unknown:
-        raise ValueError(
-            f"reward.objectives names {', '.join(unknown)}, which task '{task.name}' does not judge; "
-            f"choose among its objectives {', '.join(task.objectives)}"
-        )
-    return list(objectives)
 
 
 def annotation_judges(

@@ -20,7 +20,7 @@ from typing import Any
 from rlhfops.config import Config
 from rlhfops.files import atomic_write_json, read_jsonl, write_jsonl
 from rlhfops.generation import sample_texts
-from rlhfops.tasks import Example, Task, make_task, teacher_of
+from rlhfops.tasks import Example, Task, check_objectives, make_task, teacher_of
 from rlhfops.workspace import PAIR_STATS
 
 FIELDS = ("prompt", "chosen", "rejected")
@@ -156,6 +156,7 @@ def build_preference_data(
     limits which of the two are built."""
     out_dir = Path(out_dir)
     task = make_task(cfg.task, seed=cfg.seed)
+    check_objectives(cfg.reward.objectives, task)
     data = cfg.reward.data
     stats: dict[str, Any] = {}
     for split, n, noise in (("train", data.n_prompts, data.label_noise), ("val", data.n_val_prompts, 0.0)):

@@ -31,6 +31,10 @@ app.add_typer(deploy_app, name="deploy")
 KServeOpt = Annotated[bool, typer.Option("--kserve", help="Patch the InferenceService (kserve.*) in the cluster too.")]
 
 
+def _score(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"  # None: no response was labelled
+
+
 @app.command()
 def serve(
     config: ConfigOpt = None,
@@ -92,7 +96,7 @@ def simulate_traffic_cmd(
     console.print(f"{result['requests']} requests, {result['errors']} errors, {result['requests_per_s']:.1f} req/s")
     for v, s in result["versions"].items():
         console.print(
-            f"  {v}: {s['requests']} requests, gold {s['mean_gold']:.3f}, thumbs up {s['thumbs_up_rate']:.3f}"
+            f"  {v}: {s['requests']} requests, gold {_score(s['mean_gold'])}, thumbs up {_score(s['thumbs_up_rate'])}"
         )
 
 

@@ -24,6 +24,11 @@ ROWS = (
 )
 
 
+def _score(x: float | None) -> str:
+    """A mean score, or '-' when no response was labelled."""
+    return "-" if x is None else f"{x:.3f}"
+
+
 def read_json(path: Path, produced_by: str) -> Any:
     """The JSON a command wrote; a missing file is one clear error naming the command."""
     if not path.exists():
@@ -169,7 +174,7 @@ def cycles_block(ws: Workspace) -> str:
             stable = next((v for k, v in per.items() if k != c["canary"]), {})
             traffic = (
                 f"{c['canary']}: {canary.get('requests', 0)} of {c['traffic']['requests']} requests, "
-                f"{canary.get('mean_gold', float('nan')):.3f} / {stable.get('mean_gold', float('nan')):.3f}"
+                f"{_score(canary.get('mean_gold'))} / {_score(stable.get('mean_gold'))}"
             )
             if decided := _canary_decision(ws, c["canary"]):
                 traffic += f" -> {decided}"

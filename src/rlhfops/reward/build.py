@@ -38,7 +38,7 @@ from rlhfops.reward.functions import (
     ShapingReward,
     load_ensembles,
 )
-from rlhfops.tasks import make_task
+from rlhfops.tasks import check_objectives, make_task
 
 RewardFn = Callable[..., list]
 SOURCES = ("gold", "composite")
@@ -88,6 +88,7 @@ def build_reward(
     objectives = list(cfg.reward.objectives)
     if source == "gold":
         task = make_task(cfg.task, seed=cfg.seed)
+        check_objectives(objectives, task)
         funcs: list[RewardFn] = [GoldReward(task, o) for o in objectives]
         if cfg.shaping.enabled:
             funcs.append(ShapingReward(task, cfg))

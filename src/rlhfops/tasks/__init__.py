@@ -93,6 +93,17 @@ class StepStructure(Protocol):
 STEP_SEPARATOR = "\n"  # what separates the lines (steps) of a response
 
 
+def check_objectives(objectives: list[str], task: Task) -> list[str]:
+    """`reward.objectives` if the task judges each of them; otherwise one sentence naming the rest."""
+    unknown = [o for o in objectives if o not in task.objectives]
+    if unknown:
+        raise ValueError(
+            f"reward.objectives names {', '.join(unknown)}, which task '{task.name}' does not judge; "
+            f"choose among its objectives {', '.join(task.objectives)}"
+        )
+    return list(objectives)
+
+
 def teacher_of(task: Task):
     """The task's teacher (`teacher(example, rng) -> (response, corruption)`), or None."""
     return getattr(task, "teacher", None)
