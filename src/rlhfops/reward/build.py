@@ -39,6 +39,7 @@ from rlhfops.reward.functions import (
     load_ensembles,
 )
 from rlhfops.tasks import check_objectives, make_task
+from rlhfops.workspace import is_model_dir
 
 RewardFn = Callable[..., list]
 SOURCES = ("gold", "composite")
@@ -65,7 +66,7 @@ def needs_composite(cfg: Config) -> bool:
 
 def load_prm(prm_dir: str | Path | None, why: str):
     """The process reward model in `prm_dir`; `why` names the setting that needs it."""
-    if prm_dir is None or not (Path(prm_dir) / "config.json").exists():
+    if prm_dir is None or not is_model_dir(prm_dir):
         where = f" (none in '{prm_dir}')" if prm_dir is not None else ""
         raise ValueError(f"{why} needs a trained process reward model{where}; train one with `rlhfops train-prm`")
     from rlhfops.reward.prm import ProcessRewardModel

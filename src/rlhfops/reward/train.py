@@ -40,7 +40,7 @@ from rlhfops.files import atomic_directory, atomic_write_json, write_jsonl
 from rlhfops.modeling import load_tokenizer
 from rlhfops.reward.ensemble import AGGREGATIONS, HEADS, MANIFEST, RewardEnsemble, aggregate, pooled_last_token
 from rlhfops.training import one_progress_display, trl_run_args
-from rlhfops.workspace import PAIR_STATS, RM_MEMBERS, Workspace, pairs_file
+from rlhfops.workspace import PAIR_STATS, RM_MEMBERS, Workspace, is_model_dir, pairs_file
 from rlhfops.workspace import RM_SUMMARY as SUMMARY
 
 
@@ -328,7 +328,7 @@ def train_reward_models(
     With a `workspace`, the training pairs are prepared first (`prepare_preference_data`): the
     union of its cycles' pairs when it has any, else sampled from the policy."""
     data_dir, policy_dir, out_dir = Path(data_dir), Path(policy_dir), Path(out_dir)
-    if not (policy_dir / "config.json").exists():
+    if not is_model_dir(policy_dir):
         raise FileNotFoundError(f"policy directory '{policy_dir}' does not exist; train one with `rlhfops sft`")
     if workspace is not None:
         prepare_preference_data(cfg, workspace, data_dir, policy_dir)
