@@ -105,3 +105,25 @@ def test_write_pointer(tmp_path):
     cycle.write_pointer(artifact, {"path": "/ws/models/x", "n": 3})
     assert json.loads((tmp_path / "a" / "model").read_text()) == {"path": "/ws/models/x", "n": 3}
     assert artifact.metadata == {"n": 3.0, "workspace_path": "/ws/models/x"}
+
+
+def test_registry_metrics_carry_the_task_metrics_and_the_win_rate():
+    from rlhfops.cycle import _headline
+
+    result = {
+        "n": 8,
+        "gold": {"helpfulness": 0.5, "conciseness": 1.0},
+        "gold_composite": 0.75,
+        "by_kind": {},
+        "exact_rate": 0.25,  # a task's own metric
+        "mean_length": 9.0,
+        "per_prompt": [0.75],
+        "win_rate": 0.625,
+    }
+    assert _headline(result) == {
+        "gold_composite": 0.75,
+        "exact_rate": 0.25,
+        "win_rate": 0.625,
+        "gold/helpfulness": 0.5,
+        "gold/conciseness": 1.0,
+    }

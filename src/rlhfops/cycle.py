@@ -81,7 +81,11 @@ def stable_or_register_sft(cfg: Config, ws: Workspace) -> dict[str, Any]:
 
 
 def _headline(result: dict[str, Any]) -> dict[str, Any]:
-    keys = ("gold_composite", "solve_accuracy", "over_refusal_rate", "undefined_recall")
+    """A model's evaluation as registry metrics: the gold composite, the task's own metrics, the
+    win rate against the stable model it was compared with (candidates), and the per-objective means."""
+    from rlhfops.evaluation import task_metric_keys
+
+    keys = ["gold_composite", *task_metric_keys(result), *(["win_rate"] if "win_rate" in result else [])]
     return {**{k: result.get(k) for k in keys}, **{f"gold/{k}": v for k, v in result.get("gold", {}).items()}}
 
 
