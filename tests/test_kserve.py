@@ -159,6 +159,14 @@ def test_apply_runs_canary_promote_rollback_on_the_configured_service():
         kserve.apply(cfg, "canary", {"id": "v4", "path": "/elsewhere/v4"}, api=None)
 
 
+def test_apply_takes_an_explicit_storage_uri_and_reads_status_on_the_configured_service():
+    cfg = load_config(None, ["kserve.name=pol", "kserve.namespace=ns"])
+    api = FakeCustomObjectsApi(kserve.render_inference_service(cfg.kserve, "pvc://rlhfops-workspace/models/v1"))
+    kserve.apply(cfg, "canary", {"id": "v2", "path": "/elsewhere/v2"}, api=api, uri="s3://bucket/v2")
+    assert api.obj["spec"]["predictor"]["model"]["storageUri"] == "s3://bucket/v2"
+    assert kserve.read_status(cfg, api=api)["storage_uri"] == "s3://bucket/v2"
+
+
 def test_apply_turns_api_failures_into_one_sentence():
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import MaxRetryError

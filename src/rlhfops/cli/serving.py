@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +20,6 @@ from rlhfops.cli.common import (
     setup,
     user_errors,
 )
-from rlhfops.config import Config
 from rlhfops.registry import Registry
 from rlhfops.workspace import REGISTRY
 
@@ -126,16 +124,6 @@ def models(
     console.print(table)
 
 
-def _on_inference_service(cfg: Config, call: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-    """call(api, kserve.name, kserve.namespace, *args) on the cluster's InferenceService, for what
-    `kserve.apply` does not cover: reading its status, a canary from an explicit --storage-uri."""
-    from rlhfops.kube import api_errors, custom_objects_api
-
-    k = cfg.kserve
-    with api_errors(f"InferenceService {k.namespace}/{k.name}"):
-        return call(custom_objects_api(), k.name, k.namespace, *args)
-
-
 @deploy_app.command("canary")
 def deploy_canary_cmd(
     version: Annotated[str, typer.Argument(help="Registry version to deploy as canary, e.g. v3.")],
@@ -165,10 +153,7 @@ def deploy_canary_cmd(
     out: dict[str, Any] = {"canary": version}
     if kserve_:
         with user_errors():
-            if storage_uri is None:
-                out["kserve"] = kserve.apply(cfg, "canary", entry)
-            else:
-                out["kserve"] = _on_inference_service(cfg, kserve.deploy_canary, storage_uri, cfg.kserve.canary_percent)
+            out["kserve"] = kserve.apply(cfg, "canary", entry, uri=storage_uri)
     emit_json(out) if json_out else console.print(f"{version} is the canary")
 
 
@@ -234,7 +219,7 @@ def deploy_status_cmd(
             store = InteractionStore.for_config(cfg.serving.store_url, ws.root)
             out["gate"] = decide(store, stable["id"], canary["id"], cfg.gate).to_dict()
         if kserve_:
-            out["kserve"] = _on_inference_service(cfg, kserve.status)
+            out["kserve"] = kserve.read_status(cfg)
     if json_out:
         emit_json(out)
         return

@@ -200,18 +200,22 @@ def storage_uri(cfg: Config, model_path: str | Path) -> str:
     return f"pvc://{cfg.pipeline.pvc}/{path.relative_to(mount).as_posix()}"
 
 
-def apply(cfg: Config, action: str, version: dict[str, Any] | None = None, api: Any = None) -> dict[str, Any]:
+def apply(
+    cfg: Config, action: str, version: dict[str, Any] | None = None, api: Any = None, uri: str | None = None
+) -> dict[str, Any]:
     """The registry's canary step on the InferenceService `kserve.*` names: `canary` serves `version`
-    (a registry record) to `kserve.canary_percent` of the traffic, `promote` gives the canary all of
-    it, `rollback` returns it to the previous model. `api` defaults to the cluster's
-    (`rlhfops.kube.custom_objects_api`). Returns the patched InferenceService."""
+    (a registry record, at `storage_uri` of its path unless `uri` overrides it) to
+    `kserve.canary_percent` of the traffic, `promote` gives the canary all of it, `rollback` returns
+    it to the previous model. `api` defaults to the cluster's (`rlhfops.kube.custom_objects_api`).
+    Returns the patched InferenceService."""
     from rlhfops.kube import api_errors, custom_objects_api
 
     if action not in ACTIONS:
         raise ValueError(f"unknown KServe action '{action}'; expected {', '.join(ACTIONS)}")
-    if action == "canary" and version is None:
+    if action == "canary" and version is None and uri is None:
         raise ValueError("a KServe canary needs the registry version to serve")
-    uri = storage_uri(cfg, version["path"]) if action == "canary" else None  # before touching the cluster
+    if action == "canary" and uri is None:
+        uri = storage_uri(cfg, version["path"])  # before touching the cluster
     kc = cfg.kserve
     api = api if api is not None else custom_objects_api()
     with api_errors(f"InferenceService {kc.namespace}/{kc.name}"):
@@ -220,3 +224,13 @@ def apply(cfg: Config, action: str, version: dict[str, Any] | None = None, api: 
         if action == "promote":
             return promote(api, kc.name, kc.namespace)
         return rollback(api, kc.name, kc.namespace)
+
+
+def read_status(cfg: Config, api: Any = None) -> dict[str, Any]:
+    """`status` of the InferenceService `kserve.*` names, on the cluster's API by default."""
+    from rlhfops.kube import api_errors, custom_objects_api
+
+    kc = cfg.kserve
+    api = api if api is not None else custom_objects_api()
+    with api_errors(f"InferenceService {kc.namespace}/{kc.name}"):
+        return status(api, kc.name, kc.namespace)
