@@ -19,19 +19,13 @@ from typing import Any
 from rich.table import Table
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlhfops.annotation.judges import Judge, VerifierJudge, eval_judges
+from rlhfops.annotation.judges import Judge, VerifierJudge, eval_judges, labelled_mean
 from rlhfops.config import Config
 from rlhfops.generation import sample_texts
 from rlhfops.tasks import Example, Task, make_task
 
 N_SAMPLES_KEPT = 12
 Row = tuple[Example, str, dict[str, float | None]]
-
-
-def _mean(values) -> float | None:
-    """fmean of the labelled values; None when none is."""
-    labelled = [v for v in values if v is not None]
-    return fmean(labelled) if labelled else None
 
 
 def score_responses(
@@ -47,7 +41,7 @@ def score_responses(
     rows: list[Row] = list(zip(examples, responses, scores, strict=True))
 
     def gold_means(subset: list[Row]) -> dict[str, float | None]:
-        return {obj: _mean(r[2][obj] for r in subset) for obj in objectives}
+        return {obj: labelled_mean(r[2][obj] for r in subset) for obj in objectives}
 
     kinds = getattr(task, "kinds", None) or tuple(dict.fromkeys(ex.kind for ex in examples))
     by_kind = {}
@@ -63,7 +57,7 @@ def score_responses(
         "judges": dict(judged_by),
         "gold": gold,
         # = tasks.gold_composite (PPO's held-out slice) when the task's judges score, without judging twice
-        "gold_composite": _mean(gold.values()),
+        "gold_composite": labelled_mean(gold.values()),
         "unlabelled": {obj: sum(r[2][obj] is None for r in rows) for obj in objectives},
         "by_kind": by_kind,
         **(metrics(examples, responses) if metrics is not None else {}),
@@ -81,7 +75,7 @@ def per_prompt_composite(rows: list[Row]) -> list[float | None]:
     gate and `win_rate` compare."""
     by_prompt: dict[str, list[float]] = {}
     for ex, _, scores in rows:
-        composite = _mean(scores.values())
+        composite = labelled_mean(scores.values())
         by_prompt.setdefault(ex.prompt, [])
         if composite is not None:
             by_prompt[ex.prompt].append(composite)

@@ -51,6 +51,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from statistics import fmean
 from typing import TYPE_CHECKING
 
 import httpx
@@ -66,6 +67,13 @@ Scores = list[dict[str, float | None]]
 Judge = Callable[[list[str], list[str]], Scores]
 VERDICT_RE = re.compile(r"SCORE: (10|[0-9])")
 RETRY_STATUS = {408, 409, 429}  # plus every 5xx
+
+
+def labelled_mean(values) -> float | None:
+    """The mean of the labelled scores (None when no judge labelled any): a response's composite
+    over its objectives, and every mean evaluation and `rlhfops bon` report."""
+    labelled = [v for v in values if v is not None]
+    return fmean(labelled) if labelled else None
 
 
 class VerifierJudge:

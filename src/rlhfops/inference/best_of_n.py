@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rlhfops.annotation.judges import eval_judges, labelled_mean
 from rlhfops.config import Config, GenerationConfig
 from rlhfops.files import atomic_write_json
 from rlhfops.generation import generate
@@ -269,15 +270,20 @@ def evaluate_best_of_n(
         reward_version=_reward_version(cfg, rm_dir, prm_dir) if cache is not None else "",
         logits_hook=hook,
     )
-    gold = [[fmean(task.judge(ex, c).values()) for c in r.candidates] for ex, r in zip(examples, results, strict=True)]
+    # graded by the evaluation judges (`eval.judges`), as evaluation and the gate grade
+    flat_prompts = [r.prompt for r in results for _ in r.candidates]
+    judged = eval_judges(cfg, task)(flat_prompts, [c for r in results for c in r.candidates])
+    composites = iter(labelled_mean(scores.values()) for scores in judged)
+    gold = [[next(composites) for _ in r.candidates] for r in results]
 
-    def selected(counts: list[int]) -> tuple[float, float]:
-        """(mean gold, mean proxy) of the argmax over each prompt's first counts[i] candidates."""
+    def selected(counts: list[int]) -> tuple[float | None, float]:
+        """(mean gold, mean proxy) of the argmax over each prompt's first counts[i] candidates; a pick
+        no judge labelled is left out of the gold mean."""
         picks = [
             select(r.prompt, r.candidates[:k], r.scores[:k]).best_index for r, k in zip(results, counts, strict=True)
         ]
         return (
-            fmean(g[j] for g, j in zip(gold, picks, strict=True)),
+            labelled_mean(g[j] for g, j in zip(gold, picks, strict=True)),
             fmean(r.scores[j] for r, j in zip(results, picks, strict=True)),
         )
 

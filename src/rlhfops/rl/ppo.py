@@ -163,8 +163,7 @@ def train_ppo(
     critic = Critic(pc.critic, actor.config.hidden_size, policy_dir)
     prm = load_prm(prm_dir, "policy.dense_prm") if pc.dense_prm else None
     if reward_fn is None:
-        shared = {"prm": prm} if prm is not None and cfg.policy.reward == "composite" else {}
-        reward_fn = build_reward_fn(cfg, pc.reward, rm_dir, prm_dir, **shared)
+        reward_fn = build_reward_fn(cfg, pc.reward, rm_dir, prm_dir, prm=prm)  # the dense PRM, loaded once
     # The critic gets its own learning rate: a value head that lags the returns gives advantages
     # that are mostly prompt-type noise (explained variance near 0), and the policy drifts.
     optimizer = torch.optim.AdamW(
