@@ -25,7 +25,6 @@ def train_policy(
     `rm_dir` holds the reward-model ensembles (used when `policy.reward` is `composite`), `prm_dir`
     the process reward model (used when `policy.dense_prm` or `reward.prm_weight > 0` asks for it;
     it may be absent otherwise)."""
-    rm_dir = rm_dir if cfg.policy.reward == "composite" else None
     if cfg.policy.algorithm == "ppo":
         from rlhfops.rl.ppo import train_ppo
 
