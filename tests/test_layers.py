@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "rlhfops"
 
 # (layer, module prefixes); the longest matching prefix places a module.
 LAYERS = [
-    (0, ["config", "files", "workspace", "registry", "images", "tracking", "serving.store"]),
+    (0, ["chat", "config", "files", "workspace", "registry", "images", "tracking", "serving.store"]),
     (1, ["tasks", "modeling", "generation", "training", "real_model", "versioning", "kube", "trainer_job"]),
     # the pair and stepwise record formats and the task-built data sets are what reward training
     # reads; the judges, active learning, review and the annotate stage above them use reward models

@@ -1,6 +1,8 @@
 """Batched sampling and greedy decoding with per-token log-probs.
 
-Prompts are left-padded so every row's next token sits in the last column; the KV cache is
+Prompts are task prompts, rendered for the model by `chat.render` (its chat template when the
+tokenizer has one; `template=False` takes them as raw text, as `/v1/completions` does), and
+left-padded so every row's next token sits in the last column; the KV cache is
 reused between steps; a row stops at eos (kept, masked in) and pads after it. Log-probs are of
 the chosen token under the distribution it was sampled from, `log_softmax(logits / temperature)`
 before top-k truncation, as TRL computes them for GRPO/RLOO; with temperature 1 they are the
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from rlhfops.chat import render_all
 from rlhfops.config import GenerationConfig
 
 # (input_ids so far (B, P+t), logits (B, V)) -> logits (B, V); e.g. ILQL's beta * (Q - V) shift.
@@ -43,6 +46,7 @@ def generate(
     top_k: int = 0,
     generator: torch.Generator | None = None,
     logits_hook: LogitsHook | None = None,
+    template: bool = True,
 ) -> Generation:
     """Complete every prompt in one batch; see the module docstring for what is returned."""
     if not prompts:
@@ -51,7 +55,8 @@ def generate(
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     device = next(model.parameters()).device
     tokenizer.padding_side = "left"
-    enc = tokenizer(prompts, padding=True, return_tensors="pt").to(device)
+    rendered = render_all(tokenizer, prompts) if template else prompts
+    enc = tokenizer(rendered, padding=True, return_tensors="pt").to(device)
     prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]
     batch = prompt_ids.shape[0]
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id

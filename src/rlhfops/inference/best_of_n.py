@@ -73,10 +73,11 @@ def sample(
     generator: torch.Generator | None,
     batch_size: int,
     logits_hook=None,
+    template: bool = True,
 ) -> list[list[str]]:
     """n completions per prompt: rows of the repeated prompt list [p0 x n, p1 x n, ...], one
     `generate` call per `batch_size` rows. Returns (len(prompts), n) texts. `logits_hook` changes
-    decoding (an offline-RL policy's Q - V shift)."""
+    decoding (an offline-RL policy's Q - V shift); `template=False` takes prompts as raw text."""
     repeated = [p for p in prompts for _ in range(n)]
     texts: list[str] = []
     for i in range(0, len(repeated), batch_size):
@@ -89,6 +90,7 @@ def sample(
             top_k=generation.top_k,
             generator=generator,
             logits_hook=logits_hook,
+            template=template,
         ).texts
     return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
 
@@ -121,9 +123,11 @@ def best_of_n(
     policy_version: str = "",
     reward_version: str = "",
     logits_hook=None,
+    template: bool = True,
 ) -> list[BoNResult]:
     """The best of n samples for every prompt, in prompt order. With a `cache`, a prompt already
-    stored under (prompt, policy_version, reward_version, n) is served from it, not regenerated."""
+    stored under (prompt, policy_version, reward_version, n) is served from it, not regenerated.
+    `template=False` samples from prompts as raw text (`/v1/completions`)."""
     if n < 1:
         raise ValueError(f"Best-of-N needs n >= 1, got {n}")
     if cache is not None and not (policy_version and reward_version):
@@ -147,6 +151,7 @@ def best_of_n(
             generator=generator,
             batch_size=batch_size,
             logits_hook=logits_hook,
+            template=template,
         )
         scores = score_candidates(score_fn, uncached_prompts, candidates)
         for i, prompt, cs, ss in zip(uncached, uncached_prompts, candidates, scores, strict=True):

@@ -12,6 +12,7 @@ the backend (the request's fault), `error` a 5xx or an unreachable backend (the 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import time
@@ -27,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from rlhfops.chat import prompt_of
 from rlhfops.config import Config, ServingConfig
 from rlhfops.registry import Registry
 from rlhfops.serving.server import (
@@ -126,7 +128,7 @@ def create_router_app(stable: Backend, canary: Backend | None, cfg: ServingConfi
         arm = "canary" if canary and split.to_canary(user) else "stable"
         backend = canary if arm == "canary" else stable
         headers = {"authorization": request.headers["authorization"]} if "authorization" in request.headers else {}
-        prompt = body.get("prompt") if path == "/v1/completions" else _last_user_turn(body)
+        prompt = body.get("prompt") if path == "/v1/completions" else _chat_prompt(body)
         try:
             r = await app.state.client.post(backend.url + path, json=body, headers=headers)
             status = "ok" if r.status_code == 200 else "rejected" if r.status_code < 500 else "error"
@@ -172,13 +174,14 @@ def create_router_app(stable: Backend, canary: Backend | None, cfg: ServingConfi
     return app
 
 
-def _last_user_turn(body: dict[str, Any]) -> str:
+def _chat_prompt(body: dict[str, Any]) -> str:
+    """The prompt string of a chat request as the server stores it (`chat.prompt_of`), for a
+    request the backend did not answer; messages that are not role / content pairs: their JSON."""
     messages = body.get("messages")
-    if isinstance(messages, list):
-        for m in reversed(messages):
-            if isinstance(m, dict) and m.get("role") == "user":
-                return str(m.get("content", ""))
-    return ""
+    try:
+        return prompt_of(messages)
+    except ValueError:
+        return json.dumps(messages, ensure_ascii=False, default=str)
 
 
 @dataclass

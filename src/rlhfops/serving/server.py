@@ -4,8 +4,10 @@
     GET  /v1/models            the one model, id = the registry version
     POST /v1/completions       prompt (str | list[str]), max_tokens, temperature (0 = greedy), n,
                                best_of (Best-of-N scored by the reward ensemble), user
-    POST /v1/chat/completions  messages (the chat template when the tokenizer has one, else the
-                               user turns joined), max_tokens, temperature, n, best_of, user
+    POST /v1/chat/completions  messages (rendered by `chat.render`: the chat template when the
+                               tokenizer has one, else the user turns joined; the interaction
+                               store keeps the messages), max_tokens, temperature, n, best_of, user
+    (`/v1/completions` takes its prompt as raw text: no template)
     POST /v1/feedback          {"id": response id, "score": float | "thumbs": "up" | "down"}
                                (needs an interaction store)
     GET  /metrics              Prometheus text: requests, errors, latency, tokens, and the reward
@@ -39,6 +41,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from rlhfops.chat import prompt_of, render_all
 from rlhfops.config import Config, GenerationConfig, ServingConfig
 from rlhfops.generation import generate
 from rlhfops.inference.best_of_n import best_of_n
@@ -210,20 +213,23 @@ class ModelWorker:
                         if not job.future.done():
                             job.future.set_exception(e)
 
-    async def submit(self, prompts: list[str], max_tokens: int, temperature: float, top_k: int, best_of: int | None):
+    async def submit(
+        self, prompts: list[str], max_tokens: int, temperature: float, top_k: int, best_of: int | None, template: bool
+    ):
+        """`template`: chat prompts, rendered by `chat.render`; False: raw text (`/v1/completions`)."""
         assert self.queue is not None
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Job((max_tokens, temperature, top_k), prompts, future, best_of))
+        await self.queue.put(_Job((max_tokens, temperature, top_k, template), prompts, future, best_of))
         return await future
 
     def _complete(self, group: list[_Job]) -> list[list[Completion]]:
-        max_tokens, temperature, top_k = group[0].key
+        max_tokens, temperature, top_k, template = group[0].key
         prompts = [p for job in group for p in job.prompts]
         if group[0].best_of is not None:
             gen = GenerationConfig(max_new_tokens=max_tokens, temperature=max(temperature, 1e-3), top_k=top_k)
             results = best_of_n(
                 self.model, self.tokenizer, prompts, group[0].best_of, self.scorer, generation=gen,
-                generator=self.generator, logits_hook=self.logits_hook,
+                generator=self.generator, logits_hook=self.logits_hook, template=template,
             )  # fmt: skip
             texts = [r.best for r in results]
             finish = ["stop"] * len(texts)
@@ -232,14 +238,15 @@ class ModelWorker:
             out = generate(
                 self.model, self.tokenizer, prompts, max_tokens, greedy=temperature == 0,
                 temperature=max(temperature, 1e-6), top_k=top_k, generator=self.generator,
-                logits_hook=self.logits_hook,
+                logits_hook=self.logits_hook, template=template,
             )  # fmt: skip
             texts = out.texts
             eos = self.tokenizer.eos_token_id
             ended = ((out.completion_ids == eos) & out.completion_mask.bool()).any(dim=1).tolist()
             finish = ["stop" if e else "length" for e in ended]
             lengths = out.completion_mask.sum(dim=1).tolist()
-        prompt_lengths = [len(self.tokenizer(p)["input_ids"]) for p in prompts]
+        rendered = render_all(self.tokenizer, prompts) if template else prompts
+        prompt_lengths = [len(self.tokenizer(p)["input_ids"]) for p in rendered]
         flat = [Completion(*row) for row in zip(texts, finish, lengths, prompt_lengths, strict=True)]
         per_job, at = [], 0
         for job in group:
@@ -271,13 +278,13 @@ class ServerMetrics:
         )
 
 
-def chat_prompt(tokenizer: Any, messages: list[ChatMessage]) -> str:
-    """The prompt a chat request conditions on: the tokenizer's chat template when it has one;
-    otherwise (the built-in character model) the user turns' text joined."""
-    if getattr(tokenizer, "chat_template", None):
-        rendered = [{"role": m.role, "content": m.content} for m in messages]
-        return tokenizer.apply_chat_template(rendered, tokenize=False, add_generation_prompt=True)
-    return "".join(m.content for m in messages if m.role == "user")
+def chat_prompt(messages: list[ChatMessage]) -> str:
+    """The prompt string of a chat request (`chat.prompt_of`: a lone user message is its text, else
+    the messages' JSON): what the interaction store keeps; the model reads `chat.render` of it."""
+    try:
+        return prompt_of([{"role": m.role, "content": m.content} for m in messages])
+    except ValueError as e:
+        raise APIError(400, f"messages: {e}") from None
 
 
 def create_app(
@@ -333,13 +340,13 @@ def create_app(
         check_bearer(request, token)
         return {"object": "list", "data": [{"id": version, "object": "model", "created": 0, "owned_by": "rlhfops"}]}
 
-    async def run(body: _Body, prompts: list[str]) -> tuple[list[Completion], dict[str, Any]]:
+    async def run(body: _Body, prompts: list[str], template: bool) -> tuple[list[Completion], dict[str, Any]]:
         max_tokens = check_limits(body, prompts, cfg.serving)
         if body.best_of is not None and body.best_of > 1 and scorer is None:
             raise APIError(400, "best_of needs reward models; start the server with serving.reward_models set")
         repeated = [p for p in prompts for _ in range(body.n)]
         best_of = body.best_of if body.best_of and body.best_of > 1 else None
-        done = await worker.submit(repeated, max_tokens, body.temperature, body.top_k, best_of)
+        done = await worker.submit(repeated, max_tokens, body.temperature, body.top_k, best_of, template)
         metrics.tokens.inc(sum(c.completion_tokens for c in done))
         extra: dict[str, Any] = {"version": version, "prompts": repeated}
         if scorer is not None:
@@ -370,7 +377,7 @@ def create_app(
         check_bearer(request, token)
         body = parse(CompletionRequest, await read_json(request, cfg.serving.max_request_bytes))
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        done, extra = await run(body, prompts)
+        done, extra = await run(body, prompts, template=False)
         rid = f"cmpl-{uuid.uuid4().hex}"
         extra["interaction_ids"] = log(rid, done, extra["prompts"], 1000 * (time.perf_counter() - start), body.user)
         choices = [
@@ -386,7 +393,7 @@ def create_app(
         start = time.perf_counter()
         check_bearer(request, token)
         body = parse(ChatRequest, await read_json(request, cfg.serving.max_request_bytes))
-        done, extra = await run(body, [chat_prompt(tokenizer, body.messages)])
+        done, extra = await run(body, [chat_prompt(body.messages)], template=True)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         extra["interaction_ids"] = log(rid, done, extra["prompts"], 1000 * (time.perf_counter() - start), body.user)
         choices = [
