@@ -62,6 +62,19 @@ def test_select_takes_the_argmax_and_breaks_ties_by_lowest_index():
     assert select("p", ["x", "y", "z"], [0.5, 0.5, 0.5]).best_index == 0
 
 
+def test_a_nan_score_never_wins():
+    nan = float("nan")
+    assert select("p", ["a", "b", "c"], [nan, 1.0, 2.0]).best_index == 2
+    assert select("p", ["a", "b", "c"], [2.0, nan, 1.0]).best_index == 0
+    assert select("p", ["a", "b", "c"], [nan, -1.0, nan]).best_index == 1
+    r = select("p", ["a", "b"], [nan, 0.0])
+    assert math.isnan(r.scores[0]) and r.best == "b"  # the scores are reported as the scorer gave them
+    with pytest.raises(ValueError, match=r"every one of the 3 Best-of-N scores is NaN for prompt 'q: 1\+1'"):
+        select("q: 1+1", ["a", "b", "c"], [nan, nan, nan])
+    with pytest.raises(ValueError, match="one score per candidate, got 1 for 2"):
+        select("p", ["a", "b"], [1.0])
+
+
 def test_analytic_kl():
     assert best_of_n_kl(1) == 0.0
     assert best_of_n_kl(2) == pytest.approx(math.log(2) - 0.5)

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from rlhfops import cycle
-from rlhfops.config import load_config
+from rlhfops.config import GateConfig, load_config
 from rlhfops.modeling import init_policy, save_policy
 from rlhfops.registry import Registry
 from rlhfops.workspace import Workspace
@@ -80,6 +80,49 @@ def test_gate_writes_its_own_file_and_deploy_registers_the_canary(ws_with_sft):
     assert canary["metrics"]["cycle"] == 1 and canary["metrics"]["gate"]["diff"] > 0
     html = cycle.evaluation_html(summary)
     assert "<td>ppo</td><td>0.800</td>" in html and "best candidate: ppo" in html
+
+
+def test_best_candidate_skips_missing_and_nan_composites():
+    def r(composite):
+        return {"gold_composite": composite}
+
+    nan = float("nan")
+    assert cycle.best_candidate({"stable": r(0.99), "ppo": r(0.5), "offline": r(0.7)}) == "offline"
+    assert cycle.best_candidate({"stable": r(0.5), "ppo": r(nan), "offline": r(0.1)}) == "offline"
+    assert cycle.best_candidate({"stable": r(0.5), "ppo": r(0.3), "offline": r(None)}) == "ppo"
+    assert cycle.best_candidate({"stable": r(0.5), "ppo": r(0.3), "offline": r(0.3)}) == "ppo"  # first of equals
+    assert cycle.best_candidate({"stable": r(0.5), "ppo": r(nan)}) is None
+    assert cycle.best_candidate({"stable": r(0.5)}) is None
+
+
+def test_picking_the_best_of_two_a_a_candidates_keeps_the_promised_error_rate():
+    # fixed seed: fixed numbers. The binomial se at 1000 trials and 0.05 is 0.007
+    gate = GateConfig(confidence=0.95)
+    before = cycle.aa_deploy_rate(gate, 1000, 128, 2, split_alpha=False)["aa_deploy_rate"]
+    after = cycle.aa_deploy_rate(gate, 1000, 128, 2)
+    assert before > 0.05 + 2 * 0.007  # picking on the gate's own scores inflated it
+    assert after["aa_deploy_rate"] <= after["bound"] + 2 * after["standard_error"] and after["aa_deploy_rate"] < before
+    three = cycle.aa_deploy_rate(gate, 500, 128, 3)
+    assert 0 < three["aa_deploy_rate"] <= three["bound"] + 2 * three["standard_error"]
+
+
+def test_the_gate_stage_splits_alpha_over_the_evaluated_candidates(ws_with_sft):
+    cfg, ws = ws_with_sft
+    per_prompt = {"stable": [0.1, 0.2, 0.3, 0.4] * 8, "ppo": [0.5, 0.7, 0.6, 0.9] * 8, "offline": [0.2] * 32}
+    results = {n: {"gold_composite": sum(v) / len(v), "per_prompt": v} for n, v in per_prompt.items()}
+    summary = {"cycle": 1, "best_candidate": cycle.best_candidate(results), "results": results}
+    cycle.cycle_eval_path(ws, 1).parent.mkdir(parents=True)
+    cycle.cycle_eval_path(ws, 1).write_text(json.dumps(summary))
+    gate = cycle.gate(cfg, ws, 1)
+    assert gate["candidate"] == "ppo" and gate["stats"]["candidates"] == 2
+    assert gate["stats"]["alpha"] == pytest.approx((1 - cfg.gate.confidence) / 2)
+    nothing = {"stable": results["stable"], "ppo": {"gold_composite": None, "per_prompt": [None] * 32}}
+    cycle.cycle_eval_path(ws, 2).write_text(json.dumps({"cycle": 2, "best_candidate": None, "results": nothing}))
+    assert cycle.gate(cfg, ws, 2) == {
+        "decision": "reject",
+        "reason": "no candidate has a gold composite",
+        "candidate": None,
+    }
 
 
 def test_policy_step_as_a_trainjob(ws_with_sft, monkeypatch):

@@ -17,7 +17,8 @@ graph, `dvc.yaml` and `run_in_process` follow):
     offline            offline RL on every logged, composite-scored sample so far
     evaluate           gold evaluation (Best-of-N at `pipeline.eval_best_of_n`) of stable and each candidate
                        -> <ws>/eval/cycle-NNNN.json
-    gate               the pre-deploy gate on paired per-prompt gold scores: deploy | reject
+    gate               the pre-deploy gate on paired per-prompt gold scores, alpha split over the
+                       candidates the best was picked from: deploy | reject
                        -> <ws>/eval/cycle-NNNN-gate.json
     deploy_canary      registry: the chosen candidate becomes the canary (+ KServe patch in a cluster)
     record_failure     the ExitHandler's record of a failed cycle
@@ -35,12 +36,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from statistics import fmean
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rlhfops.config import Config
+from rlhfops.config import Config, GateConfig
 from rlhfops.files import atomic_write_json
 from rlhfops.registry import Registry
 from rlhfops.workspace import OFFLINE_DATA, RESPONSES, RM_SUMMARY, Workspace, is_model_dir
+
+if TYPE_CHECKING:
+    from rlhfops.serving.gate import GateDecision
 
 # torch threads for a task that runs beside others (kfp.local runs two ParallelFor iterations at once)
 PARALLEL_THREADS_ENV = "RLHFOPS_PARALLEL_TASK_THREADS"
@@ -299,20 +303,70 @@ def evaluate(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     for name in models:
         if name != "stable":
             results[name]["win_rate"] = win_rate(results["stable"]["per_prompt"], results[name]["per_prompt"])
-    best = max(
-        (n for n in models if n != "stable"),
-        key=lambda n: -math.inf if results[n]["gold_composite"] is None else results[n]["gold_composite"],
-        default=None,
-    )
     summary = {
         "cycle": cycle,
         "stable_version": stable["id"],
-        "best_candidate": best,
+        "best_candidate": best_candidate(results),
         "models": {n: str(p) for n, p in models.items()},
         "results": results,
     }
     atomic_write_json(cycle_eval_path(ws, cycle), summary)
     return summary
+
+
+def best_candidate(results: dict[str, dict[str, Any]]) -> str | None:
+    """The candidate (every evaluated model but "stable") with the highest gold composite, the first
+    of equal ones; a composite that is None or NaN never wins. None when no candidate has a number."""
+    scored = {
+        name: r["gold_composite"]
+        for name, r in results.items()
+        if name != "stable" and r["gold_composite"] is not None and not math.isnan(r["gold_composite"])
+    }
+    return max(scored, key=scored.__getitem__, default=None)
+
+
+def gate_candidate(cfg: GateConfig, results: dict[str, dict[str, Any]], best: str) -> GateDecision:
+    """The pre-deploy gate on `best` against stable: the per-prompt composites both have a labelled
+    score for, alpha split over every candidate evaluated (`serving.gate`: the pick is the best of
+    them on these same scores)."""
+    from rlhfops.evaluation import paired
+    from rlhfops.serving.gate import compare_scores
+
+    stable, candidate = paired(results["stable"]["per_prompt"], results[best]["per_prompt"])
+    return compare_scores(stable, candidate, cfg, candidates=sum(name != "stable" for name in results))
+
+
+def aa_deploy_rate(
+    cfg: GateConfig, trials: int, n_prompts: int, candidates: int, seed: int = 0, split_alpha: bool = True
+) -> dict[str, Any]:
+    """Simulate the pick-then-gate of a cycle on A/A candidates: stable and `candidates` candidates of
+    one policy, each scoring Bernoulli(0.5) per prompt on the same `n_prompts` prompts; the best is
+    picked (`best_candidate`) and gated (`gate_candidate`). Every deploy is false, so the rate must
+    stay at most 1 - cfg.confidence. `split_alpha` False gates the pick as if it were the only
+    candidate (the full alpha: the rule before the split)."""
+    import random
+
+    rng = random.Random(seed)
+    names = ["stable", *(f"candidate-{k}" for k in range(candidates))]
+    deploys = 0
+    for _ in range(trials):
+        results = {}
+        for name in names:
+            scores = [float(rng.random() < 0.5) for _ in range(n_prompts)]
+            results[name] = {"per_prompt": scores, "gold_composite": fmean(scores)}
+        best = best_candidate(results)
+        tested = results if split_alpha else {"stable": results["stable"], best: results[best]}
+        deploys += gate_candidate(cfg, tested, best).decision == "deploy"
+    rate = deploys / trials
+    return {
+        "candidates": candidates,
+        "split_alpha": split_alpha,
+        "n_prompts": n_prompts,
+        "trials": trials,
+        "aa_deploy_rate": rate,
+        "standard_error": math.sqrt(rate * (1 - rate) / trials),
+        "bound": 1 - cfg.confidence,
+    }
 
 
 def _evaluate_bon(cfg: Config, policy_dir: Path, rm_dir: Path, judge) -> dict[str, Any]:
@@ -345,19 +399,15 @@ def _evaluate_bon(cfg: Config, policy_dir: Path, rm_dir: Path, judge) -> dict[st
 
 
 def gate(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
-    """deploy | reject the best candidate against stable on paired per-prompt composites (the prompts
-    both have a labelled score for)."""
-    from rlhfops.evaluation import paired
-    from rlhfops.serving.gate import compare_scores
-
+    """deploy | reject the best candidate against stable (`gate_candidate`)."""
     summary = json.loads(cycle_eval_path(ws, cycle).read_text())
     best = summary["best_candidate"]
     if best is None:
-        out = {"decision": "reject", "reason": "no candidate was trained", "candidate": None}
+        reason = "no candidate was trained" if len(summary["results"]) == 1 else "no candidate has a gold composite"
+        out = {"decision": "reject", "reason": reason, "candidate": None}
         atomic_write_json(cycle_gate_path(ws, cycle), out)
         return out
-    stable, candidate = paired(summary["results"]["stable"]["per_prompt"], summary["results"][best]["per_prompt"])
-    result = compare_scores(stable, candidate, cfg.gate)
+    result = gate_candidate(cfg.gate, summary["results"], best)
     out = {"decision": result.decision, "reason": result.reason, "candidate": best, "stats": result.stats}
     atomic_write_json(cycle_gate_path(ws, cycle), out)
     return out

@@ -58,8 +58,15 @@ def best_of_n_kl(n: int) -> float:
 
 
 def select(prompt: str, candidates: list[str], scores: list[float]) -> BoNResult:
-    """The argmax candidate; `max` keeps the first of equal scores, so ties go to the lowest index."""
-    best_index = max(range(len(candidates)), key=lambda j: scores[j])
+    """The argmax candidate over the scores that are not NaN (a NaN never wins); `max` keeps the
+    first of equal scores, so ties go to the lowest index. Every score NaN is a ValueError: the
+    scorer ranked nothing."""
+    if len(candidates) != len(scores) or not candidates:
+        raise ValueError(f"Best-of-N needs one score per candidate, got {len(scores)} for {len(candidates)}")
+    ranked = [j for j in range(len(candidates)) if not math.isnan(scores[j])]
+    if not ranked:
+        raise ValueError(f"every one of the {len(scores)} Best-of-N scores is NaN for prompt {prompt[:80]!r}")
+    best_index = max(ranked, key=lambda j: scores[j])
     return BoNResult(prompt, candidates[best_index], best_index, list(candidates), list(scores))
 
 
