@@ -93,17 +93,72 @@ def test_offline_rl_on_the_bpe_model(policy, tmp_path):
     assert evaluate_dir(cfg, out)["n"] == 8
 
 
-def test_chat_completion_through_the_template_on_the_bpe_model(policy):
+def test_chat_completion_through_the_template_on_the_bpe_model(policy, tmp_path):
+    """The served reply is what the sampler gives for the same prompt string (one rendering), the
+    usage counts the template's tokens, and the interaction store keeps the messages."""
     import openai
 
+    from rlhfops.chat import prompt_of
+    from rlhfops.generation import generate
+    from rlhfops.modeling import load_policy
     from rlhfops.serving.server import create_app, start_server
+    from rlhfops.serving.store import InteractionStore
 
-    running = start_server(create_app(policy, "v1", load_config("smoke")), "127.0.0.1", 0)
+    messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is 2+3?"}]
+    store = InteractionStore(f"sqlite:///{tmp_path / 'store.db'}")
+    running = start_server(create_app(policy, "v1", load_config("smoke"), store=store), "127.0.0.1", 0)
     try:
         client = openai.OpenAI(base_url=running.url + "/v1", api_key="none")
-        reply = client.chat.completions.create(
-            model="v1", messages=[{"role": "user", "content": "What is 2+3?"}], max_tokens=8
-        )
-        assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage.prompt_tokens > 5
+        reply = client.chat.completions.create(model="v1", messages=messages, max_tokens=8, temperature=0)
     finally:
         running.stop()
+    tokenizer, model = load_policy(policy)
+    expected = generate(model, tokenizer, [prompt_of(messages)], 8, greedy=True)
+    assert reply.choices[0].message.content == expected.texts[0]
+    template = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert reply.usage.prompt_tokens == len(template["input_ids"]) == int(expected.prompt_mask.sum())
+    rows = store.interactions()
+    assert [r["prompt"] for r in rows] == [prompt_of(messages)] and "Answer briefly." in rows[0]["prompt"]
+
+
+def test_conversation_prompts_from_a_dataset_on_the_bpe_model(policy, tmp_path):
+    """A dataset whose prompts are message lists: the model is conditioned on the whole conversation
+    through the template, and evaluation judges it like any prompt."""
+    import json
+
+    from rlhfops.evaluation import evaluate_dir
+    from rlhfops.generation import generate
+    from rlhfops.modeling import load_policy
+    from rlhfops.tasks import make_task
+
+    path = tmp_path / "chat.jsonl"
+    rows = [
+        {"prompt": [{"role": "system", "content": "Reply with a number."}, {"role": "user", "content": f"{i}+1?"}],
+         "answer": str(i + 1), "response": str(i + 1), "split": "test" if i < 4 else "train"}
+        for i in range(12)
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config("smoke", [*SMALL, "task.name=dataset", f"task.path={path}", "eval.n_test=4", "task.n_train=8"])
+    task = make_task(cfg.task)
+    prompt = task.examples("test", 1)[0].prompt
+    assert json.loads(prompt)[0] == {"role": "system", "content": "Reply with a number."}
+    tokenizer, model = load_policy(policy)
+    seen = tokenizer.decode(generate(model, tokenizer, [prompt], 1).prompt_ids[0])
+    assert seen.startswith("<|im_start|>system\nReply with a number.<|im_end|>") and seen.endswith("assistant\n")
+    result = evaluate_dir(cfg, policy)
+    assert result["n"] == 8 and set(result["gold"]) == {"helpfulness", "conciseness"}
+
+
+def test_prm_separators_follow_the_rendered_prompt_on_the_bpe_tokenizer(policy):
+    """Each line's label sits on the token holding its newline, after the whole chat-template prompt."""
+    from rlhfops.chat import render
+    from rlhfops.modeling import load_tokenizer
+    from rlhfops.reward.prm import separator_positions
+
+    tokenizer = load_tokenizer(policy)
+    lines = ["2+3=5", "", "answer: 5"]
+    ids, positions = separator_positions(tokenizer, "q: 2+3?\n", lines, 512)
+    prompt_len = len(tokenizer(render(tokenizer, "q: 2+3?\n"))["input_ids"])
+    assert all(p is not None and p >= prompt_len for p in positions)
+    assert all("\n" in tokenizer.decode([ids[p]]) for p in positions)
+    assert positions == sorted(positions) and len(set(positions)) == 3

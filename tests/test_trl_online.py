@@ -7,14 +7,42 @@ import torch
 from safetensors.torch import load_file
 
 from rlhfops.config import CONFIG_FILENAME, load_config
-from rlhfops.modeling import init_policy, save_policy
+from rlhfops.modeling import build_char_tokenizer, init_policy, save_policy
 from rlhfops.rl.trl_online import TRAIN_LOG, prompt_dataset, train_trl_online
 
 
 def test_prompt_dataset_cycles_a_small_split():
     cfg = load_config("smoke", ["policy.steps=5", "policy.prompts_per_step=4", "task.n_train=7"])
-    prompts = prompt_dataset(cfg)["prompt"]
+    prompts = prompt_dataset(cfg, build_char_tokenizer())["prompt"]
     assert len(prompts) == 20 and len(set(prompts)) == 7 and prompts[7:14] == prompts[:7]
+
+
+def test_prompt_dataset_renders_for_a_chat_model_and_rewards_see_the_task_prompt():
+    """TRL reads `prompt` (the chat template's text); reward callables get `task_prompt`."""
+    from bpe_model import TOKENIZER_DIR
+
+    from rlhfops.chat import render
+    from rlhfops.modeling import load_tokenizer
+    from rlhfops.rl.trl_online import TaskPromptReward
+
+    tokenizer = load_tokenizer(TOKENIZER_DIR)
+    cfg = load_config("smoke", ["policy.steps=2", "policy.prompts_per_step=3"])
+    data = prompt_dataset(cfg, tokenizer)
+    assert data["prompt"] == [render(tokenizer, p) for p in data["task_prompt"]]
+    assert all(
+        p.startswith("<|im_start|>") and not t.startswith("<|im_start|>")
+        for p, t in zip(data["prompt"], data["task_prompt"])
+    )
+    seen = []
+
+    def gold_x(prompts, completions, **columns):
+        seen.append(prompts)
+        return [1.0] * len(prompts)
+
+    wrapped = TaskPromptReward(gold_x)
+    assert wrapped.__name__ == "gold_x"
+    assert wrapped(data["prompt"], ["a"] * 6, task_prompt=data["task_prompt"]) == [1.0] * 6
+    assert seen == [data["task_prompt"]]
 
 
 def test_ppo_is_not_this_module(tmp_path):

@@ -107,3 +107,9 @@ def _adds_bos(tokenizer: Any) -> bool:
 
 def render_all(tokenizer: Any, prompts: list[str]) -> list[str]:
     return [render(tokenizer, p) for p in prompts]
+
+
+def scored_text(tokenizer: Any, prompt: str, response: str) -> str:
+    """What a reward model reads for (prompt, response): the rendered prompt, the response, eos, as
+    TRL's RewardTrainer joins a text pair (prompt + chosen + eos), so scoring matches training."""
+    return render(tokenizer, prompt) + response + (tokenizer.eos_token or "")

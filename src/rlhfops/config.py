@@ -54,7 +54,7 @@ class TaskConfig(Section):
         None, description="dataset: a JSONL or Parquet file, or a `datasets.save_to_disk` directory, of prompts"
     )
     prompt_field: str = Field(
-        "prompt", description="dataset: column of the prompt text, ending where the model should continue"
+        "prompt", description="dataset: column of the prompt: text, or a list of chat messages {role, content}"
     )
     response_field: str = Field("response", description="dataset: column of a reference response (SFT data)")
     answer_field: str = Field("answer", description="dataset: column of the answer a helpful response contains")
@@ -478,7 +478,9 @@ class CollectConfig(Section):
         None, description="a Hugging Face data set (local path or hub id) of prompts; None: the built-in task"
     )
     dataset_split: str = Field("train", description="split of `dataset` to draw prompts from")
-    prompt_field: str = Field("prompt", description="column of `dataset` holding the prompt text")
+    prompt_field: str = Field(
+        "prompt", description="column of `dataset` holding the prompt: text or a list of chat messages"
+    )
     interactions: bool = Field(True, description="add the interactions logged since the last collected cycle")
     store_url: str | None = Field(None, description="SQLAlchemy URL of the interaction store; None: serving.store_url")
 

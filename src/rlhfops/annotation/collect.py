@@ -22,6 +22,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from rlhfops.chat import prompt_of
 from rlhfops.config import Config
 from rlhfops.files import atomic_write_json, read_jsonl, write_jsonl
 from rlhfops.workspace import COLLECT_MANIFEST as MANIFEST
@@ -67,10 +68,19 @@ def collection_prompts(cfg: Config, cycle: int) -> list[str]:
         raise ValueError(
             f"data set '{cc.dataset}' has no column '{cc.prompt_field}' (columns: {', '.join(rows.column_names)})"
         )
-    prompts = rows[cc.prompt_field]
-    for i, p in enumerate(prompts):
+    prompts = []
+    for i, p in enumerate(rows[cc.prompt_field]):
+        if isinstance(p, list):  # a conversation: its prompt string (`chat.prompt_of`)
+            try:
+                p = prompt_of(p)
+            except ValueError as e:
+                where = f"data set '{cc.dataset}' row {i}"
+                raise ValueError(f"{where}: '{cc.prompt_field}' is not chat messages: {e}") from None
         if not isinstance(p, str) or not p.strip():
-            raise ValueError(f"data set '{cc.dataset}' row {i}: '{cc.prompt_field}' must be non-empty text")
+            raise ValueError(
+                f"data set '{cc.dataset}' row {i}: '{cc.prompt_field}' must be non-empty text or chat messages"
+            )
+        prompts.append(p)
     order = list(range(len(prompts)))
     random.Random(cfg.seed + cycle).shuffle(order)
     return [prompts[i] for i in order[: cc.n_prompts]]

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from rlhfops.chat import prompt_text, scored_text
 from rlhfops.config import Config, JudgeConfig, JudgeSpec
 from rlhfops.tasks import Task, check_objectives
 from rlhfops.workspace import RM_MANIFEST
@@ -118,7 +119,9 @@ def judge_messages(objective: str, principles: list[str], prompt: str, response:
         "Reply with at most three short sentences of reasoning, then a last line exactly of the form "
         "'SCORE: N', N an integer from 0 (violates the principles) to 10 (fully meets them)."
     )
-    data = json.dumps({"question": prompt, "response": response}, ensure_ascii=False).replace("<", "\\u003c")
+    # a conversation as its `role: content` turns (`chat.prompt_text`); a plain prompt as is
+    data = json.dumps({"question": prompt_text(prompt), "response": response}, ensure_ascii=False)
+    data = data.replace("<", "\\u003c")
     return [{"role": "system", "content": system}, {"role": "user", "content": f"<data>\n{data}\n</data>"}]
 
 
@@ -242,7 +245,8 @@ class RewardModelJudge:
 
 class SequenceClassifierJudge:
     """Any Hugging Face sequence-classification model with one label as a judge: sigmoid of its
-    logit on prompt + response (+ eos), truncated to `max_length` tokens, every objective alike."""
+    logit on `chat.scored_text` (prompt in its chat template, response, eos), truncated to
+    `max_length` tokens, every objective alike."""
 
     def __init__(self, path: str | Path, objectives: list[str], max_length: int, batch_size: int = 32):
         from transformers import AutoModelForSequenceClassification
@@ -266,8 +270,7 @@ class SequenceClassifierJudge:
     def __call__(self, prompts: list[str], responses: list[str]) -> Scores:
         import torch
 
-        eos = self.tokenizer.eos_token or ""
-        texts = [p + r + eos for p, r in zip(prompts, responses, strict=True)]
+        texts = [scored_text(self.tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)]
         scores: list[float] = []
         with self.lock, torch.no_grad():
             self.tokenizer.padding_side = "right"

@@ -30,6 +30,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from rlhfops.chat import render
 from rlhfops.config import GenerationConfig
 from rlhfops.files import read_jsonl, write_jsonl
 from rlhfops.generation import sample_texts
@@ -74,7 +75,7 @@ def mc_step_labels(
     logits_hook=None,
 ) -> list[dict[str, Any] | None]:
     """Math-Shepherd labels: per response, per line i, `rollouts` completions of the prefix
-    `prompt + lines[0..i] + "\\n"` sampled from the policy (one batch for every prefix); a line's
+    `render(prompt) + lines[0..i] + "\\n"` sampled from the policy (one batch for every prefix); a line's
     soft label is the fraction of `lines[0..i] + completion` whose final answer is right, its hard
     label whether any is. From the first `answer:` line on, the answer is already given, so the
     label is that answer's correctness (no rollouts). None for an empty response."""
@@ -86,9 +87,12 @@ def mc_step_labels(
         answer_at.append(first_answer)
         jobs += [(r, i) for i in range(min(first_answer, len(lines)))]
     prefixes = [STEP_SEPARATOR.join(lines_of[r][: i + 1]) + STEP_SEPARATOR for r, i in jobs]
-    prompts = [examples[r].prompt + prefix for (r, _), prefix in zip(jobs, prefixes, strict=True)]
+    # continuations of a response: the prompt as the policy reads it (`chat.render`) + the prefix, raw
+    prompts = [render(tokenizer, examples[r].prompt) + prefix for (r, _), prefix in zip(jobs, prefixes, strict=True)]
     flat = [p for p in prompts for _ in range(rollouts)]
-    completions = sample_texts(model, tokenizer, flat, generation, seed, logits_hook=logits_hook) if flat else []
+    completions = (
+        sample_texts(model, tokenizer, flat, generation, seed, logits_hook=logits_hook, template=False) if flat else []
+    )
     soft: dict[tuple[int, int], float] = {}
     for j, ((r, i), prefix) in enumerate(zip(jobs, prefixes, strict=True)):
         outs = completions[j * rollouts : (j + 1) * rollouts]

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
+from rlhfops.chat import scored_text
 from rlhfops.modeling import load_tokenizer
 from rlhfops.reward.stacked import StackedLlamaScorer, can_stack
 from rlhfops.workspace import RM_HEADS as HEADS
@@ -105,9 +106,10 @@ class RewardEnsemble:
         return len(self.names)
 
     def encode(self, prompts: list[str], completions: list[str]) -> dict[str, torch.Tensor]:
-        """Right-padded ids of prompt + completion + eos, as trl's RewardTrainer trained on them."""
+        """Right-padded ids of `chat.scored_text` (rendered prompt + completion + eos), as trl's
+        RewardTrainer trained on them."""
         self.tokenizer.padding_side = "right"
-        texts = [p + c + self.tokenizer.eos_token for p, c in zip(prompts, completions, strict=True)]
+        texts = [scored_text(self.tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)]
         return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
 
     @torch.no_grad()

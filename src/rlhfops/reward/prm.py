@@ -4,10 +4,11 @@ The model is `AutoModelForTokenClassification` with one output, initialised from
 directory (the policy's trunk, a new linear head `score`) or from any Hugging Face model path.
 Data is stepwise records (`rlhfops.annotation.steps`). A record is tokenized as
 
-    text   = prompt + completions[0] + "\\n" + completions[1] + "\\n" + ... + completions[-1] + "\\n"
+    text   = render(prompt) + completions[0] + "\\n" + ... + completions[-1] + "\\n"
     labels = 1.0 (good) / 0.0 (bad) on the token holding the "\\n" after line i; -100 elsewhere
 
-so the last line gets one extra "\\n" to carry its label. Separator tokens are found from the
+so the last line gets one extra "\\n" to carry its label (`render` is `chat.render`: the prompt as the
+policy reads it, an instruct model's chat template). Separator tokens are found from the
 tokenizer's character offsets, which works for any fast tokenizer, not just one token per
 character; if a tokenizer merges two separators into one token, that token carries the later
 line's label. Sequences are cut at `prm.max_length` tokens and labels that fall off are dropped.
@@ -39,6 +40,7 @@ from transformers import (
 )
 
 from rlhfops.annotation.steps import read_step_data
+from rlhfops.chat import render
 from rlhfops.config import CONFIG_FILENAME, Config, load_config
 from rlhfops.modeling import load_decoder, load_tokenizer, save_policy
 from rlhfops.tasks import STEP_SEPARATOR, Example, Task, make_task, steps_of
@@ -59,9 +61,10 @@ AGGREGATIONS = ("min", "product", "last")
 def separator_positions(
     tokenizer: PreTrainedTokenizerBase, prompt: str, lines: list[str], max_length: int
 ) -> tuple[list[int], list[int | None]]:
-    """Token ids of `prompt + lines[0] + "\\n" + ... + lines[-1] + "\\n"`, cut at `max_length`, and
+    """Token ids of `render(prompt) + lines[0] + "\\n" + ... + lines[-1] + "\\n"`, cut at `max_length`, and
     per line the index of the token holding its separator (None when it was cut off)."""
-    text = prompt + "".join(line + STEP_SEPARATOR for line in lines)
+    rendered = render(tokenizer, prompt)
+    text = rendered + "".join(line + STEP_SEPARATOR for line in lines)
     enc = tokenizer(text, return_offsets_mapping=True)
     ids = enc["input_ids"][:max_length]
     owner: dict[int, int] = {}  # character index -> first token covering it (specials cover none)
@@ -69,7 +72,7 @@ def separator_positions(
         for char in range(start, end):
             owner.setdefault(char, token)
     positions: list[int | None] = []
-    at = len(prompt)
+    at = len(rendered)
     for line in lines:
         at += len(line)  # the separator after this line
         if at not in owner:

@@ -35,6 +35,7 @@ from trl import RewardTrainer
 
 from rlhfops.annotation.pairs import FIELDS as PAIR_FIELDS
 from rlhfops.annotation.pairs import build_preference_data, read_pairs
+from rlhfops.chat import render, scored_text
 from rlhfops.config import Config
 from rlhfops.files import atomic_directory, atomic_write_json, write_jsonl
 from rlhfops.modeling import load_tokenizer
@@ -58,6 +59,8 @@ def train_member(cfg: Config, pairs: list[dict], init: str | Path, out_dir: Path
     model = AutoModelForSequenceClassification.from_pretrained(str(init), num_labels=1, use_safetensors=True)
     model.config.pad_token_id = tokenizer.pad_token_id
     tokenizer.padding_side = "right"
+    # TRL joins prompt + chosen + eos: with the prompt rendered that is `chat.scored_text`, what scoring reads
+    pairs = [{**r, "prompt": render(tokenizer, r["prompt"])} for r in pairs]
     with tempfile.TemporaryDirectory(prefix="rlhfops-rm-") as scratch:
         args = TRLRewardConfig(
             output_dir=scratch,
@@ -84,13 +87,12 @@ def train_member(cfg: Config, pairs: list[dict], init: str | Path, out_dir: Path
 
 @torch.no_grad()
 def trunk_features(trunk, tokenizer, prompts: list[str], completions: list[str], max_length: int) -> torch.Tensor:
-    """Last-token hidden states (N, H) of prompt + completion + eos."""
+    """Last-token hidden states (N, H) of `chat.scored_text` (rendered prompt + completion + eos)."""
     tokenizer.padding_side = "right"
     feats = []
     for i in range(0, len(prompts), 128):
-        texts = [
-            p + c + tokenizer.eos_token for p, c in zip(prompts[i : i + 128], completions[i : i + 128], strict=True)
-        ]
+        batch = zip(prompts[i : i + 128], completions[i : i + 128], strict=True)
+        texts = [scored_text(tokenizer, p, c) for p, c in batch]
         enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         hidden = trunk(**enc).last_hidden_state
         feats.append(pooled_last_token(hidden, enc["input_ids"], tokenizer.pad_token_id))

@@ -32,6 +32,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.torch import save_file
 
+from rlhfops.chat import render
 from rlhfops.config import Config
 from rlhfops.files import atomic_directory, read_jsonl, write_jsonl
 from rlhfops.generation import sample_texts
@@ -91,10 +92,11 @@ def read_offline_data(path: str | Path) -> list[dict[str, Any]]:
 
 
 def encode(tokenizer, records: list[dict[str, Any]], max_length: int) -> list[tuple[list[int], int]]:
-    """Per record: ids of prompt + response + eos cut to max_length, and the prompt length."""
+    """Per record: ids of the rendered prompt (`chat.render`, as sampling conditions on it) + response
+    + eos cut to max_length, and the prompt length."""
     rows = []
     for r in records:
-        prompt = tokenizer(r["prompt"])["input_ids"]
+        prompt = tokenizer(render(tokenizer, r["prompt"]))["input_ids"]
         response = tokenizer(r["response"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         rows.append(((prompt + response)[:max_length], len(prompt)))
     return rows

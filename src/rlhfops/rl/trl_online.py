@@ -11,6 +11,11 @@ steps_per_generation` completions. With `steps_per_generation = gradient_accumul
 and `per_device_train_batch_size = prompts_per_step x group_size`, the sampler draws
 `prompts_per_step` distinct prompts, repeats each `group_size` times, and the optimiser steps once
 per generation batch, so `max_steps = policy.steps` updates see `steps x prompts_per_step` prompts.
+
+TRL tokenizes the `prompt` column as text, so the column holds the prompt as the model reads it
+(`chat.render`: an instruct model's chat template); the task's own prompt string rides along in
+the `task_prompt` column, which TRL passes to every reward callable, and `TaskPromptReward` scores
+with it, so judges and reward models see the prompt exactly as in every other stage.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
+from rlhfops.chat import render_all
 from rlhfops.config import Config
 from rlhfops.modeling import load_policy, save_policy
 from rlhfops.reward.build import build_reward
@@ -28,12 +34,27 @@ from rlhfops.training import one_progress_display, trl_run_args
 from rlhfops.workspace import TRAIN_LOG
 
 
-def prompt_dataset(cfg: Config) -> Dataset:
-    """`steps x prompts_per_step` train prompts (a `prompt` column), cycling if the split is smaller."""
+def prompt_dataset(cfg: Config, tokenizer) -> Dataset:
+    """`steps x prompts_per_step` train prompts, cycling if the split is smaller: `prompt` rendered for
+    the model, `task_prompt` the task's prompt string (module docstring)."""
     n = cfg.policy.steps * cfg.policy.prompts_per_step
     task = make_task(cfg.task, seed=cfg.seed)
     prompts = [ex.prompt for ex in task.examples("train", min(n, cfg.task.n_train))]
-    return Dataset.from_dict({"prompt": [prompts[i % len(prompts)] for i in range(n)]})
+    cycled = [prompts[i % len(prompts)] for i in range(n)]
+    return Dataset.from_dict({"prompt": render_all(tokenizer, cycled), "task_prompt": cycled})
+
+
+class TaskPromptReward:
+    """A reward callable (`reward(prompts, completions, **columns)`) as TRL calls it on rendered
+    prompts: it scores with the task's prompt strings from the `task_prompt` column. Keeps the
+    wrapped callable's `__name__`, which TRL logs the reward under."""
+
+    def __init__(self, reward) -> None:
+        self.reward = reward
+        self.__name__ = getattr(reward, "__name__", type(reward).__name__)
+
+    def __call__(self, prompts: list, completions: list, task_prompt: list[str], **columns) -> list[float | None]:
+        return self.reward(task_prompt, completions, **columns)
 
 
 def trainer_args(cfg: Config, config_cls, output_dir: str, reward_weights: list[float]):
@@ -90,14 +111,14 @@ def train_trl_online(
             f"policy.algorithm is '{pc.algorithm}'; TRL online training does 'grpo' or 'rloo' (PPO is rl/ppo.py)"
         )
     reward_funcs, reward_weights = build_reward(cfg, pc.reward, rm_dir, prm_dir)
-    dataset = prompt_dataset(cfg)
     tokenizer, model = load_policy(policy_dir)
+    dataset = prompt_dataset(cfg, tokenizer)
     tokenizer.padding_side = "left"
     with tempfile.TemporaryDirectory(prefix=f"rlhfops-{pc.algorithm}-") as scratch:
         args = trainer_args(cfg, config_cls, scratch, reward_weights)
         trainer = trainer_cls(
             model=model,
-            reward_funcs=reward_funcs,
+            reward_funcs=[TaskPromptReward(f) for f in reward_funcs],
             args=args,
             train_dataset=dataset,
             processing_class=tokenizer,

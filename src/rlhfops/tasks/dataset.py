@@ -7,8 +7,10 @@ per prompt, for example
 
     {"prompt": "Convert 3.5 km to m.\\n", "response": "3500 m", "answer": "3500", "split": "test"}
 
-    prompt    the exact text the model continues: end it where the response should begin (a newline,
-              "Answer:", ...); no chat template is applied to it
+    prompt    the prompt text, or a conversation: a list of {"role", "content"} messages (system,
+              user, earlier turns). A model whose tokenizer has a chat template reads it through the
+              template (`rlhfops.chat`); a base model reads the text as is, so end it where the
+              response should begin (a newline, "Answer:", ...)
     response  a reference response: SFT data, and what the teacher answers; optional
     answer    what a helpful response contains; optional
     kind      a category that evaluation reports per kind; optional ("data")
@@ -37,6 +39,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rlhfops.chat import prompt_of
 from rlhfops.files import read_jsonl
 from rlhfops.tasks import SPLITS, Example, split_of
 
@@ -66,8 +69,9 @@ def contains_answer(response: str, answer: str) -> bool:
 
 class RecordCheck:
     """Checks records one at a time in file order (a `read_jsonl` check): the prompt is a non-empty
-    string and appears once, the optional columns are those of the first record, each value has
-    its type. `columns` holds the optional columns found (`response`, `answer`, `kind`, `split`)."""
+    string or list of chat messages (rewritten in place to its prompt string, `chat.prompt_of`) and
+    appears once, the optional columns are those of the first record, each value has its type.
+    `columns` holds the optional columns found (`response`, `answer`, `kind`, `split`)."""
 
     def __init__(self, cfg: TaskConfig):
         self.prompt_field = cfg.prompt_field
@@ -82,8 +86,16 @@ class RecordCheck:
 
     def __call__(self, record: dict[str, Any]) -> str | None:
         prompt = record.get(self.prompt_field)
+        if isinstance(prompt, list):
+            try:
+                prompt = record[self.prompt_field] = prompt_of(prompt)
+            except ValueError as e:
+                return f"'{self.prompt_field}' is a list but not chat messages: {e}"
         if not isinstance(prompt, str) or not prompt:
-            return f"'{self.prompt_field}' is {prompt!r}, not a non-empty string (task.prompt_field)"
+            return (
+                f"'{self.prompt_field}' is {prompt!r}, not a non-empty string or list of chat messages "
+                "(task.prompt_field)"
+            )
         present = {role for role, field in self.fields.items() if record.get(field) is not None}
         if self.columns is None:
             self.columns = present
