@@ -365,7 +365,7 @@ def aa_deploy_rate(
         "trials": trials,
         "aa_deploy_rate": rate,
         "standard_error": math.sqrt(rate * (1 - rate) / trials),
-        "bound": 1 - cfg.confidence,
+        "bound": round(1 - cfg.confidence, 12),
     }
 
 
