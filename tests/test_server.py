@@ -1,3 +1,6 @@
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 import openai
 import pytest
@@ -5,6 +8,8 @@ import torch
 
 from rlhfops.config import load_config
 from rlhfops.modeling import init_policy, save_policy
+from rlhfops.serving import server
+from rlhfops.serving.protocol import APIError
 from rlhfops.serving.server import create_app, start_server
 from rlhfops.serving.store import InteractionStore
 
@@ -66,12 +71,96 @@ def test_feedback_lands_in_the_store(served):
     c = client.completions.create(model="v1", prompt="q: 3-1?\n", max_tokens=4)
     assert httpx.post(running.url + "/v1/feedback", json={"id": c.id, "thumbs": "up"}).status_code == 200
     assert [r["feedback"] for r in store.interactions() if r["id"] == c.id] == [1.0]
-    assert httpx.post(running.url + "/v1/feedback", json={"id": c.id, "score": 0.25}).status_code == 200
-    assert [r["feedback"] for r in store.interactions() if r["id"] == c.id] == [0.25]
+    again = httpx.post(running.url + "/v1/feedback", json={"id": c.id, "score": 0.25})
+    assert again.status_code == 409 and "already has feedback" in again.json()["error"]["message"]
+    assert [r["feedback"] for r in store.interactions() if r["id"] == c.id] == [1.0]  # the first one stands
     r = httpx.post(running.url + "/v1/feedback", json={"id": "nope", "score": 1})
     assert r.status_code == 404 and "no interaction with id 'nope'" in r.json()["error"]["message"]
     r = httpx.post(running.url + "/v1/feedback", json={"id": c.id, "thumbs": "sideways"})
-    assert r.status_code == 400 and "'up' or 'down'" in r.json()["error"]["message"]
+    assert r.status_code == 400 and r.json()["error"]["param"] == "thumbs"
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ('{"id": "ID", "score": -1e6}', "'score' is -1000000.0; feedback scores are in [0, 1]"),
+        ('{"id": "ID", "score": 1.5}', "feedback scores are in [0, 1]"),
+        ('{"id": "ID", "score": NaN}', "NaN; numbers must be finite"),
+        ('{"id": "ID", "score": Infinity}', "Infinity; numbers must be finite"),
+        ('{"id": "ID", "score": -Infinity}', "-Infinity; numbers must be finite"),
+        ('{"id": "ID", "score": 1e400}', "1e400, which overflows a float"),
+        ('{"id": "ID", "score": true}', "'score'"),
+        ('{"id": "ID", "score": "0.5"}', "'score'"),
+        ('{"id": "ID", "score": 0.5, "thumbs": "up"}', "exactly one of"),
+    ],
+)
+def test_feedback_out_of_range_or_not_finite_is_400_and_nothing_is_stored(served, raw, fragment):
+    running, store = served
+    rid = store.log("q", "a", "v1", 1.0, "ok")
+    r = httpx.post(
+        running.url + "/v1/feedback", content=raw.replace("ID", rid), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400 and fragment in r.json()["error"]["message"]
+    assert [x["feedback"] for x in store.interactions() if x["id"] == rid] == [None]
+
+
+def test_bad_text_and_deep_nesting_are_400_with_the_field_named(served):
+    running, _ = served
+    lone = '{"prompt": "q: \\ud800", "max_tokens": 2}'  # a JSON escape for a lone surrogate
+    r = httpx.post(running.url + "/v1/completions", content=lone, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    assert "not valid UTF-8 text" in r.json()["error"]["message"]
+    chat = '{"messages": [{"role": "user", "content": "\\udfff"}]}'
+    r = httpx.post(running.url + "/v1/chat/completions", content=chat, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages.0.content"
+    for depth in (40, 30000):  # deeper than MAX_DEPTH; deeper than Python's recursion limit
+        r = httpx.post(running.url + "/v1/completions", content="[" * depth + "]" * depth)
+        assert r.status_code == 400 and "nests deeper than 32 levels" in r.json()["error"]["message"]
+    r = httpx.post(running.url + "/v1/completions", content=b"\xff\xfe not utf-8")
+    assert r.status_code == 400 and r.json()["error"]["message"] == "request body is not UTF-8"
+
+
+def test_a_bad_prompt_among_concurrent_requests_fails_alone(served):
+    """30 ordinary requests and one with a lone surrogate, sent at once: only that one fails."""
+    running, _ = served
+    lone = '{"prompt": "q: \\ud800", "max_tokens": 4}'
+
+    def one(i):
+        if i == 15:
+            return httpx.post(running.url + "/v1/completions", content=lone, timeout=60).status_code
+        return httpx.post(running.url + "/v1/completions", json={"prompt": f"q: {i}+1?\n", "max_tokens": 4},
+                          timeout=60).status_code  # fmt: skip
+
+    with ThreadPoolExecutor(31) as pool:
+        codes = list(pool.map(one, range(31)))
+    assert codes[15] == 400 and codes[:15] + codes[16:] == [200] * 30
+
+
+def test_a_failing_batch_is_retried_one_request_at_a_time(model_dir, cfg):
+    app = create_app(model_dir, "v1", cfg)
+    worker = app.state.worker
+    real = server.generate
+
+    def fails_on_poison(model, tokenizer, prompts, *args, **kwargs):
+        if "poison" in prompts:
+            raise RuntimeError("boom")
+        return real(model, tokenizer, prompts, *args, **kwargs)
+
+    async def go():
+        lane = worker.lanes["small"]
+        tasks = [asyncio.create_task(worker.run(lane))]
+        d = server.Decoding(4, 1.0, 0, False)
+        results = await asyncio.gather(*(worker.submit([p], d) for p in ("a", "poison", "b")), return_exceptions=True)
+        tasks[0].cancel()
+        return results
+
+    server.generate = fails_on_poison
+    try:
+        a, poison, b = asyncio.run(go())
+    finally:
+        server.generate = real
+    assert isinstance(a[0], server.Completion) and isinstance(b[0], server.Completion)
+    assert isinstance(poison, APIError) and poison.status == 500 and "boom" not in poison.message
 
 
 @pytest.mark.parametrize(
@@ -81,7 +170,14 @@ def test_feedback_lands_in_the_store(served):
         ({"prompt": "q\n", "n": 5}, 400, "n is 5; the limit is 4"),
         ({"prompt": "x" * 2000}, 400, "a prompt is 2000 characters; the limit is 1024"),
         ({"prompt": "q\n", "best_of": 2}, 400, "best_of needs reward models"),
-        ({"prompt": "q\n", "stream": True}, 400, "streaming is not supported"),
+        ({"prompt": "q\n", "top_p": 0.5}, 400, "'top_p' is not supported"),
+        ({"prompt": "q\n", "stop": ["a", "b", "c", "d", "e"]}, 400, "'stop' takes at most 4"),
+        ({"prompt": "q\n", "logprobs": 6}, 400, "'logprobs'"),
+        ({"prompt": "q\n", "echo": True, "logprobs": 1}, 400, "'echo' is not supported"),
+        ({"prompt": [5, 999999]}, 400, "token id 999999"),
+        ({"prompt": "x" * 120, "max_tokens": 16}, 400, "exceeds the model's context of 128"),
+        ({"prompt": "q\n", "model": "gpt-4"}, 404, "the model 'gpt-4' does not exist"),
+        ({"prompt": "q\n", "temperature": 2.5}, 400, "'temperature'"),
         ({"prompt": "q\n", "temperature": -1}, 400, "'temperature'"),
         ({"max_tokens": 3}, 400, "'prompt'"),
         ({"prompt": "y" * 70000}, 413, "the limit is 65536"),
@@ -91,6 +187,7 @@ def test_limits_are_4xx_with_a_clear_message(served, body, status, fragment):
     running, _ = served
     r = httpx.post(running.url + "/v1/completions", json=body)
     assert r.status_code == status and fragment in r.json()["error"]["message"]
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
 
 
 def test_openai_client_sees_the_limit_message(served):
@@ -103,8 +200,13 @@ def test_openai_client_sees_the_limit_message(served):
 def test_metrics_and_health(served):
     running, _ = served
     assert httpx.get(running.url + "/health").json() == {"status": "ok", "version": "v1"}
+    for i in range(20):
+        r = httpx.get(running.url + f"/no/such/path/{i}")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     text = httpx.get(running.url + "/metrics").text
     assert 'rlhfops_requests_total{code="200",endpoint="/v1/completions"}' in text
+    assert 'rlhfops_requests_total{code="404",endpoint="unmatched"} 20.0' in text
+    assert "/no/such/path" not in text  # labelled by route template, not raw path
     assert "rlhfops_request_latency_seconds_bucket" in text and "rlhfops_completion_tokens_total" in text
 
 
@@ -121,6 +223,9 @@ def test_bearer_token(model_dir, cfg, monkeypatch):
             running.url + "/v1/feedback", json={"id": "x", "score": 1}, headers={"authorization": "Bearer s3cret"}
         )
         assert r.status_code == 404 and "no interaction store" in r.json()["error"]["message"]
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert httpx.get(running.url + path).status_code == 401
+            assert httpx.get(running.url + path, headers={"authorization": "Bearer s3cret"}).status_code == 200
     finally:
         running.stop()
 

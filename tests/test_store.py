@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from rlhfops.serving.store import InteractionStore
+from rlhfops.serving.store import FeedbackExists, InteractionStore
 
 
 def test_log_feedback_and_read_back(tmp_path):
@@ -23,8 +23,18 @@ def test_log_feedback_and_read_back(tmp_path):
     assert [r["id"] for r in store.interactions(version="v2")] == [b]
     assert store.interactions(since=time.time() + 60) == []
     assert store.count() == 2 and store.count("v1") == 1 and store.count("v3") == 0
-    store.add_feedback(a, -1.0)  # a later score replaces the earlier one
-    assert store.interactions(version="v1")[0]["feedback"] == -1.0
+    with pytest.raises(FeedbackExists, match=f"interaction '{a}' already has feedback"):
+        store.add_feedback(a, 0.0)  # one feedback per interaction: the first one stands
+    assert store.interactions(version="v1")[0]["feedback"] == 1.0
+
+
+@pytest.mark.parametrize("score", [float("nan"), float("inf"), float("-inf")])
+def test_feedback_must_be_finite(tmp_path, score):
+    store = InteractionStore.for_workspace(tmp_path)
+    rid = store.log("p", "r", "v", 1.0, "ok")
+    with pytest.raises(ValueError, match="must be a finite number"):
+        store.add_feedback(rid, score)
+    assert store.interactions()[0]["feedback"] is None
 
 
 def test_unknown_id_is_a_clear_error(tmp_path):

@@ -1,18 +1,36 @@
 """The canary router: one OpenAI-compatible endpoint in front of the stable and the canary server.
 
-A request goes to the canary with probability `serving.canary_percent` / 100 (seeded), or, with
-`serving.sticky` and a `user` in the request, when sha256(user) mod 10000 < percent * 100, so a
-user always sees the same version. Every completion is logged to the interaction store (id,
-time, prompt, response, version, latency, status) under the response id it returns (for a
-failed request the response field holds the error message); feedback
-(`/v1/feedback`) attaches to it later. Status `ok` is a served completion, `rejected` a 4xx from
-the backend (the request's fault), `error` a 5xx or an unreachable backend (the version's fault).
+Models: `/v1/models` lists ALIAS ("rlhfops", the id the deployment publishes) first, then the
+stable and the canary version. A request for ALIAS (or naming no model) is split: it goes to the
+canary with probability `serving.canary_percent` / 100 (seeded), or, with `serving.sticky` and a
+`user` in the request, when sha256(user) mod 10000 < percent * 100, so a user always sees the same
+version. A request naming a listed version is served by that version; any other model is 404
+`model_not_found`. With a model registry (`start_stack`), which version is stable and which canary
+is re-read whenever `registry.json` changes, so after a promote or rollback returns no new request
+goes to the old canary.
+
+Every completion is logged to the interaction store (id, time, prompt, response, version, latency,
+status) under the response id it returns (for a failed request the response field holds the error
+message); feedback (`/v1/feedback`) attaches to it later. Status `ok` is a served completion,
+`rejected` a 4xx from the backend (the request's fault), `error` a 5xx, timeout or unreachable
+backend (the version's fault, what the online gate counts). A request the router itself refuses
+(malformed, an unknown model, a full queue) reaches no version and is not logged; neither is a 429
+/ 503 from a backend whose queue is full.
+
+Admission: at most QUEUED_BATCHES x `serving.max_batch` requests in flight per backend; beyond that
+a split request goes to stable, and a full stable (or a named version that is full) answers 429
+with Retry-After. A split request the canary fails (5xx, timeout, unreachable, or busy) is retried
+once on stable; the failure is logged as the canary's error. Backend failures reach the client as
+one sentence naming the arm and version, never its address. A request whose client disconnects is
+cancelled at the backend too. `stream: true` is answered as server-sent events from the backend's
+finished reply.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-import json
+import logging
 import os
 import random
 import time
@@ -28,22 +46,31 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from rlhfops.chat import prompt_of
 from rlhfops.config import Config, ServingConfig
-from rlhfops.registry import Registry
-from rlhfops.serving.server import (
+from rlhfops.registry import Registry, RegistryError
+from rlhfops.serving.protocol import (
     APIError,
+    ChatRequest,
+    CompletionRequest,
     FeedbackRequest,
-    RunningServer,
+    Guard,
+    busy,
+    chat_prompt,
     check_bearer,
-    create_app,
+    disconnected,
     error_response,
+    install_error_handlers,
     parse,
     read_json,
     record_feedback,
-    start_server,
+    streaming_response,
 )
+from rlhfops.serving.server import QUEUED_BATCHES, RunningServer, create_app, model_not_found, start_server
 from rlhfops.serving.store import InteractionStore
+
+log = logging.getLogger("rlhfops.serving")
+
+ALIAS = "rlhfops"  # the model id the deployment publishes; the canary split applies to it
 
 
 @dataclass(frozen=True)
@@ -69,36 +96,107 @@ class Split:
         return self.rng.random() * 100 < self.percent
 
 
-def create_router_app(stable: Backend, canary: Backend | None, cfg: ServingConfig, store: InteractionStore) -> FastAPI:
-    """The router; `canary` None sends everything to stable."""
-    split = Split(cfg.canary_percent if canary else 0.0, cfg.sticky, random.Random(cfg.seed))
+@dataclass
+class Arms:
+    """Which backend is stable and which is canary now: as given, or re-read from `registry`
+    whenever its file changes (a version the registry names without a backend here is skipped)."""
+
+    stable: Backend
+    canary: Backend | None
+    registry: Registry | None = None
+    known: dict[str, Backend] = field(default_factory=dict)  # version -> its backend
+    seen: tuple | None = None
+
+    def __post_init__(self) -> None:
+        self.known.update({b.version: b for b in (self.stable, self.canary) if b is not None})
+        if self.registry is not None:
+            self.seen = _file_key(self.registry.path)
+
+    def refresh(self) -> None:
+        if self.registry is None or (key := _file_key(self.registry.path)) == self.seen:
+            return
+        self.seen = key
+        try:
+            stable, canary = self.registry.stable(), self.registry.canary()
+        except (RegistryError, OSError, KeyError, TypeError) as e:
+            log.warning("the router keeps its arms: cannot read the registry (%s)", e)
+            return
+        if stable is not None and stable["id"] in self.known:
+            self.stable = self.known[stable["id"]]
+        self.canary = self.known.get(canary["id"]) if canary is not None else None
+        if self.canary == self.stable:
+            self.canary = None
+
+    def listed(self) -> list[str]:
+        return [ALIAS, self.stable.version] + ([self.canary.version] if self.canary else [])
+
+
+def _file_key(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_mtime_ns, st.st_ino, st.st_size)  # written atomically: a new inode per update
+
+
+@dataclass
+class Outcome:
+    """One try at a backend: its status and reply, or `failure` (a sentence without the address)."""
+
+    status: int | None = None
+    reply: dict[str, Any] | None = None
+    failure: str | None = None
+    retry_after: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """ok | busy (the backend's queue is full) | rejected (4xx) | error (the version's fault)."""
+        if self.failure is not None or self.status is None or self.status >= 500 and self.status != 503:
+            return "error"
+        if self.status == 200:
+            return "ok"
+        return "busy" if self.status in (429, 503) else "rejected"
+
+
+def create_router_app(
+    stable: Backend,
+    canary: Backend | None,
+    cfg: ServingConfig,
+    store: InteractionStore,
+    *,
+    registry: Registry | None = None,
+) -> FastAPI:
+    """The router; `canary` None sends everything to stable; with `registry` the arms follow it."""
+    arms = Arms(stable, canary, registry)
+    split = Split(cfg.canary_percent, cfg.sticky, random.Random(cfg.seed))
     token = os.environ.get(cfg.api_key_env) or None
-    registry = CollectorRegistry()
-    requests = Counter("rlhfops_router_requests", "Requests by arm and status", ["arm", "status"], registry=registry)
-    latency = Histogram("rlhfops_router_latency_seconds", "End-to-end latency by arm", ["arm"], registry=registry)
-    share = Gauge("rlhfops_router_canary_share", "Share of completions the canary served", registry=registry)
+    limit = QUEUED_BATCHES * cfg.max_batch
+    in_flight: dict[str, int] = {}
+    metrics = CollectorRegistry()
+    requests = Counter("rlhfops_router_requests", "Requests by arm and status", ["arm", "status"], registry=metrics)
+    latency = Histogram("rlhfops_router_latency_seconds", "End-to-end latency by arm", ["arm"], registry=metrics)
+    share = Gauge("rlhfops_router_canary_share", "Share of completions the canary served", registry=metrics)
     counts = {"stable": 0, "canary": 0}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # idle connections are dropped before the backend's keep-alive timeout closes them, so a
         # request never races a server-side close
-        limits = httpx.Limits(max_connections=512, max_keepalive_connections=512, keepalive_expiry=2.0)
-        app.state.client = httpx.AsyncClient(timeout=cfg.timeout_s, limits=limits)
+        limits = httpx.Limits(max_connections=2 * limit + 64, max_keepalive_connections=2 * limit, keepalive_expiry=2.0)
+        timeout = httpx.Timeout(cfg.timeout_s, connect=min(5.0, cfg.timeout_s))
+        app.state.client = httpx.AsyncClient(timeout=timeout, limits=limits)
         yield
         await app.state.client.aclose()
 
     app = FastAPI(title="rlhfops canary router", lifespan=lifespan)
-
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.kind)
+    install_error_handlers(app)
+    app.add_middleware(Guard, token=token)
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        arms = {"stable": stable, **({"canary": canary} if canary else {})}
+    async def health() -> JSONResponse:
+        arms.refresh()
         status = {}
-        for arm, b in arms.items():
+        for arm, b in {"stable": arms.stable, **({"canary": arms.canary} if arms.canary else {})}.items():
             try:
                 r = await app.state.client.get(b.url + "/health", timeout=5)
                 status[arm] = {"version": b.version, "ok": r.status_code == 200}
@@ -109,79 +207,131 @@ def create_router_app(stable: Backend, canary: Backend | None, cfg: ServingConfi
 
     @app.get("/metrics")
     async def prometheus() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         check_bearer(request, token)
-        versions = [stable.version] + ([canary.version] if canary else [])
-        return {
-            "object": "list",
-            "data": [{"id": v, "object": "model", "created": 0, "owned_by": "rlhfops"} for v in versions],
-        }
+        arms.refresh()
+        data = [{"id": v, "object": "model", "created": 0, "owned_by": "rlhfops"} for v in arms.listed()]
+        return {"object": "list", "data": data}
 
-    async def forward(request: Request, path: str) -> JSONResponse:
+    def choose(model: str | None, user: str | None) -> tuple[str, Backend, bool]:
+        """(arm, backend, whether the request named its version)."""
+        arms.refresh()
+        if model is None or model == ALIAS:
+            to_canary = arms.canary is not None and split.to_canary(user)
+            if to_canary and in_flight.get(arms.canary.version, 0) >= limit:
+                to_canary = False  # a full canary sends its share to stable
+            return ("canary", arms.canary, False) if to_canary else ("stable", arms.stable, False)
+        if model == arms.stable.version:
+            return "stable", arms.stable, True
+        if arms.canary is not None and model == arms.canary.version:
+            return "canary", arms.canary, True
+        raise model_not_found(model)
+
+    async def call(request: Request, arm: str, backend: Backend, path: str, body: dict[str, Any]) -> Outcome:
+        if in_flight.get(backend.version, 0) >= limit:
+            full = f"the {arm} backend ({backend.version}) has {limit} requests in flight; retry later"
+            return Outcome(429, {"error": {"message": full}}, retry_after="1")
+        headers = {"authorization": request.headers["authorization"]} if "authorization" in request.headers else {}
+        post = asyncio.ensure_future(app.state.client.post(backend.url + path, json=body, headers=headers))
+        gone = asyncio.ensure_future(disconnected(request))
+        in_flight[backend.version] = in_flight.get(backend.version, 0) + 1
+        try:
+            await asyncio.wait({post, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not post.done():  # the client left: closing the connection drops the work at the backend
+                post.cancel()
+                raise APIError(499, "the client disconnected")
+            r = post.result()
+            return Outcome(r.status_code, r.json(), retry_after=r.headers.get("retry-after"))
+        except (httpx.HTTPError, ValueError) as e:
+            return Outcome(failure=f"the {arm} backend ({backend.version}) failed: {type(e).__name__}")
+        finally:
+            gone.cancel()
+            in_flight[backend.version] -= 1
+
+    async def forward(request: Request, path: str) -> Any:
         start = time.perf_counter()
         check_bearer(request, token)
-        body = await read_json(request, cfg.max_request_bytes)
-        user = body.get("user") if isinstance(body.get("user"), str) else None
-        arm = "canary" if canary and split.to_canary(user) else "stable"
-        backend = canary if arm == "canary" else stable
-        headers = {"authorization": request.headers["authorization"]} if "authorization" in request.headers else {}
-        prompt = body.get("prompt") if path == "/v1/completions" else _chat_prompt(body)
-        try:
-            r = await app.state.client.post(backend.url + path, json=body, headers=headers)
-            status = "ok" if r.status_code == 200 else "rejected" if r.status_code < 500 else "error"
-            reply = r.json()
-        except (httpx.HTTPError, ValueError) as e:
-            status, reply = "error", None
-            message = f"the {arm} backend ({backend.version} at {backend.url}) failed: {type(e).__name__}: {e}"
+        raw = await read_json(request, cfg.max_request_bytes)
+        body = parse(CompletionRequest if path == "/v1/completions" else ChatRequest, raw)
+        prompt = chat_prompt(body.messages) if isinstance(body, ChatRequest) else raw["prompt"]
+        arm, backend, named = choose(body.model, body.user)
+        sent = {k: v for k, v in raw.items() if k not in ("stream", "stream_options")}
+        outcome = await call(request, arm, backend, path, {**sent, "model": backend.version})
+        if arm == "canary" and not named and outcome.kind in ("error", "busy"):
+            if outcome.kind == "error":  # the canary's fault: counted against it, then stable answers
+                await log_failure(arm, backend, outcome, prompt, body.user, start)
+            arm, backend = "stable", arms.stable
+            outcome = await call(request, arm, backend, path, {**sent, "model": backend.version})
+        if outcome.kind != "ok":
+            if outcome.kind != "busy":
+                await log_failure(arm, backend, outcome, prompt, body.user, start)
+            return failure_response(arm, backend, outcome)
+        reply = outcome.reply
         latency_ms = 1000 * (time.perf_counter() - start)
-        rid = f"{'cmpl' if path == '/v1/completions' else 'chatcmpl'}-{uuid.uuid4().hex}"
-        requests.labels(arm, status).inc()
+        requests.labels(arm, "ok").inc()
         latency.labels(arm).observe(latency_ms / 1000)
-        if status != "ok":
-            detail = message if reply is None else str(reply.get("error", {}).get("message", ""))[:500]
-            store.log(str(prompt), detail, backend.version, latency_ms, status, user=user, request_id=rid)
-            if reply is None:
-                return error_response(502, message, "server_error")
-            return JSONResponse(reply, status_code=r.status_code)
         counts[arm] += 1
         share.set(counts["canary"] / (counts["stable"] + counts["canary"]))
         extra = reply.get("rlhfops", {})
-        prompts = extra.get("prompts") or [str(prompt)] * len(reply["choices"])
-        texts = [c.get("text", c.get("message", {}).get("content", "")) for c in reply["choices"]]
+        texts = extra.get("responses") or [
+            c.get("text", c.get("message", {}).get("content", "")) for c in reply["choices"]
+        ]
+        prompts = extra.get("prompts") or [str(prompt)] * len(texts)
+        rid = f"{'cmpl' if path == '/v1/completions' else 'chatcmpl'}-{uuid.uuid4().hex}"
         ids = [rid] if len(texts) == 1 else [f"{rid}:{i}" for i in range(len(texts))]
-        for i, (p, t) in enumerate(zip(prompts, texts, strict=True)):
-            store.log(p, t, backend.version, latency_ms, "ok", user=user, request_id=ids[i])
+        rows = [(p, t, ids[i]) for i, (p, t) in enumerate(zip(prompts, texts, strict=True))]
+        await asyncio.to_thread(_log_rows, store, rows, backend.version, latency_ms, body.user)
         reply["id"] = rid
         reply["rlhfops"] = {**extra, "arm": arm, "interaction_ids": ids}
-        return JSONResponse(reply)
+        return streaming_response(reply, body.include_usage) if body.stream else JSONResponse(reply)
+
+    async def log_failure(arm: str, backend: Backend, outcome: Outcome, prompt: Any, user: str | None, start: float):
+        latency_ms = 1000 * (time.perf_counter() - start)
+        requests.labels(arm, outcome.kind).inc()
+        latency.labels(arm).observe(latency_ms / 1000)
+        detail = outcome.failure or str((outcome.reply or {}).get("error", {}).get("message", ""))[:500]
+        rid = f"err-{uuid.uuid4().hex}"
+        text = prompt if isinstance(prompt, str) else str(prompt)
+        await asyncio.to_thread(store.log, text, detail, backend.version, latency_ms, outcome.kind, user, rid)
+
+    def failure_response(arm: str, backend: Backend, outcome: Outcome) -> JSONResponse:
+        if outcome.kind == "busy":
+            retry = int(outcome.retry_after) if (outcome.retry_after or "").isdigit() else 1
+            message = str((outcome.reply or {}).get("error", {}).get("message", f"the {arm} backend is busy"))
+            return busy(message, retry, outcome.status or 429).response()
+        if outcome.kind == "rejected":
+            return JSONResponse(outcome.reply, status_code=outcome.status)
+        if outcome.failure is not None:  # unreachable or timed out: try again shortly
+            return busy(outcome.failure, 1, 503).response()
+        return error_response(502, f"the {arm} backend ({backend.version}) failed with HTTP {outcome.status}",
+                              "server_error")  # fmt: skip
 
     @app.post("/v1/completions")
-    async def completions(request: Request) -> JSONResponse:
+    async def completions(request: Request) -> Any:
         return await forward(request, "/v1/completions")
 
     @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> JSONResponse:
+    async def chat(request: Request) -> Any:
         return await forward(request, "/v1/chat/completions")
 
     @app.post("/v1/feedback")
     async def feedback(request: Request) -> dict[str, Any]:
         check_bearer(request, token)
-        return record_feedback(store, parse(FeedbackRequest, await read_json(request, cfg.max_request_bytes)))
+        body = parse(FeedbackRequest, await read_json(request, cfg.max_request_bytes))
+        return await asyncio.to_thread(record_feedback, store, body)
 
+    app.state.arms = arms
     return app
 
 
-def _chat_prompt(body: dict[str, Any]) -> str:
-    """The prompt string of a chat request as the server stores it (`chat.prompt_of`), for a
-    request the backend did not answer; messages that are not role / content pairs: their JSON."""
-    messages = body.get("messages")
-    try:
-        return prompt_of(messages)
-    except ValueError:
-        return json.dumps(messages, ensure_ascii=False, default=str)
+def _log_rows(
+    store: InteractionStore, rows: list[tuple[str, str, str]], version: str, latency_ms: float, user: str | None
+) -> None:
+    for prompt, text, rid in rows:
+        store.log(prompt, text, version, latency_ms, "ok", user=user, request_id=rid)
 
 
 @dataclass
@@ -224,7 +374,7 @@ def start_stack(
             app = create_app(v["path"], v["id"], cfg)
             servers[arm] = start_server(app, sc.host, 0 if any_port else ports[arm])
             backends[arm] = Backend(v["id"], servers[arm].url)
-        router_app = create_router_app(backends["stable"], backends.get("canary"), sc, store)
+        router_app = create_router_app(backends["stable"], backends.get("canary"), sc, store, registry=registry)
         router = start_server(router_app, sc.host, 0 if any_port else ports["router"])
     except BaseException:
         for s in servers.values():

@@ -2,32 +2,55 @@
 
     GET  /health               {"status": "ok", "version": ...}
     GET  /v1/models            the one model, id = the registry version
-    POST /v1/completions       prompt (str | list[str]), max_tokens, temperature (0 = greedy), n,
-                               best_of (Best-of-N scored by the reward ensemble), user
-    POST /v1/chat/completions  messages (rendered by `chat.render`: the chat template when the
-                               tokenizer has one, else the user turns joined; the interaction
-                               store keeps the messages), max_tokens, temperature, n, best_of, user
-    (`/v1/completions` takes its prompt as raw text: no template)
-    POST /v1/feedback          {"id": response id, "score": float | "thumbs": "up" | "down"}
-                               (needs an interaction store)
-    GET  /metrics              Prometheus text: requests, errors, latency, tokens, and the reward
-                               ensemble's mean spread on served responses when reward models load
+    POST /v1/completions       prompt (text, a list of texts, token ids or lists of them; raw text,
+                               no template), max_tokens, temperature (0 = greedy), top_k, n, stop,
+                               seed, logprobs (top-k, at most 5), echo, best_of (Best-of-N scored by
+                               the reward ensemble), stream, user
+    POST /v1/chat/completions  messages (content as text, a list of text parts, or null on an
+                               assistant turn; the store keeps `chat.prompt_of` of them and the model
+                               reads `chat.render`), max_tokens / max_completion_tokens,
+                               temperature, top_k, n, stop, seed, logprobs + top_logprobs, best_of,
+                               stream, user
+    POST /v1/feedback          {"id": response id, "score": in [0, 1] | "thumbs": "up" | "down"},
+                               one per interaction (needs an interaction store)
+    GET  /metrics              Prometheus text by route template: requests, latency, tokens, and the
+                               reward ensemble's mean spread on served responses when reward models load
 
-Concurrent requests are generated together: a worker collects up to `serving.max_batch` prompts
-(waiting at most `batch_wait_ms` for more) with the same decoding settings and runs one batched
-`generate`. Limits (body size, prompt length, max_tokens, n, best_of) answer 4xx with one clear
-sentence in OpenAI's error shape. With `$RLHFOPS_API_KEY` (`serving.api_key_env`) set, /v1/*
-needs `Authorization: Bearer <key>`.
+A request naming another model than this one gets 404 `model_not_found`. Bodies are read and
+checked by `serving.protocol` (errors in OpenAI's shape, naming the parameter). Each request is
+then checked alone against `serving.*` limits and the model's context (every prompt's tokens plus
+max_tokens), so nothing that reaches a batch is the client's fault.
+
+Admission: a request waits in one of two lanes, `small` (at most 1/SMALL_SHARE of a full batch's
+tokens, completions x max_tokens) and `large`, each emptied by its own worker thread, so a short
+request never waits behind maximum-size ones. A lane holds at most QUEUED_BATCHES x
+`serving.max_batch` completions waiting and answers 429 with Retry-After beyond that. A worker
+collects up to `serving.max_batch` completions with the same decoding settings (waiting
+`batch_wait_ms` for more) into one `generate`; a seeded request and Best-of-N run alone, so a seed
+reproduces its sample. If a batch fails its requests are retried one at a time, so a failure fails
+one request. A request whose client has disconnected is dropped before it runs. Shutdown (SIGTERM
+through `wait_for_shutdown_signal`, then `RunningServer.stop`) finishes the requests in flight.
+
+`stop` is applied here on the decoded text (generation runs to eos or max_tokens; the text is cut
+before the first stop string and the tokens after it are not counted); logprobs come from one
+teacher-forced pass over prompt + completion with the decoding's temperature and logits hook.
+`stream: true` sends the finished reply as server-sent events ending in `data: [DONE]`
+(generation is batched, so tokens are not sent as they are sampled). With `$RLHFOPS_API_KEY`
+(`serving.api_key_env`) set, /v1/* and the API docs need `Authorization: Bearer <key>`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import copy
+import logging
+import math
 import os
+import signal
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -37,236 +60,388 @@ from typing import Any
 import torch
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rlhfops.chat import prompt_of, render_all
+from rlhfops.chat import render
 from rlhfops.config import Config, GenerationConfig, ServingConfig
-from rlhfops.generation import generate
+from rlhfops.generation import Generation, generate
 from rlhfops.inference.best_of_n import best_of_n
 from rlhfops.modeling import load_decoder
+from rlhfops.serving.protocol import (
+    APIError,
+    ChatRequest,
+    CompletionRequest,
+    FeedbackRequest,
+    Guard,
+    _Body,
+    busy,
+    chat_prompt,
+    check_bearer,
+    disconnected,
+    install_error_handlers,
+    parse,
+    read_json,
+    record_feedback,
+    streaming_response,
+)
 from rlhfops.serving.store import InteractionStore
 
+log = logging.getLogger("rlhfops.serving")
 
-class APIError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status, self.message, self.kind = status, message, kind
-
-
-def error_response(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+SMALL_SHARE = 16  # a request of at most 1/16 of a full batch's tokens goes to the small lane
+QUEUED_BATCHES = 4  # completions a lane holds waiting: this many full batches
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0)
-    top_k: int = Field(0, ge=0)
-    n: int = Field(1, ge=1)
-    best_of: int | None = Field(None, ge=1)
-    user: str | None = None
-    stream: bool = False
-
-
-class CompletionRequest(_Body):
-    prompt: str | list[str]
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    role: str
-    content: str
-
-
-class ChatRequest(_Body):
-    messages: list[ChatMessage] = Field(min_length=1)
-
-
-class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: str
-    score: float | None = None
-    thumbs: str | None = None
-
-
-def feedback_score(body: FeedbackRequest) -> float:
-    """The score a feedback request gives: `score`, or thumbs up = 1.0 / down = 0.0."""
-    if (body.score is None) == (body.thumbs is None):
-        raise APIError(400, "feedback needs exactly one of 'score' (a number) or 'thumbs' ('up' or 'down')")
-    if body.thumbs is not None:
-        if body.thumbs not in ("up", "down"):
-            raise APIError(400, f"thumbs must be 'up' or 'down', got '{body.thumbs}'")
-        return 1.0 if body.thumbs == "up" else 0.0
-    return float(body.score)
-
-
-async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
-    """The request body as a JSON object, or a 4xx APIError."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise APIError(413, f"request body is {declared} bytes; the limit is {max_bytes}")
-    raw = await request.body()
-    if len(raw) > max_bytes:
-        raise APIError(413, f"request body is {len(raw)} bytes; the limit is {max_bytes}")
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise APIError(400, "request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise APIError(400, "request body must be a JSON object")
-    return data
-
-
-def parse(model: type[BaseModel], data: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "body"
-        raise APIError(400, f"'{where}': {err['msg']}") from None
-
-
-def check_bearer(request: Request, token: str | None) -> None:
-    if token and request.headers.get("authorization") != f"Bearer {token}":
-        raise APIError(401, "missing or wrong bearer token (Authorization: Bearer <key>)", "authentication_error")
+def model_not_found(model: str) -> APIError:
+    return APIError(404, f"the model '{model}' does not exist here; GET /v1/models lists the models",
+                    param="model", code="model_not_found")  # fmt: skip
 
 
 def check_limits(body: _Body, prompts: list[str], cfg: ServingConfig) -> int:
     """Validate a request against `serving.*` limits; returns the max_tokens to use."""
-    if body.stream:
-        raise APIError(400, "streaming is not supported; send stream=false")
     max_tokens = body.max_tokens or cfg.default_max_tokens
     if max_tokens > cfg.max_tokens:
-        raise APIError(400, f"max_tokens is {max_tokens}; the limit is {cfg.max_tokens}")
+        raise APIError(400, f"max_tokens is {max_tokens}; the limit is {cfg.max_tokens}", param="max_tokens")
     if body.n > cfg.max_n:
-        raise APIError(400, f"n is {body.n}; the limit is {cfg.max_n}")
+        raise APIError(400, f"n is {body.n}; the limit is {cfg.max_n}", param="n")
     if body.best_of is not None:
         if body.best_of > cfg.max_best_of:
-            raise APIError(400, f"best_of is {body.best_of}; the limit is {cfg.max_best_of}")
+            raise APIError(400, f"best_of is {body.best_of}; the limit is {cfg.max_best_of}", param="best_of")
         if body.n != 1:
-            raise APIError(400, "best_of returns one completion per prompt; send n=1 with it")
+            raise APIError(400, "best_of returns one completion per prompt; send n=1 with it", param="best_of")
+        if body.best_of > 1 and body.logprobs_k is not None:
+            raise APIError(400, "logprobs are not given for best_of completions", param="logprobs")
     if not prompts:
-        raise APIError(400, "the request has no prompt")
+        raise APIError(400, "the request has no prompt", param="prompt")
     if len(prompts) * body.n > cfg.max_batch:
-        raise APIError(400, f"{len(prompts)} prompts x n={body.n} exceeds the limit of {cfg.max_batch} completions")
+        raise APIError(400, f"{len(prompts)} prompts x n={body.n} exceeds the limit of {cfg.max_batch} completions",
+                       param="n")  # fmt: skip
     for p in prompts:
         if len(p) > cfg.max_prompt_chars:
-            raise APIError(400, f"a prompt is {len(p)} characters; the limit is {cfg.max_prompt_chars}")
+            raise APIError(400, f"a prompt is {len(p)} characters; the limit is {cfg.max_prompt_chars}",
+                           param="prompt")  # fmt: skip
     return max_tokens
 
 
-@dataclass
-class _Job:
-    key: tuple  # decoding settings; jobs with equal keys share one generate call
-    prompts: list[str]
-    future: asyncio.Future
+# ---- the work: decoding settings, jobs, lanes -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How one request is decoded; jobs with equal `key`s share one generate call."""
+
+    max_tokens: int
+    temperature: float  # 0: greedy
+    top_k: int
+    template: bool  # chat prompts through `chat.render`; False: raw text (/v1/completions)
+    stops: tuple[str, ...] = ()
+    top_logprobs: int | None = None  # None: no logprobs; k: the chosen token's and the k likeliest
+    seed: int | None = None
     best_of: int | None = None
+
+    @property
+    def key(self) -> tuple:
+        return (self.max_tokens, self.temperature, self.top_k, self.template)
+
+    @property
+    def alone(self) -> bool:
+        """Seeded and Best-of-N requests run in a batch of their own."""
+        return self.seed is not None or self.best_of is not None
 
 
 @dataclass
 class Completion:
     text: str
-    finish_reason: str  # stop (eos) | length
+    finish_reason: str  # stop (eos or a stop string) | length
     completion_tokens: int
-    prompt_tokens: int
+    tokens: list[str] | None = None  # with logprobs: each token's text
+    token_logprobs: list[float] | None = None
+    top_logprobs: list[dict[str, float]] | None = None
 
 
 @dataclass
-class ModelWorker:
-    """The policy, its tokenizer and the batching queue in front of them."""
+class _Job:
+    decoding: Decoding
+    prompts: list[str]
+    future: asyncio.Future
 
-    model: Any
+    @property
+    def cost(self) -> int:
+        return len(self.prompts) * self.decoding.max_tokens
+
+
+@dataclass
+class Lane:
+    """One queue of jobs, the worker thread's own tokenizer and generator (generate sets padding
+    state on its tokenizer, so two threads never share one), and a throughput estimate."""
+
+    name: str
+    limit: int  # completions it may hold waiting
     tokenizer: Any
-    cfg: ServingConfig
-    scorer: Any = None  # CompositeReward when reward models are loaded
-    logits_hook: Any = None  # the policy's decoding shift (`modeling.load_decoder`), None: plain
-    generator: torch.Generator = field(default_factory=torch.Generator)
-    queue: asyncio.Queue | None = None
+    generator: torch.Generator
+    jobs: deque = field(default_factory=deque)
+    waiting: int = 0  # completions queued
+    waiting_tokens: int = 0
+    tokens_per_s: float = 0.0  # moving average over batches
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def run(self) -> None:
-        assert self.queue is not None
+    def retry_after(self) -> int:
+        return min(60, math.ceil(self.waiting_tokens / self.tokens_per_s)) if self.tokens_per_s else 1
+
+    def put(self, job: _Job) -> None:
+        self.jobs.append(job)
+        self.waiting += len(job.prompts)
+        self.waiting_tokens += job.cost
+        self.ready.set()
+
+    def take(self, max_batch: int) -> list[_Job]:
+        """The first waiting job and the later ones with its decoding key, up to max_batch completions."""
+        group: list[_Job] = []
+        size = 0
+        for job in list(self.jobs):
+            if job.future.done():  # its client gave up
+                self._remove(job)
+                continue
+            if not group:
+                group, size = [job], len(job.prompts)
+                if job.decoding.alone:
+                    break
+            elif not job.decoding.alone and job.decoding.key == group[0].decoding.key:
+                if size + len(job.prompts) > max_batch:
+                    break
+                group.append(job)
+                size += len(job.prompts)
+        for job in group:
+            self._remove(job)
+        if not self.jobs:
+            self.ready.clear()
+        return group
+
+    def _remove(self, job: _Job) -> None:
+        self.jobs.remove(job)
+        self.waiting -= len(job.prompts)
+        self.waiting_tokens -= job.cost
+
+
+class ModelWorker:
+    """The policy, its tokenizer and the two lanes in front of them."""
+
+    def __init__(
+        self, model: Any, tokenizer: Any, cfg: ServingConfig, scorer: Any = None, logits_hook: Any = None, seed: int = 0
+    ) -> None:
+        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg  # this tokenizer: the event loop's
+        self.scorer = scorer  # CompositeReward when reward models are loaded
+        self.logits_hook = logits_hook  # the policy's decoding shift (`modeling.load_decoder`), None: plain
+        self.context = getattr(model.config, "max_position_embeddings", None)
+        limit = QUEUED_BATCHES * cfg.max_batch
+        self.lanes = {
+            name: Lane(name, limit, copy.deepcopy(tokenizer), torch.Generator().manual_seed(seed + i))
+            for i, name in enumerate(("small", "large"))
+        }
+
+    def lane_for(self, completions: int, max_tokens: int) -> Lane:
+        small = completions * max_tokens * SMALL_SHARE <= self.cfg.max_batch * self.cfg.max_tokens
+        return self.lanes["small" if small else "large"]
+
+    def prompt_tokens(self, prompts: list[str], decoding: Decoding) -> list[int]:
+        """Each prompt's length in tokens as the model reads it; 400 when it and max_tokens do not
+        fit the model's context."""
+        lengths = []
+        for i, p in enumerate(prompts):
+            text = render(self.tokenizer, p) if decoding.template else p
+            n = len(self.tokenizer(text)["input_ids"])
+            if self.context and n + decoding.max_tokens > self.context:
+                raise APIError(400, f"prompt {i} is {n} tokens; with max_tokens {decoding.max_tokens} it exceeds "
+                               f"the model's context of {self.context}", param="prompt")  # fmt: skip
+            lengths.append(n)
+        return lengths
+
+    async def submit(self, prompts: list[str], decoding: Decoding, request: Request | None = None) -> list[Completion]:
+        """The completions of `prompts` (429 when the lane is full; dropped if the client leaves)."""
+        lane = self.lane_for(len(prompts), decoding.max_tokens)
+        if lane.waiting + len(prompts) > lane.limit:
+            raise busy(f"the server's {lane.name}-request queue is full ({lane.waiting} completions waiting); "
+                       "retry later", lane.retry_after())  # fmt: skip
+        job = _Job(decoding, prompts, asyncio.get_running_loop().create_future())
+        lane.put(job)
+        if request is None:
+            return await job.future
+        watcher = asyncio.ensure_future(disconnected(request))
+        try:
+            await asyncio.wait({job.future, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+        if not job.future.done():
+            job.future.cancel()  # the lane skips it
+            raise APIError(499, "the client disconnected")
+        return job.future.result()
+
+    async def run(self, lane: Lane) -> None:
         while True:
-            jobs = [await self.queue.get()]
+            await lane.ready.wait()
             if self.cfg.batch_wait_ms > 0:
                 await asyncio.sleep(self.cfg.batch_wait_ms / 1000)
-            size = len(jobs[0].prompts)
-            while not self.queue.empty() and size < self.cfg.max_batch:
-                jobs.append(self.queue.get_nowait())
-                size += len(jobs[-1].prompts)
-            groups: dict[tuple, list[_Job]] = {}
-            for job in jobs:
-                groups.setdefault(job.key if job.best_of is None else (id(job),), []).append(job)
-            for group in groups.values():
-                try:
-                    results = await asyncio.to_thread(self._complete, group)
-                    for job, result in zip(group, results, strict=True):
-                        if not job.future.done():
-                            job.future.set_result(result)
-                except Exception as e:  # a failed batch fails its requests, not the server
-                    for job in group:
-                        if not job.future.done():
-                            job.future.set_exception(e)
+            group = lane.take(self.cfg.max_batch)
+            if group:
+                await self._run(lane, group)
 
-    async def submit(
-        self, prompts: list[str], max_tokens: int, temperature: float, top_k: int, best_of: int | None, template: bool
-    ):
-        """`template`: chat prompts, rendered by `chat.render`; False: raw text (`/v1/completions`)."""
-        assert self.queue is not None
-        future = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Job((max_tokens, temperature, top_k, template), prompts, future, best_of))
-        return await future
+    async def _run(self, lane: Lane, group: list[_Job]) -> None:
+        start = time.perf_counter()
+        try:
+            results = await asyncio.to_thread(self._complete, lane, group)
+        except Exception as e:
+            if len(group) > 1:  # find the failing request: the others still get their completions
+                for job in group:
+                    await self._run(lane, [job])
+                return
+            log.error("generation failed for one request: %s: %s", type(e).__name__, e)
+            if not group[0].future.done():
+                group[0].future.set_exception(APIError(500, "the model failed on this request", "server_error"))
+            return
+        rate = sum(job.cost for job in group) / max(time.perf_counter() - start, 1e-3)
+        lane.tokens_per_s = rate if not lane.tokens_per_s else 0.8 * lane.tokens_per_s + 0.2 * rate
+        for job, result in zip(group, results, strict=True):
+            if not job.future.done():
+                job.future.set_result(result)
 
-    def _complete(self, group: list[_Job]) -> list[list[Completion]]:
-        max_tokens, temperature, top_k, template = group[0].key
+    def _complete(self, lane: Lane, group: list[_Job]) -> list[list[Completion]]:
+        d = group[0].decoding
         prompts = [p for job in group for p in job.prompts]
-        if group[0].best_of is not None:
-            gen = GenerationConfig(max_new_tokens=max_tokens, temperature=max(temperature, 1e-3), top_k=top_k)
+        generator = torch.Generator().manual_seed(d.seed) if d.seed is not None else lane.generator
+        if d.best_of is not None:
+            gen = GenerationConfig(max_new_tokens=d.max_tokens, temperature=max(d.temperature, 1e-3), top_k=d.top_k)
             results = best_of_n(
-                self.model, self.tokenizer, prompts, group[0].best_of, self.scorer, generation=gen,
-                generator=self.generator, logits_hook=self.logits_hook, template=template,
+                self.model, lane.tokenizer, prompts, d.best_of, self.scorer, generation=gen,
+                generator=generator, logits_hook=self.logits_hook, template=d.template,
             )  # fmt: skip
-            texts = [r.best for r in results]
-            finish = ["stop"] * len(texts)
-            lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-        else:
-            out = generate(
-                self.model, self.tokenizer, prompts, max_tokens, greedy=temperature == 0,
-                temperature=max(temperature, 1e-6), top_k=top_k, generator=self.generator,
-                logits_hook=self.logits_hook, template=template,
-            )  # fmt: skip
-            texts = out.texts
-            eos = self.tokenizer.eos_token_id
-            ended = ((out.completion_ids == eos) & out.completion_mask.bool()).any(dim=1).tolist()
-            finish = ["stop" if e else "length" for e in ended]
-            lengths = out.completion_mask.sum(dim=1).tolist()
-        rendered = render_all(self.tokenizer, prompts) if template else prompts
-        prompt_lengths = [len(self.tokenizer(p)["input_ids"]) for p in rendered]
-        flat = [Completion(*row) for row in zip(texts, finish, lengths, prompt_lengths, strict=True)]
+            done = []
+            for r in results:
+                text, stopped = cut_text(r.best, d.stops)
+                n = len(lane.tokenizer(text, add_special_tokens=False)["input_ids"])
+                done.append(Completion(text, "stop" if stopped or n < d.max_tokens else "length", n))
+            return [done]
+        out = generate(
+            self.model, lane.tokenizer, prompts, d.max_tokens, greedy=d.temperature == 0,
+            temperature=max(d.temperature, 1e-6), top_k=d.top_k, generator=generator,
+            logits_hook=self.logits_hook, template=d.template,
+        )  # fmt: skip
         per_job, at = [], 0
         for job in group:
-            per_job.append(flat[at : at + len(job.prompts)])
+            rows = list(range(at, at + len(job.prompts)))
+            per_job.append(self._finish(lane.tokenizer, out, rows, job.decoding))
             at += len(job.prompts)
         return per_job
+
+    def _finish(self, tokenizer: Any, out: Generation, rows: list[int], d: Decoding) -> list[Completion]:
+        """The completions of one job's rows: eos dropped, cut at a stop string, with logprobs."""
+        eos = tokenizer.eos_token_id
+        scored = None
+        if d.top_logprobs is not None:
+            temperature = 1.0 if d.temperature == 0 else max(d.temperature, 1e-6)
+            scored = teacher_forced_logprobs(self.model, out, rows, temperature, d.top_logprobs, self.logits_hook)
+        done = []
+        for j, r in enumerate(rows):
+            ids = [t for t, m in zip(out.completion_ids[r].tolist(), out.completion_mask[r].tolist(), strict=True) if m]
+            ended = bool(ids) and ids[-1] == eos
+            if not d.stops and scored is None:
+                done.append(Completion(out.texts[r], "stop" if ended else "length", len(ids)))
+                continue
+            pieces = token_texts(tokenizer, ids)
+            kept, text, finish = len(ids), "".join(pieces), "stop" if ended else "length"
+            cut = find_stop(pieces, d.stops)
+            if cut is not None:
+                kept, chars = cut
+                text, finish = "".join(pieces)[:chars], "stop"
+            c = Completion(text, finish, kept)
+            if scored is not None:
+                chosen, top = scored
+                c.tokens = pieces[:kept]
+                c.token_logprobs = chosen[j][:kept]
+                c.top_logprobs = [{tokenizer.decode([t]): lp for t, lp in step} for step in top[j][:kept]]
+            done.append(c)
+        return done
 
     def spreads(self, prompts: list[str], texts: list[str]) -> list[float]:
         """Per response the mean over objectives of the ensemble std: (N, M) -> (N,)."""
         return self.scorer.vectors(prompts, texts)["spreads"].mean(1).tolist()
 
 
+def token_texts(tokenizer: Any, ids: list[int]) -> list[str]:
+    """Each token's share of the decoded text: the decoded prefix through it minus the one before
+    (special tokens, eos included, give '')."""
+    pieces, before = [], ""
+    for k in range(len(ids)):
+        now = tokenizer.decode(ids[: k + 1], skip_special_tokens=True)
+        pieces.append(now[len(before) :] if now.startswith(before) else now)
+        before = now
+    return pieces
+
+
+def find_stop(pieces: list[str], stops: tuple[str, ...] | list[str]) -> tuple[int, int] | None:
+    """Where the first stop string appears in the text the pieces make: (tokens up to and including
+    the one that completes it, characters kept before it); None when none appears.
+
+    >>> find_stop(["ab", "c\\n", "d"], ["\\n"])
+    (2, 3)
+    """
+    text = ""
+    for k, piece in enumerate(pieces):
+        text += piece
+        hits = [text.find(s) for s in stops if s in text]
+        if hits:
+            return k + 1, min(hits)
+    return None
+
+
+def cut_text(text: str, stops: tuple[str, ...] | list[str]) -> tuple[str, bool]:
+    """`text` cut before its first stop string, and whether one was found."""
+    hits = [text.find(s) for s in stops if s in text]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+@torch.no_grad()
+def teacher_forced_logprobs(
+    model: Any, out: Generation, rows: list[int], temperature: float, k: int, hook: Any = None
+) -> tuple[list[list[float]], list[list[list[tuple[int, float]]]]]:
+    """Per row and completion token: the chosen token's log-prob and the k likeliest (token id,
+    log-prob), from `log_softmax(hook(logits) / temperature)` as `generate` samples from."""
+    ids = torch.cat([out.prompt_ids[rows], out.completion_ids[rows]], dim=1)  # (R, P+T)
+    mask = torch.cat([out.prompt_mask[rows], out.completion_mask[rows]], dim=1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    needs_hidden = bool(getattr(hook, "needs_hidden", False))
+    res = model(input_ids=ids, attention_mask=mask, position_ids=positions, output_hidden_states=needs_hidden)
+    p, t = out.prompt_ids.shape[1], out.completion_ids.shape[1]
+    logits = res.logits[:, p - 1 : p - 1 + t].float()  # (R, T, V): position i predicts completion token i
+    if hook is not None:
+        steps = []
+        for i in range(t):
+            extra = (res.hidden_states[-1][:, p - 1 + i].float(),) if needs_hidden else ()
+            steps.append(hook(ids[:, : p + i], logits[:, i], *extra))
+        logits = torch.stack(steps, dim=1)
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    chosen = logp.gather(-1, out.completion_ids[rows][..., None]).squeeze(-1)  # (R, T)
+    top = logp.topk(min(k, logp.shape[-1]), dim=-1) if k else None
+    tops = [
+        [list(zip(top.indices[r, i].tolist(), top.values[r, i].tolist(), strict=True)) if top is not None else []
+         for i in range(t)]
+        for r in range(len(rows))
+    ]  # fmt: skip
+    return chosen.tolist(), tops
+
+
+# ---- the app --------------------------------------------------------------------------------------
+
+
 class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "rlhfops_requests", "Requests by endpoint and status code", ["endpoint", "code"], registry=self.registry
-        )
+            "rlhfops_requests", "Requests by route template and status code", ["endpoint", "code"],
+            registry=self.registry,
+        )  # fmt: skip
         self.latency = Histogram(
-            "rlhfops_request_latency_seconds", "Request latency", ["endpoint"], registry=self.registry
+            "rlhfops_request_latency_seconds", "Request latency by route template", ["endpoint"], registry=self.registry
         )
         self.tokens = Counter("rlhfops_completion_tokens", "Generated tokens", registry=self.registry)
         self.spread = Histogram(
@@ -277,14 +452,49 @@ class ServerMetrics:
             "rlhfops_reward_spread_mean", "Mean reward-ensemble spread over served responses", registry=self.registry
         )
 
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
 
-def chat_prompt(messages: list[ChatMessage]) -> str:
-    """The prompt string of a chat request (`chat.prompt_of`: a lone user message is its text, else
-    the messages' JSON): what the interaction store keeps; the model reads `chat.render` of it."""
-    try:
-        return prompt_of([{"role": m.role, "content": m.content} for m in messages])
-    except ValueError as e:
-        raise APIError(400, f"messages: {e}") from None
+
+def token_id_prompts(prompt: list[int] | list[list[int]], tokenizer: Any) -> list[str]:
+    """Token-id prompts as the text they decode to (400 for an id outside the vocabulary)."""
+    rows = [prompt] if prompt and isinstance(prompt[0], int) else prompt
+    vocab = len(tokenizer)
+    texts = []
+    for i, row in enumerate(rows):
+        bad = next((t for t in row if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise APIError(400, f"prompt {i} has token id {bad}; ids are in [0, {vocab})", param="prompt")
+        texts.append(tokenizer.decode(row, skip_special_tokens=True))
+    return texts
+
+
+def completion_logprobs(c: Completion, offset: int = 0) -> dict[str, Any] | None:
+    """OpenAI's completions logprobs: tokens, token_logprobs, top_logprobs, text_offset."""
+    if c.tokens is None:
+        return None
+    offsets, at = [], offset
+    for piece in c.tokens:
+        offsets.append(at)
+        at += len(piece)
+    return {"tokens": c.tokens, "token_logprobs": c.token_logprobs, "top_logprobs": c.top_logprobs,
+            "text_offset": offsets}  # fmt: skip
+
+
+def chat_logprobs(c: Completion) -> dict[str, Any] | None:
+    """OpenAI's chat logprobs: {"content": [{token, logprob, bytes, top_logprobs}]}."""
+    if c.tokens is None:
+        return None
+
+    def entry(token: str, lp: float) -> dict[str, Any]:
+        return {"token": token, "logprob": lp, "bytes": list(token.encode("utf-8"))}
+
+    content = [
+        {**entry(tok, lp), "top_logprobs": [entry(t, x) for t, x in top.items()]}
+        for tok, lp, top in zip(c.tokens, c.token_logprobs, c.top_logprobs, strict=True)
+    ]
+    return {"content": content}
 
 
 def create_app(
@@ -299,33 +509,22 @@ def create_app(
         from rlhfops.reward.build import composite_reward
 
         scorer = composite_reward(cfg, cfg.serving.reward_models)
-    generator = torch.Generator().manual_seed(cfg.serving.seed)
-    worker = ModelWorker(model, tokenizer, cfg.serving, scorer, logits_hook=hook, generator=generator)
+    worker = ModelWorker(model, tokenizer, cfg.serving, scorer, logits_hook=hook, seed=cfg.serving.seed)
     metrics = ServerMetrics()
     token = os.environ.get(cfg.serving.api_key_env) or None
     spread_sum = [0.0, 0]  # running sum and count for the mean gauge
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        worker.queue = asyncio.Queue()
-        task = asyncio.create_task(worker.run())
+        tasks = [asyncio.create_task(worker.run(lane)) for lane in worker.lanes.values()]
         yield
-        task.cancel()
+        for task in tasks:
+            task.cancel()
 
     app = FastAPI(title=f"rlhfops {version}", lifespan=lifespan)
     app.state.version, app.state.worker, app.state.metrics = version, worker, metrics
-
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.kind)
-
-    @app.middleware("http")
-    async def _measure(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        metrics.requests.labels(request.url.path, str(response.status_code)).inc()
-        metrics.latency.labels(request.url.path).observe(time.perf_counter() - start)
-        return response
+    install_error_handlers(app)
+    app.add_middleware(Guard, token=token, observe=metrics.observe)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -340,15 +539,24 @@ def create_app(
         check_bearer(request, token)
         return {"object": "list", "data": [{"id": version, "object": "model", "created": 0, "owned_by": "rlhfops"}]}
 
-    async def run(body: _Body, prompts: list[str], template: bool) -> tuple[list[Completion], dict[str, Any]]:
+    async def run(
+        request: Request, body: CompletionRequest | ChatRequest, prompts: list[str], template: bool
+    ) -> tuple[list[Completion], list[int], dict[str, Any]]:
+        if body.model is not None and body.model != version:
+            raise model_not_found(body.model)
         max_tokens = check_limits(body, prompts, cfg.serving)
         if body.best_of is not None and body.best_of > 1 and scorer is None:
-            raise APIError(400, "best_of needs reward models; start the server with serving.reward_models set")
+            raise APIError(400, "best_of needs reward models; start the server with serving.reward_models set",
+                           param="best_of")  # fmt: skip
+        decoding = Decoding(
+            max_tokens, body.temperature, body.top_k, template, tuple(body.stops), body.logprobs_k, body.seed,
+            body.best_of if body.best_of and body.best_of > 1 else None,
+        )  # fmt: skip
+        lengths = worker.prompt_tokens(prompts, decoding)
         repeated = [p for p in prompts for _ in range(body.n)]
-        best_of = body.best_of if body.best_of and body.best_of > 1 else None
-        done = await worker.submit(repeated, max_tokens, body.temperature, body.top_k, best_of, template)
+        done = await worker.submit(repeated, decoding, request)
         metrics.tokens.inc(sum(c.completion_tokens for c in done))
-        extra: dict[str, Any] = {"version": version, "prompts": repeated}
+        extra: dict[str, Any] = {"version": version, "prompts": repeated, "responses": [c.text for c in done]}
         if scorer is not None:
             spreads = await asyncio.to_thread(worker.spreads, repeated, [c.text for c in done])
             for s in spreads:
@@ -357,53 +565,68 @@ def create_app(
             spread_sum[1] += len(spreads)
             metrics.spread_mean.set(spread_sum[0] / spread_sum[1])
             extra["reward_spread"] = spreads
-        return done, extra
+        return done, lengths, extra
 
-    def usage(done: list[Completion]) -> dict[str, int]:
-        p, c = sum(x.prompt_tokens for x in done), sum(x.completion_tokens for x in done)
+    def usage(done: list[Completion], lengths: list[int]) -> dict[str, int]:
+        """Prompt tokens once per prompt (not per choice), completion tokens per choice."""
+        p, c = sum(lengths), sum(x.completion_tokens for x in done)
         return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
-    def log(rid: str, done: list[Completion], prompts: list[str], latency_ms: float, user: str | None) -> list[str]:
+    def log_interactions(rid: str, done: list[Completion], prompts: list[str], start: float, user: str | None):
         if store is None:
             return []
+        latency_ms = 1000 * (time.perf_counter() - start)
         ids = [rid] if len(done) == 1 else [f"{rid}:{i}" for i in range(len(done))]
         for i, (c, p) in enumerate(zip(done, prompts, strict=True)):
             store.log(p, c.text, version, latency_ms, "ok", user=user, request_id=ids[i])
         return ids
 
+    def reply(body: _Body, out: dict[str, Any]) -> Any:
+        return streaming_response(out, body.include_usage) if body.stream else out
+
     @app.post("/v1/completions")
-    async def completions(request: Request) -> dict[str, Any]:
+    async def completions(request: Request) -> Any:
         start = time.perf_counter()
         check_bearer(request, token)
         body = parse(CompletionRequest, await read_json(request, cfg.serving.max_request_bytes))
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        done, extra = await run(body, prompts, template=False)
+        if isinstance(body.prompt, str):
+            prompts = [body.prompt]
+        elif body.prompt and not isinstance(body.prompt[0], str):
+            prompts = token_id_prompts(body.prompt, tokenizer)
+        else:
+            prompts = list(body.prompt)
+        done, lengths, extra = await run(request, body, prompts, template=False)
         rid = f"cmpl-{uuid.uuid4().hex}"
-        extra["interaction_ids"] = log(rid, done, extra["prompts"], 1000 * (time.perf_counter() - start), body.user)
-        choices = [
-            {"text": c.text, "index": i, "logprobs": None, "finish_reason": c.finish_reason} for i, c in enumerate(done)
-        ]
-        return {
+        extra["interaction_ids"] = log_interactions(rid, done, extra["prompts"], start, body.user)
+        choices = []
+        for i, (c, p) in enumerate(zip(done, extra["prompts"], strict=True)):
+            text = p + c.text if body.echo else c.text
+            choices.append({"text": text, "index": i, "logprobs": completion_logprobs(c),
+                            "finish_reason": c.finish_reason})  # fmt: skip
+        out = {
             "id": rid, "object": "text_completion", "created": int(time.time()), "model": version,
-            "choices": choices, "usage": usage(done), "rlhfops": extra,
+            "choices": choices, "usage": usage(done, lengths), "rlhfops": extra,
         }  # fmt: skip
+        return reply(body, out)
 
     @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> dict[str, Any]:
+    async def chat(request: Request) -> Any:
         start = time.perf_counter()
         check_bearer(request, token)
         body = parse(ChatRequest, await read_json(request, cfg.serving.max_request_bytes))
-        done, extra = await run(body, [chat_prompt(body.messages)], template=True)
+        done, lengths, extra = await run(request, body, [chat_prompt(body.messages)], template=True)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
-        extra["interaction_ids"] = log(rid, done, extra["prompts"], 1000 * (time.perf_counter() - start), body.user)
+        extra["interaction_ids"] = log_interactions(rid, done, extra["prompts"], start, body.user)
         choices = [
-            {"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason}
+            {"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": chat_logprobs(c),
+             "finish_reason": c.finish_reason}
             for i, c in enumerate(done)
-        ]
-        return {
+        ]  # fmt: skip
+        out = {
             "id": rid, "object": "chat.completion", "created": int(time.time()), "model": version,
-            "choices": choices, "usage": usage(done), "rlhfops": extra,
+            "choices": choices, "usage": usage(done, lengths), "rlhfops": extra,
         }  # fmt: skip
+        return reply(body, out)
 
     @app.post("/v1/feedback")
     async def feedback(request: Request) -> dict[str, Any]:
@@ -412,17 +635,6 @@ def create_app(
         return record_feedback(store, body)
 
     return app
-
-
-def record_feedback(store: InteractionStore | None, body: FeedbackRequest) -> dict[str, Any]:
-    if store is None:
-        raise APIError(404, "this server keeps no interaction store; send feedback to the router")
-    score = feedback_score(body)
-    try:
-        store.add_feedback(body.id, score)
-    except KeyError:
-        raise APIError(404, f"no interaction with id '{body.id}'") from None
-    return {"id": body.id, "score": score, "status": "recorded"}
 
 
 # ---- running on loopback --------------------------------------------------------------------------
@@ -434,9 +646,24 @@ class RunningServer:
     thread: threading.Thread
     url: str
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop accepting connections, finish the requests in flight (up to `timeout` s), then exit."""
         self.server.should_exit = True
         self.thread.join(timeout)
+
+
+def wait_for_shutdown_signal() -> None:
+    """Block the main thread until SIGINT (Ctrl-C) or SIGTERM (what Kubernetes sends); then the
+    caller stops its servers, which drain the requests in flight."""
+    stop = threading.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in signals}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def start_server(app: FastAPI, host: str, port: int, timeout: float = 30.0) -> RunningServer:

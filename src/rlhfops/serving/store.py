@@ -6,6 +6,7 @@ processes can write at once); any SQLAlchemy URL in a cluster (Postgres, MySQL).
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from pathlib import Path
@@ -47,6 +48,10 @@ interactions = Table(
 )
 
 COLUMNS = ("id", "time", "prompt", "response", "version", "latency_ms", "status", "user", "feedback")
+
+
+class FeedbackExists(ValueError):
+    """A second feedback for one interaction (the first one stands)."""
 
 
 class InteractionStore:
@@ -100,11 +105,20 @@ class InteractionStore:
         return rid
 
     def add_feedback(self, id: str, score: float) -> None:
-        """Attach a user's score to a logged interaction (a later score replaces an earlier one)."""
+        """Attach a user's score to a logged interaction: one per interaction (FeedbackExists for a
+        second), finite (ValueError otherwise), KeyError for an unknown id."""
+        score = float(score)
+        if not math.isfinite(score):
+            raise ValueError(f"feedback for '{id}' is {score}; it must be a finite number")
+        pending = (interactions.c.id == id) & interactions.c.feedback.is_(None)
         with self.engine.begin() as conn:
-            result = conn.execute(update(interactions).where(interactions.c.id == id).values(feedback=float(score)))
-        if result.rowcount == 0:
-            raise KeyError(f"no interaction with id '{id}' in the interaction store")
+            result = conn.execute(update(interactions).where(pending).values(feedback=score))
+            if result.rowcount == 1:
+                return
+            exists = conn.execute(select(interactions.c.id).where(interactions.c.id == id)).first()
+        if exists:
+            raise FeedbackExists(f"interaction '{id}' already has feedback")
+        raise KeyError(f"no interaction with id '{id}' in the interaction store")
 
     def interactions(self, since: float | None = None, version: str | None = None) -> list[dict[str, Any]]:
         """Interactions in time order, optionally only from `since` (unix time) and of one version."""
