@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CONFIG_DIR = Path(__file__).parent / "configs"  # installed with the package (pyproject package-data)
 CONFIG_FILENAME = "rlhfops_config.yaml"
@@ -113,12 +113,24 @@ class TaskConfig(Section):
         return self
 
 
+def expand_home(path: str | None) -> str | None:
+    """A model path with a leading `~` made absolute (configs can name `~/.cache/rlhfops/models/...`)."""
+    return str(Path(path).expanduser()) if path and path.startswith("~") else path
+
+
 class ModelConfig(Section):
     """The policy: a tiny Llama built from this config, or any Hugging Face causal LM by path."""
 
     name_or_path: str | None = Field(
-        None, description="a local directory or hub id of a causal LM; None builds the tiny Llama below"
+        None,
+        description="a local directory (a leading ~ is your home) or hub id of a causal LM; None builds the tiny "
+        "Llama below",
     )
+
+    @field_validator("name_or_path")
+    @classmethod
+    def _expand_home(cls, path: str | None) -> str | None:
+        return expand_home(path)
     hidden_size: int = Field(128, ge=8)
     intermediate_size: int = Field(384, ge=8)
     num_hidden_layers: int = Field(4, ge=1)
@@ -250,8 +262,14 @@ class RewardConfig(Section):
     bootstrap: bool = Field(True, description="each member trains on its own bootstrap resample of the pairs")
     member_init: list[str] = Field(
         default_factory=list,
-        description="per-member model path (any HF sequence-classification or causal LM); empty: the policy",
+        description="per-member model path (any HF sequence-classification or causal LM; a leading ~ is your "
+        "home); empty: the policy",
     )
+
+    @field_validator("member_init")
+    @classmethod
+    def _expand_home(cls, paths: list[str]) -> list[str]:
+        return [expand_home(p) for p in paths]
     aggregation: Literal["mean", "weighted", "min", "uwo"] = Field("mean")
     uwo_lambda: float = Field(1.0, ge=0, description="uwo: mean - lambda * std")
     uncertainty_penalty: float = Field(

@@ -162,8 +162,11 @@ def task_metric_keys(result: dict[str, Any]) -> list[str]:
     return [k for k, v in result.items() if k not in GENERIC_KEYS and (v is None or isinstance(v, int | float))]
 
 
-def eval_table(results: dict[str, dict[str, Any]], title: str = "gold evaluation (test split)") -> Table:
-    """One column per evaluated policy (name -> `evaluate` result), one row per metric."""
+def eval_table(
+    results: dict[str, dict[str, Any]], title: str = "gold evaluation (test split)", versus: str = "stable"
+) -> Table:
+    """One column per evaluated policy (name -> `evaluate` result), one row per metric; `win_rate`
+    is labelled as against `versus`."""
     table = Table(title=title)
     table.add_column("metric")
     for name in results:
@@ -179,7 +182,7 @@ def eval_table(results: dict[str, dict[str, Any]], title: str = "gold evaluation
     for key in task_metric_keys(first):
         rows.append((key.replace("_", " "), [_fmt(r.get(key)) for r in results.values()]))
     if any(r.get("win_rate") is not None for r in results.values()):
-        rows.append(("win rate vs stable", [_fmt(r.get("win_rate")) for r in results.values()]))
+        rows.append((f"win rate vs {versus}", [_fmt(r.get("win_rate")) for r in results.values()]))
     if any(sum(r.get("unlabelled", {}).values()) for r in results.values()):
         rows.append(("unlabelled scores", [str(sum(r.get("unlabelled", {}).values())) for r in results.values()]))
     rows.append(("mean length (chars)", [f"{r['mean_length']:.1f}" for r in results.values()]))

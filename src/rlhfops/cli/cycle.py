@@ -45,7 +45,7 @@ def run(
     import time
 
     from rlhfops.cycle import decide_canary, next_cycle
-    from rlhfops.evaluation import eval_table
+    from rlhfops.evaluation import eval_table, win_rate
     from rlhfops.files import atomic_write_json
 
     cfg, ws = setup(config, set_, workspace)
@@ -76,13 +76,26 @@ def run(
         final = decide_canary(cfg, ws)  # the last cycle's canary, on the traffic it got
         report["final_canary"] = final
         report["stable"] = _stable_gold(cfg, ws)
+    start = read_json(ws.eval_path("untrained")) if ws.eval_path("untrained").exists() else None
+    if start is not None:  # the model the run started from, on the same prompts and judges
+        report["start"] = start
+        for name in ("sft", "stable"):
+            report[f"{name}_win_rate_vs_start"] = win_rate(start["per_prompt"], report[name]["per_prompt"])
     report["seconds"] = time.perf_counter() - started
     atomic_write_json(ws.eval_path("run"), report)  # `make readme` tabulates it
     if json_out:
         emit_json(report)
         return
     console.print(f"last canary: {final['decision']} ({final['reason']})")
-    console.print(eval_table({"sft": report["sft"], "stable": report["stable"]}, title="SFT vs the stable model now"))
+    if "start" not in report:
+        title = "SFT vs the stable model now"
+        console.print(eval_table({"sft": report["sft"], "stable": report["stable"]}, title=title))
+        return
+    columns = {"start": report["start"]}
+    for name in ("sft", "stable"):
+        columns[name] = {**report[name], "win_rate": report[f"{name}_win_rate_vs_start"]}
+    title = "the start model, SFT and the stable model now (evaluation judges)"
+    console.print(eval_table(columns, title=title, versus="start"))
 
 
 def _run_cycle_pipeline_with_traffic(
