@@ -98,6 +98,24 @@ def test_the_example_judges_a_right_answer_1_and_a_wrong_one_lower(example_task)
     assert unknown.kind == "unknown" and set(example_task.judge(unknown, "sunny")) == set(example_task.objectives)
 
 
+def test_the_real_model_config_grades_evaluation_with_the_example_judge(monkeypatch):
+    """real_model.yaml: the real model as policy and member init (~ expanded), and an evaluation judge
+    that differs from annotation's: the number must come with the unit asked for."""
+    from rlhfops.annotation.judges import annotation_judges, eval_judges
+
+    monkeypatch.chdir(ROOT)
+    cfg = load_config(EXAMPLE / "real_model.yaml")
+    home = str(Path.home())
+    assert cfg.model.name_or_path.startswith(home) and cfg.reward.member_init == [cfg.model.name_or_path]
+    task = make_task(cfg.task, cfg.seed)
+    prompts = ["Convert 3.5 km to m.\n"] * 5 + ["What is the weather?\n"]
+    responses = ["3500 m", "3500", "3,500 metres.", "3500 km", "It is 3400 m", "sunny"]
+    graded = [s["helpfulness"] for s in eval_judges(cfg, task)(prompts, responses)]
+    assert graded[:4] == [1.0, 0.0, 1.0, 0.0] and 0 < graded[4] < 1 and graded[5] is None
+    labelled = [s["helpfulness"] for s in annotation_judges(cfg, task)(prompts[:2], responses[:2])]
+    assert labelled[1] == 1.0  # annotation's checker reads the number alone
+
+
 def test_the_example_teacher_makes_the_mistakes_its_judges_see(example_task):
     teacher = teacher_of(example_task)
     ex = example_task.example("Convert 3.5 km to m.\n")
