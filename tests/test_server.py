@@ -1,4 +1,8 @@
 import asyncio
+import signal
+import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -257,3 +261,92 @@ def test_best_of_n_and_reward_spread_metric(model_dir, cfg):
         assert "rlhfops_reward_spread_count 16.0" in text
     finally:
         running.stop()
+
+
+def _slow_cfg(cfg, **serving):
+    return cfg.model_copy(update={"serving": cfg.serving.model_copy(update=serving)})
+
+
+def test_a_full_lane_answers_429_with_retry_after(model_dir, cfg):
+    # max_batch 2: a lane holds 8 completions; a long batch wait keeps all ten requests queued at once
+    running = start_server(create_app(model_dir, "v1", _slow_cfg(cfg, max_batch=2, batch_wait_ms=1500)), "127.0.0.1", 0)
+    try:
+
+        def one(i):
+            return httpx.post(running.url + "/v1/completions", json={"prompt": f"q{i}", "max_tokens": 2}, timeout=60)
+
+        with ThreadPoolExecutor(10) as pool:
+            replies = list(pool.map(one, range(10)))
+        codes = sorted(r.status_code for r in replies)
+        assert codes == [200] * 8 + [429] * 2
+        busy = [r for r in replies if r.status_code == 429]
+        assert all(int(r.headers["retry-after"]) >= 1 and r.json()["error"]["type"] == "rate_limit_error" for r in busy)
+    finally:
+        running.stop()
+
+
+def test_a_small_request_does_not_wait_behind_a_large_one(model_dir, cfg):
+    running = start_server(create_app(model_dir, "v1", cfg), "127.0.0.1", 0)
+    finished = {}
+    try:
+
+        def send(name, body):
+            httpx.post(running.url + "/v1/completions", json=body, timeout=120).raise_for_status()
+            finished[name] = time.perf_counter()
+
+        large = {"prompt": ["q: 1+1?\n"] * 16, "n": 4, "max_tokens": 16, "temperature": 1.0}  # 64 completions
+        with ThreadPoolExecutor(2) as pool:
+            big = pool.submit(send, "large", large)
+            time.sleep(0.2)
+            pool.submit(send, "small", {"prompt": "q: 2+2?\n", "max_tokens": 2}).result()
+            big.result()
+        assert finished["small"] < finished["large"]
+    finally:
+        running.stop()
+
+
+def test_work_of_a_client_that_gave_up_is_dropped(model_dir, cfg):
+    app = create_app(model_dir, "v1", _slow_cfg(cfg, batch_wait_ms=800))
+    worker = app.state.worker
+    calls = []
+    real = worker._complete
+    worker._complete = lambda lane, group: calls.append(len(group)) or real(lane, group)
+    running = start_server(app, "127.0.0.1", 0)
+    try:
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(running.url + "/v1/completions", json={"prompt": "q\n", "max_tokens": 4}, timeout=0.2)
+        time.sleep(1.5)
+        assert calls == [] and all(lane.waiting == 0 for lane in worker.lanes.values())
+        assert httpx.post(running.url + "/v1/completions", json={"prompt": "q\n", "max_tokens": 4}).status_code == 200
+        assert calls == [1]
+    finally:
+        running.stop()
+
+
+SERVE = """
+import sys
+from rlhfops.config import load_config
+from rlhfops.serving.server import create_app, start_server, wait_for_shutdown_signal
+cfg = load_config("smoke", ["serving.batch_wait_ms=1500"])
+running = start_server(create_app(sys.argv[1], "v1", cfg), "127.0.0.1", 0)
+print(running.url, flush=True)
+wait_for_shutdown_signal()
+running.stop()
+print("drained", flush=True)
+"""
+
+
+def test_sigterm_drains_requests_in_flight(model_dir):
+    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(model_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip()
+        with ThreadPoolExecutor(1) as pool:
+            reply = pool.submit(
+                httpx.post, url + "/v1/completions", json={"prompt": "q\n", "max_tokens": 4}, timeout=60
+            )
+            time.sleep(0.5)  # the request waits 1.5 s in the queue
+            proc.send_signal(signal.SIGTERM)
+            assert reply.result().status_code == 200
+        assert proc.wait(30) == 0 and proc.stdout.read().strip() == "drained"
+    finally:
+        proc.kill()
