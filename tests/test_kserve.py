@@ -7,16 +7,34 @@ from rlhfops.serving import kserve
 
 
 class FakeCustomObjectsApi:
-    """Records calls and applies JSON merge patches (RFC 7386) to one stored object."""
+    """Records calls and applies JSON merge patches (RFC 7386) to one stored object; with `obj` None
+    the service does not exist (404) until created, and becomes Ready after `ready_after` reads."""
 
-    def __init__(self, obj):
+    def __init__(self, obj, ready_after=0):
         self.obj = copy.deepcopy(obj)
         self.patches = []
+        self.created = []
+        self.reads = 0
+        self.ready_after = ready_after
 
     def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        from kubernetes.client.exceptions import ApiException
+
         assert (group, version, plural) == ("serving.kserve.io", "v1beta1", "inferenceservices")
+        if self.obj is None:
+            raise ApiException(status=404, reason="Not Found")
         assert (namespace, name) == (self.obj["metadata"]["namespace"], self.obj["metadata"]["name"])
+        self.reads += 1
+        if self.created and self.reads > self.ready_after:
+            self.obj.setdefault("status", {})["conditions"] = [{"type": "Ready", "status": "True"}]
         return copy.deepcopy(self.obj)
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        assert (group, version, plural, namespace) == ("serving.kserve.io", "v1beta1", "inferenceservices", "ns")
+        assert self.obj is None
+        self.created.append(copy.deepcopy(body))
+        self.obj = copy.deepcopy(body)
+        return body
 
     def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body):
         self.get_namespaced_custom_object(group, version, namespace, plural, name)
@@ -64,19 +82,13 @@ def test_deploy_promote_rollback_patch_bodies():
     with pytest.raises(ValueError, match="already has a canary"):
         kserve.deploy_canary(api, "pol", "ns", "pvc://ws/models/v3")
     kserve.rollback(api, "pol", "ns")
-    assert api.patches[-1] == {
-        "metadata": {"annotations": {"rlhfops.io/previous-storage-uri": None}},
-        "spec": {"predictor": {"canaryTrafficPercent": 0, "model": {"storageUri": "pvc://ws/models/v1"}}},
-    }
-    assert api.obj["spec"]["predictor"]["model"]["storageUri"] == "pvc://ws/models/v1"
-    with pytest.raises(ValueError, match="no canary to roll back"):
-        kserve.rollback(api, "pol", "ns")
+    assert api.patches[-1] == {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
+    kserve.rollback(api, "pol", "ns")  # already rolled back: the same patch again
     kserve.deploy_canary(api, "pol", "ns", "pvc://ws/models/v3", percent=10)
     kserve.promote(api, "pol", "ns")
-    assert api.patches[-1] == {
-        "metadata": {"annotations": {"rlhfops.io/previous-storage-uri": None}},
-        "spec": {"predictor": {"canaryTrafficPercent": None}},
-    }
+    assert api.patches[-1] == {"spec": {"predictor": {"canaryTrafficPercent": None}}}
+    with pytest.raises(ValueError, match="no canary to roll back"):
+        kserve.rollback(api, "pol", "ns")
     assert "canaryTrafficPercent" not in api.obj["spec"]["predictor"]
     assert api.obj["spec"]["predictor"]["model"]["storageUri"] == "pvc://ws/models/v3"
     with pytest.raises(ValueError, match="between 1 and 99"):
@@ -149,7 +161,7 @@ def test_apply_runs_canary_promote_rollback_on_the_configured_service():
     assert predictor["canaryTrafficPercent"] == 20
     assert predictor["model"]["storageUri"] == "pvc://rlhfops-workspace/models/cycle-0001/ppo"
     kserve.apply(cfg, "rollback", api=api)
-    assert api.obj["spec"]["predictor"]["model"]["storageUri"] == "pvc://rlhfops-workspace/models/v1"
+    assert api.obj["spec"]["predictor"]["canaryTrafficPercent"] == 0  # the last rolled-out revision serves
     kserve.apply(cfg, "canary", {"id": "v3", "path": "/workspace/models/cycle-0002/ppo"}, api=api)
     kserve.apply(cfg, "promote", api=api)
     assert "canaryTrafficPercent" not in api.obj["spec"]["predictor"]
@@ -194,3 +206,85 @@ def test_no_credentials_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
     with pytest.raises(kube.KubeError, match="no in-cluster or kubeconfig credentials"):
         kube.custom_objects_api()
+
+
+def _template(obj):
+    """What KServe copies into the Knative revision template: the annotations and the predictor
+    without canaryTrafficPercent; a change here starts a new (cold) revision."""
+    predictor = {k: v for k, v in obj["spec"]["predictor"].items() if k != "canaryTrafficPercent"}
+    return obj["metadata"].get("annotations"), predictor
+
+
+@pytest.mark.parametrize("action", ["promote", "rollback"])
+def test_promote_and_rollback_only_move_traffic(action):
+    """Promotion shifts traffic to the canary's revision, already warm, and rollback back to the last
+    rolled-out one: neither may touch the revision template."""
+    cfg = load_config(None, ["kserve.name=pol", "kserve.namespace=ns"])
+    api = FakeCustomObjectsApi(kserve.render_inference_service(cfg.kserve, "pvc://rlhfops-workspace/models/v1"))
+    kserve.apply(cfg, "canary", {"id": "v2", "path": "/workspace/models/cycle-0001/ppo"}, api=api)
+    before = _template(api.obj)
+    kserve.apply(cfg, action, api=api)
+    assert _template(api.obj) == before
+    assert api.obj["spec"]["predictor"].get("canaryTrafficPercent") == (None if action == "promote" else 0)
+
+
+def test_a_changed_annotation_on_promotion_is_caught():
+    """The check above fails on the old promote patch, which deleted an annotation."""
+    obj = kserve.render_inference_service(KServeConfig(), "pvc://w/m")
+    obj["metadata"]["annotations"][kserve.PREVIOUS_URI] = "pvc://w/old"
+    old_promote = {"metadata": {"annotations": {kserve.PREVIOUS_URI: None}}, "spec": {"predictor": {}}}
+    assert _template(merge_patch(obj, old_promote)) != _template(obj)
+
+
+def test_render_is_serverless_least_privilege_and_restricted():
+    from rlhfops.images import RUN_AS_USER
+
+    cfg = KServeConfig(tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    obj = kserve.render_inference_service(cfg, "pvc://w/m")
+    assert obj["metadata"]["annotations"] == {"serving.kserve.io/deploymentMode": "Serverless"}
+    predictor = obj["spec"]["predictor"]
+    assert predictor["serviceAccountName"] == "rlhfops-predictor" and predictor["automountServiceAccountToken"] is False
+    assert predictor["securityContext"]["fsGroup"] == RUN_AS_USER
+    assert predictor["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert predictor["tolerations"] == cfg.tolerations
+    assert "runAsUser" not in predictor["securityContext"]  # KServe's image keeps its own user
+    own = kserve.render_inference_service(KServeConfig(runtime="rlhfops"), "pvc://w/m")["spec"]["predictor"]
+    assert own["securityContext"]["runAsUser"] == RUN_AS_USER
+    assert own["model"]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_the_first_canary_creates_the_service_on_stable_and_waits_for_it():
+    cfg = load_config(None, ["kserve.name=pol", "kserve.namespace=ns", "kserve.ready_timeout_s=60"])
+    api = FakeCustomObjectsApi(None, ready_after=3)
+    naps = []
+    stable = {"id": "v1", "path": "/workspace/models/sft"}
+    kserve.apply(
+        cfg,
+        "canary",
+        {"id": "v2", "path": "/workspace/models/cycle-0001/ppo"},
+        api=api,
+        stable=stable,
+        sleep=naps.append,
+    )
+    (created,) = api.created
+    assert created["spec"]["predictor"]["model"]["storageUri"] == "pvc://rlhfops-workspace/models/sft"
+    assert "canaryTrafficPercent" not in created["spec"]["predictor"]  # the first revision takes it all
+    assert naps == [cfg.kserve.poll_s] * 3  # polled until Ready before the canary patch
+    (patch,) = api.patches
+    assert patch["spec"]["predictor"] == {
+        "canaryTrafficPercent": 10,
+        "model": {"storageUri": "pvc://rlhfops-workspace/models/cycle-0001/ppo"},
+    }
+    with pytest.raises(ValueError, match="does not exist; the first canary deploy creates it"):
+        kserve.apply(cfg, "canary", {"id": "v2", "path": "/workspace/m"}, api=FakeCustomObjectsApi(None))
+
+
+def test_a_first_revision_that_never_gets_ready_is_one_error():
+    from rlhfops.kube import KubeError
+
+    cfg = load_config(None, ["kserve.name=pol", "kserve.namespace=ns", "kserve.ready_timeout_s=30"])
+    api = FakeCustomObjectsApi(None, ready_after=10**6)
+    clock = iter(range(0, 10**6, 10))
+    with pytest.raises(KubeError, match="was not Ready within 30 s"):
+        kserve.create(api, cfg.kserve, "pvc://w/m", sleep=lambda s: None, clock=lambda: next(clock))
+    assert not api.patches

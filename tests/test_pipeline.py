@@ -219,3 +219,33 @@ def test_progress_stream_reports_each_finished_stage_once():
     assert seen == [("collect", "SUCCESS")]
     assert stream.status == "FAILURE" and "Inner task failed: 'gate'" in stream.failure
     assert "noise" in log.getvalue()
+
+
+def test_schedule_runs_in_the_namespace_and_account_the_manifests_prepare(monkeypatch, tmp_path):
+    """`rlhfops schedule --config cluster` creates runs where the PVC, Secrets and Roles are
+    (pipeline.namespace), as the ServiceAccount the Roles are bound to, reading the same config."""
+    import kfp
+    from typer.testing import CliRunner
+
+    from rlhfops.cli import app
+
+    made = {}
+
+    class Client(FakeClient):
+        def __init__(self, host, namespace=None, existing_token=None):
+            super().__init__()
+            made.update(host=host, namespace=namespace, client=self)
+
+    monkeypatch.setattr(kfp, "Client", Client)
+    package = tmp_path / "p.yaml"
+    package.write_text(COMPILED.read_text())
+    r = CliRunner().invoke(app, ["schedule", "--host", "http://kfp", "--config", "cluster", "--package", str(package)])
+    assert r.exit_code == 0, r.output
+    cfg = load_config("cluster")
+    run = made["client"].calls[-1][1]
+    assert made["namespace"] == cfg.pipeline.namespace == "rlhfops"
+    assert run["service_account"] == cfg.pipeline.service_account == "rlhfops-pipeline"
+    assert run["params"] == {"workspace": "/workspace", "config": "cluster", "overrides": []}
+    rbac = list(yaml.safe_load_all((ROOT / "manifests" / "base" / "rbac.yaml").read_text()))
+    subjects = {(s["name"], s["namespace"]) for d in rbac if d["kind"] == "RoleBinding" for s in d["subjects"]}
+    assert subjects == {(run["service_account"], made["namespace"])}

@@ -5,7 +5,7 @@ from kubernetes.client.exceptions import ApiException
 
 from rlhfops import trainer_job
 from rlhfops.config import ConfigError, load_config
-from rlhfops.images import TRAINER_IMAGE
+from rlhfops.images import RUN_AS_USER, TRAINER_IMAGE
 
 STAGE = ["train-policy", "--workspace", "/workspace", "--config", "/workspace/cycle-3/config.yaml"]
 
@@ -96,10 +96,15 @@ def test_run_trainjob_submits_the_full_spec_then_waits_for_complete():
                 "numProcPerNode": 8,
                 "resourcesPerNode": {"requests": resources, "limits": resources},
                 "env": [
-                    {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "dvc", "key": "key-id"}}},
                     {
+                        "name": "AWS_ACCESS_KEY_ID",
+                        "valueFrom": {"secretKeyRef": {"name": "dvc", "key": "key-id", "optional": False}},
+                    },
+                    {  # pipeline.optional_secret_env: a node starts without the W&B key
                         "name": "WANDB_API_KEY",
-                        "valueFrom": {"secretKeyRef": {"name": "rlhfops-secrets", "key": "wandb-api-key"}},
+                        "valueFrom": {
+                            "secretKeyRef": {"name": "rlhfops-secrets", "key": "wandb-api-key", "optional": True}
+                        },
                     },
                 ],
             },
@@ -116,6 +121,13 @@ def test_run_trainjob_submits_the_full_spec_then_waits_for_complete():
                                             "spec": {
                                                 "template": {
                                                     "spec": {
+                                                        "securityContext": {
+                                                            "runAsNonRoot": True,
+                                                            "runAsUser": RUN_AS_USER,
+                                                            "runAsGroup": RUN_AS_USER,
+                                                            "fsGroup": RUN_AS_USER,
+                                                            "seccompProfile": {"type": "RuntimeDefault"},
+                                                        },
                                                         "volumes": [
                                                             {
                                                                 "name": "workspace",
@@ -127,6 +139,12 @@ def test_run_trainjob_submits_the_full_spec_then_waits_for_complete():
                                                         "containers": [
                                                             {
                                                                 "name": "node",
+                                                                "securityContext": {
+                                                                    "runAsNonRoot": True,
+                                                                    "allowPrivilegeEscalation": False,
+                                                                    "capabilities": {"drop": ["ALL"]},
+                                                                    "seccompProfile": {"type": "RuntimeDefault"},
+                                                                },
                                                                 "volumeMounts": [
                                                                     {"name": "workspace", "mountPath": "/workspace"}
                                                                 ],

@@ -630,20 +630,29 @@ class GateConfig(Section):
 
 
 class KServeConfig(Section):
-    """The InferenceService the deploy step renders and patches."""
+    """The InferenceService the deploy step renders and patches. It is not shipped in manifests/:
+    the first canary deploy creates it serving the stable model and waits for that revision to be
+    Ready (KServe splits traffic only once a revision has rolled out), then adds the canary."""
 
     name: str = Field("rlhfops-policy", description="InferenceService name")
-    namespace: str = Field("rlhfops", description="Kubernetes namespace")
+    namespace: str = Field("rlhfops", description="Kubernetes namespace (the pipeline's: pipeline.namespace)")
     runtime: Literal["huggingface", "vllm", "rlhfops"] = Field(
         "huggingface", description="KServe Hugging Face runtime (CPU), its vLLM backend (GPU) or this project's image"
     )
-    storage_uri: str = Field("pvc://rlhfops-workspace/models/stable", description="where the served model lives")
-    image: str = Field("ghcr.io/rlhfops/serving:latest", description="server image for runtime=rlhfops")
-    service_account: str = Field("rlhfops", description="ServiceAccount the predictor runs as")
+    service_account: str = Field(
+        "rlhfops-predictor", description="ServiceAccount the predictor runs as: no API rights, no token mounted"
+    )
     canary_percent: int = Field(10, ge=0, le=100, description="canaryTrafficPercent on deploy")
     gpus: int = Field(0, ge=0, description="nvidia.com/gpu per predictor (vllm)")
     cpu: str = Field("1", description="predictor CPU request and limit")
     memory: str = Field("2Gi", description="predictor memory request and limit")
+    tolerations: list[dict[str, str]] = Field(
+        default_factory=list, description="predictor tolerations (key, operator, value, effect), e.g. the GPU taint"
+    )
+    ready_timeout_s: float = Field(
+        900.0, gt=0, description="first deploy: seconds to wait for the stable revision to be Ready"
+    )
+    poll_s: float = Field(10.0, gt=0, description="first deploy: seconds between readiness polls")
 
 
 class SimulateConfig(Section):
@@ -733,11 +742,34 @@ class PipelineConfig(Section):
     secret_env: dict[str, str] = Field(
         default_factory=lambda: {
             "WANDB_API_KEY": "rlhfops-secrets:wandb-api-key",
-            "AWS_ACCESS_KEY_ID": "rlhfops-dvc-remote:access-key-id",
-            "AWS_SECRET_ACCESS_KEY": "rlhfops-dvc-remote:secret-access-key",
+            "AWS_ACCESS_KEY_ID": "rlhfops-dvc-remote:AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY": "rlhfops-dvc-remote:AWS_SECRET_ACCESS_KEY",
+            "AWS_ENDPOINT_URL": "rlhfops-dvc-remote:AWS_ENDPOINT_URL",
         },
-        description="env var -> 'secret:key' injected into every task (W&B key, DVC remote credentials)",
+        description="env var -> 'secret:key' injected into every task and TrainJob node (manifests/secrets/)",
     )
+    optional_secret_env: list[str] = Field(
+        default_factory=lambda: ["WANDB_API_KEY", "AWS_ENDPOINT_URL"],
+        description="env vars of secret_env whose Secret or key may be absent: the W&B key (needed only when "
+        "tracking online), the endpoint (only for S3-compatible stores)",
+    )
+    namespace: str = Field(
+        "rlhfops", description="where runs execute: the KFP profile namespace holding the PVC, Secrets and Roles"
+    )
+    service_account: str = Field(
+        "rlhfops-pipeline", description="ServiceAccount the runs' pods use (manifests/base/rbac.yaml)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PipelineConfig:
+        for env, ref in self.secret_env.items():
+            name, _, key = ref.partition(":")
+            if not (env and name and key):
+                raise ValueError(f"secret_env '{env}: {ref}' must map an env var to 'secret-name:key'")
+        unknown = sorted(set(self.optional_secret_env) - set(self.secret_env))
+        if unknown:
+            raise ValueError(f"optional_secret_env names {', '.join(unknown)}, which secret_env does not inject")
+        return self
 
 
 class Config(Section):

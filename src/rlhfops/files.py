@@ -1,4 +1,10 @@
-"""Atomic writes: a reader never sees half a file or half a model directory."""
+"""Atomic writes: a reader never sees half a file or half a model directory.
+
+What they leave is readable by every user (a file 0644, a directory's contents a+r and its
+directories a+rx, whatever the umask): the workspace volume is shared by pods running as other
+UIDs (KServe's Hugging Face server reads the models as UID 1000), and `mkstemp` / `mkdtemp` alone
+would leave 0600 / 0700.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+FILE_MODE = 0o644  # an atomically written file: the owner writes, everyone reads
+
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
@@ -19,6 +27,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+            os.fchmod(f.fileno(), FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -38,6 +47,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
+        readable_by_all(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -48,6 +58,14 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def readable_by_all(root: Path) -> None:
+    """Add read permission (and search permission on directories) for group and others under `root`."""
+    for p in [root, *root.rglob("*")]:
+        if p.is_symlink():
+            continue
+        os.chmod(p, p.stat().st_mode | (0o555 if p.is_dir() else 0o444))
 
 
 def write_jsonl(path: str | Path, records: list[dict[str, Any]]) -> Path:

@@ -9,12 +9,17 @@ compiled:
 
 Without the variables the registry is `ghcr.io/rlhfops` and the tag is the package version, so a
 compiled pipeline never points at a moving `latest`.
+
+Every image runs as the numeric user `RUN_AS_USER` (the Dockerfiles' `USER`, a test keeps them
+equal); `container_security` and `pod_security` are the restricted Pod Security settings every pod
+rlhfops defines gets (pipeline tasks, TrainJob nodes, the predictor).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 from rlhfops import __version__
 
@@ -22,6 +27,9 @@ KINDS = ("trainer", "runtime", "serving")
 DEFAULT_REGISTRY = "ghcr.io/rlhfops"
 REGISTRY_ENV = "RLHFOPS_REGISTRY"
 TAG_ENV = "RLHFOPS_IMAGE_TAG"
+
+RUN_AS_USER = 10001
+"""UID and GID of the `rlhfops` user in every image; pods set it as runAsUser, runAsGroup and fsGroup."""
 
 # Docker's tag grammar: a word character, then up to 127 of [\w.-].
 _TAG = re.compile(r"[\w][\w.-]{0,127}")
@@ -45,3 +53,24 @@ RUNTIME_IMAGE = image_ref("runtime", REGISTRY, TAG)
 """CPU torch and rlhfops: collect, annotate, version, evaluate, gate, deploy."""
 SERVING_IMAGE = image_ref("serving", REGISTRY, TAG)
 """The runtime image running `rlhfops serve` (router + stable + canary)."""
+
+
+def container_security() -> dict[str, Any]:
+    """A container's securityContext under the `restricted` Pod Security Standard."""
+    return {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security(run_as_user: int | None = RUN_AS_USER) -> dict[str, Any]:
+    """A pod's securityContext: non-root, RuntimeDefault seccomp, and fsGroup `RUN_AS_USER`, so the
+    workspace volume's files are the group's on drivers that apply fsGroup and a server running
+    under another UID (KServe's Hugging Face server is 1000) reads them as a group member.
+    `run_as_user` None leaves the image's own user (a runtime image that is not ours)."""
+    ctx: dict[str, Any] = {"runAsNonRoot": True, "fsGroup": RUN_AS_USER, "seccompProfile": {"type": "RuntimeDefault"}}
+    if run_as_user is not None:
+        ctx.update(runAsUser=run_as_user, runAsGroup=run_as_user)
+    return ctx

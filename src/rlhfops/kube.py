@@ -5,7 +5,7 @@ refuses a request is one `KubeError` sentence."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,6 +26,19 @@ def custom_objects_api() -> Any:
         except (config.ConfigException, FileNotFoundError) as e:
             raise KubeError(f"cannot reach the Kubernetes API: no in-cluster or kubeconfig credentials ({e})") from None
     return client.CustomObjectsApi()
+
+
+def not_found(read: Callable[[], Any]) -> bool:
+    """Whether `read()`, an API get, answers 404 Not Found; any other refusal is raised."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        read()
+    except ApiException as e:
+        if e.status == 404:
+            return True
+        raise
+    return False
 
 
 @contextmanager

@@ -9,7 +9,9 @@ rendezvous environment (PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR, PET_MASTER_P
 
 so DeepSpeed ZeRO-3 shards the policy over all N x G GPUs; Kubernetes substitutes the `$(PET_...)`
 references from the container's environment. The workspace PVC is mounted in every node through a
-runtime patch, and secrets (the W&B key, DVC remote credentials) come in as env.
+runtime patch, secrets (the W&B key, DVC remote credentials) come in as env (those in
+`pipeline.optional_secret_env` optional), and every node runs under the restricted pod security of
+`rlhfops.images` (non-root UID 10001, fsGroup, no privilege escalation, all capabilities dropped).
 
 We talk to the API through `kubernetes.client.CustomObjectsApi`, which is also what the `kubeflow`
 SDK's TrainerClient calls: the whole spec is built here from config, and tests assert it.
@@ -83,7 +85,7 @@ def build_trainjob(
     labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The TrainJob custom object for `rlhfops <stage_args>` across `trainer_job.nodes` x `gpus_per_node`."""
-    from rlhfops.images import TRAINER_IMAGE
+    from rlhfops.images import TRAINER_IMAGE, container_security, pod_security
 
     tj = cfg.trainer_job
     per_node = {"nvidia.com/gpu": str(tj.gpus_per_node), "cpu": tj.cpu_per_node, "memory": tj.memory_per_node}
@@ -91,10 +93,18 @@ def build_trainjob(
     secret_env = tj.secret_env if tj.secret_env is not None else cfg.pipeline.secret_env
     for var, ref in sorted(secret_env.items()):
         secret, _, key = ref.partition(":")
-        env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+        optional = var in cfg.pipeline.optional_secret_env
+        env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}}})
     node_pod = {
+        "securityContext": pod_security(),
         "volumes": [{"name": "workspace", "persistentVolumeClaim": {"claimName": tj.workspace_claim}}],
-        "containers": [{"name": NODE, "volumeMounts": [{"name": "workspace", "mountPath": tj.workspace_mount}]}],
+        "containers": [
+            {
+                "name": NODE,
+                "securityContext": container_security(),
+                "volumeMounts": [{"name": "workspace", "mountPath": tj.workspace_mount}],
+            }
+        ],
     }
     return {
         "apiVersion": f"{GROUP}/{VERSION}",

@@ -262,19 +262,30 @@ def compile_(
 @app.command()
 def schedule(
     host: Annotated[str, typer.Option("--host", help="Kubeflow Pipelines API endpoint, e.g. https://host/pipeline")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
     cron: Annotated[str, typer.Option("--cron", help="six-field KFP cron, seconds first")] = "0 0 2 * * 0",
     package: Annotated[Path, typer.Option("--package", help="compiled pipeline")] = COMPILED,
     experiment: Annotated[str, typer.Option("--experiment")] = "rlhfops",
     job_name: Annotated[str, typer.Option("--job-name")] = "rlhfops-weekly-cycle",
-    run_config: Annotated[str, typer.Option("--run-config", help="the runs' `config` parameter")] = "tiny",
+    run_config: Annotated[
+        str | None, typer.Option("--run-config", help="the runs' `config` parameter; default: --config, else tiny")
+    ] = None,
     run_set: Annotated[list[str] | None, typer.Option("--run-set", help="the runs' `overrides` (repeatable)")] = None,
-    workspace_path: Annotated[str, typer.Option("--run-workspace", help="the runs' `workspace` parameter")] = (
-        "/workspace"
-    ),
-    namespace: Annotated[str | None, typer.Option("--namespace", help="KFP namespace (multi-user)")] = None,
+    workspace_path: Annotated[
+        str | None, typer.Option("--run-workspace", help="the runs' `workspace` parameter; default pipeline.mount_path")
+    ] = None,
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", help="where the runs execute; default pipeline.namespace")
+    ] = None,
+    service_account: Annotated[
+        str | None, typer.Option("--service-account", help="the runs' pods; default pipeline.service_account")
+    ] = None,
 ) -> None:
     """Upload the compiled pipeline (or a new version) and create a recurring run: one cycle at a
-    time (max_concurrency=1), no back-filling of missed slots (no_catchup)."""
+    time (max_concurrency=1), no back-filling of missed slots (no_catchup). The runs execute in
+    `pipeline.namespace` as `pipeline.service_account` of --config (the one you compiled with), where
+    manifests/ put the workspace volume, the Secrets and the Roles."""
     import os
 
     import kfp
@@ -282,15 +293,24 @@ def schedule(
     from rlhfops.pipeline.schedule import schedule as schedule_pipeline
 
     with user_errors():
+        pc = load_config(config, set_ or ()).pipeline
+        params = {
+            "workspace": workspace_path or pc.mount_path,
+            "config": run_config or config or "tiny",
+            "overrides": list(run_set or []),
+        }
         try:
-            client = kfp.Client(host=host, namespace=namespace or "kubeflow", existing_token=os.environ.get("KF_TOKEN"))
+            client = kfp.Client(
+                host=host, namespace=namespace or pc.namespace, existing_token=os.environ.get("KF_TOKEN")
+            )
             done = schedule_pipeline(
                 client,
                 package,
                 cron,
                 experiment=experiment,
                 job_name=job_name,
-                params={"workspace": workspace_path, "config": run_config, "overrides": list(run_set or [])},
+                params=params,
+                service_account=service_account or pc.service_account,
             )
         except (ValueError, FileNotFoundError):
             raise  # the package or the cron: reported as they are

@@ -146,14 +146,14 @@ def deploy_canary_cmd(
     cfg, ws = setup(config, set_, workspace)
     registry = Registry(ws.root)
     with user_errors():
-        entry = registry.get(version)
-        if registry.stable() is None:
+        entry, stable = registry.get(version), registry.stable()
+        if stable is None:
             fail("the registry has no stable version to compare a canary against; register one as stable first")
         registry.set_stage(version, "canary")
     out: dict[str, Any] = {"canary": version}
     if kserve_:
-        with user_errors():
-            out["kserve"] = kserve.apply(cfg, "canary", entry, uri=storage_uri)
+        with user_errors():  # the first deploy creates the InferenceService on stable
+            out["kserve"] = kserve.apply(cfg, "canary", entry, uri=storage_uri, stable=stable)
     emit_json(out) if json_out else console.print(f"{version} is the canary")
 
 

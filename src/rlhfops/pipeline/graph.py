@@ -10,8 +10,12 @@ Runtime parameters (what the Kubeflow UI asks for): `workspace` (the mounted vol
 name in configs/ or a path on the volume), `overrides` (a list of "a.b=value").
 
 Cluster settings come from the compile-time config's `pipeline` section: every task mounts the
-workspace PVC and gets the secrets as env; training tasks request GPUs (accelerator type and
-limit), tolerate GPU taints, select GPU nodes and get CPU / memory limits. `rlhfops compile`
+workspace PVC, gets the secrets as env (`optional_secret_env` optional) and runs as the images'
+non-root user (the KFP backend >= 2.16 adds the rest of the restricted profile: no privilege
+escalation, all capabilities dropped, RuntimeDefault seccomp); training tasks request GPUs
+(accelerator type and limit), tolerate GPU taints, select GPU nodes and get CPU / memory limits.
+Tasks with side effects outside their outputs (`SIDE_EFFECTS`: the registry, the interaction
+store, the data versions, the InferenceService) never come from KFP's cache. `rlhfops compile`
 writes `pipelines/iterative_rlhf.yaml` (checked in, at the repository root).
 """
 
@@ -21,6 +25,7 @@ from typing import List
 from kfp import compiler, dsl, kubernetes
 
 from rlhfops.config import Config, PipelineConfig
+from rlhfops.images import RUN_AS_USER
 from rlhfops.pipeline import COMPILED
 from rlhfops.pipeline.components.annotate import annotate
 from rlhfops.pipeline.components.canary_decide import canary_decide
@@ -36,15 +41,23 @@ from rlhfops.pipeline.components.train_reward import reward_finish, reward_membe
 from rlhfops.pipeline.components.version_data import version_data
 
 PIPELINE_NAME = "rlhfops-iterative-rlhf"
-# where `rlhfops compile` writes the IR YAML, relative to the repository root (checked in there)
+# Tasks that change state outside their outputs: a cached replay would skip the change (a run with a
+# reused name would collect nothing, decide no canary, deploy nothing).
+SIDE_EFFECTS = frozenset({"canary-decide", "collect", "annotate", "version-data", "canary-deploy", "record-failure"})
 
 
 def _cluster(task: dsl.PipelineTask, pc: PipelineConfig, train: bool) -> dsl.PipelineTask:
-    """The workspace volume and secrets on every task; GPUs, node selection and limits on training tasks."""
+    """The workspace volume, secrets and non-root user on every task; GPUs, node selection and limits
+    on training tasks; no cache for tasks with side effects."""
+    if task.component_spec.name.replace("_", "-") in SIDE_EFFECTS:
+        task.set_caching_options(False)
     kubernetes.mount_pvc(task, pvc_name=pc.pvc, mount_path=pc.mount_path)
     for env, ref in pc.secret_env.items():
         secret, key = ref.split(":", 1)
-        kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env={key: env})
+        kubernetes.use_secret_as_env(
+            task, secret_name=secret, secret_key_to_env={key: env}, optional=env in pc.optional_secret_env
+        )
+    kubernetes.set_security_context(task, run_as_user=RUN_AS_USER, run_as_group=RUN_AS_USER, run_as_non_root=True)
     task.set_cpu_request(pc.cpu_request).set_memory_request(pc.memory_request)
     if train:
         task.set_cpu_limit(pc.train_cpu_limit).set_memory_limit(pc.train_memory_limit)

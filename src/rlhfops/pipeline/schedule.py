@@ -1,10 +1,12 @@
 """Upload the compiled cycle pipeline to Kubeflow Pipelines and schedule it as a recurring run.
 
-    rlhfops schedule --host https://kubeflow.example.com/pipeline --cron '0 0 2 * * 0'
+    rlhfops schedule --config cluster --host https://kubeflow.example.com/pipeline --cron '0 0 2 * * 0'
 
-The pipeline is uploaded under its name the first time and as a new version afterwards; the
-recurring run allows one cycle at a time (`max_concurrency=1`: a cycle starts from what the last
-one left) and does not back-fill missed slots (`no_catchup=True`). KFP cron expressions have six
+The pipeline is uploaded under its name the first time and as a new version afterwards. The
+recurring run executes in the client's namespace (`pipeline.namespace`) with its pods running as
+`service_account` (`pipeline.service_account`, bound to the Roles of manifests/base/rbac.yaml); it
+allows one cycle at a time (`max_concurrency=1`: a cycle starts from what the last one left) and
+does not back-fill missed slots (`no_catchup=True`). KFP cron expressions have six
 fields, seconds first: '0 0 2 * * 0' is Sundays at 02:00.
 """
 

@@ -1,47 +1,49 @@
 """KServe control: render the InferenceService and move traffic between model versions.
 
+    create         the first canary deploy finds no InferenceService: it creates one serving the
+                   stable model (Serverless mode: Knative revisions, the only mode where KServe
+                   splits traffic) and waits until it is Ready, because KServe splits traffic only
+                   once a revision has rolled out; nothing in manifests/ points at a model that
+                   does not exist yet
     deploy_canary  merge-patch spec.predictor.canaryTrafficPercent = percent and the new
-                   spec.predictor.model.storageUri; the URI being replaced is kept in the
-                   annotation `rlhfops.io/previous-storage-uri` so a rollback can restore it
-    promote        remove canaryTrafficPercent (JSON merge patch: null deletes): the latest
-                   revision takes 100%
-    rollback       canaryTrafficPercent = 0 and the previous storageUri back: the last rolled-out
-                   revision keeps 100%
+                   spec.predictor.model.storageUri (a new revision); the URI being replaced is
+                   recorded in the annotation `rlhfops.io/previous-storage-uri`, changed only here
+                   because KServe copies the service's annotations into the revision template
+    promote        remove canaryTrafficPercent (JSON merge patch: null deletes): the canary's
+                   revision, already warm, takes 100%; nothing else changes, so no new revision
+    rollback       canaryTrafficPercent = 0: the last rolled-out revision keeps 100%, again without
+                   a new revision (the next canary replaces the rejected storageUri)
     status         the split from status.components.predictor.traffic
 
-`apply(cfg, action, version)` is the one entry point the cycle and the CLI use: it reaches the
-cluster (`rlhfops.kube`) and names the model by `storage_uri`.
+`apply(cfg, action, version, stable=...)` is the one entry point the cycle and the CLI use: it
+reaches the cluster (`rlhfops.kube`) and names every model by `storage_uri`.
 
 Runtimes: `huggingface` is KServe's Hugging Face server with its transformers backend (CPU),
 `vllm` the same server with its vLLM backend on GPU nodes, `rlhfops` this project's server image
-through the `rlhfops` ServingRuntime in manifests/base.
+through the `rlhfops` ServingRuntime in manifests/base. The predictor runs as `kserve.service_account`
+(no API rights, no token) under `images.pod_security`.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rlhfops.config import Config, KServeConfig
+from rlhfops.images import RUN_AS_USER, container_security, pod_security
+from rlhfops.kube import KubeError
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 PREVIOUS_URI = "rlhfops.io/previous-storage-uri"
+DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
 ACTIONS = ("canary", "promote", "rollback")
 
 
-def container_security() -> dict[str, Any]:
-    """The pod-security settings every container we run gets (restricted profile)."""
-    return {
-        "runAsNonRoot": True,
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def render_inference_service(cfg: KServeConfig, storage_uri: str | None = None) -> dict[str, Any]:
-    """The InferenceService `kserve.*` describes, serving `storage_uri` (default kserve.storage_uri)."""
+def render_inference_service(cfg: KServeConfig, storage_uri: str) -> dict[str, Any]:
+    """The InferenceService `kserve.*` describes, serving the model at `storage_uri`."""
     resources: dict[str, Any] = {
         "requests": {"cpu": cfg.cpu, "memory": cfg.memory},
         "limits": {"cpu": cfg.cpu, "memory": cfg.memory},
@@ -51,10 +53,11 @@ def render_inference_service(cfg: KServeConfig, storage_uri: str | None = None) 
         resources["limits"]["nvidia.com/gpu"] = str(cfg.gpus)
     model: dict[str, Any] = {
         "name": "kserve-container",  # KServe's own name for it; the SDK model requires one
-        "storageUri": storage_uri or cfg.storage_uri,
+        "storageUri": storage_uri,
         "resources": resources,
         "securityContext": container_security(),
     }
+    run_as: int | None = None  # KServe's Hugging Face image keeps its own user (1000)
     if cfg.runtime == "huggingface":
         model["modelFormat"] = {"name": "huggingface"}
         model["args"] = [f"--model_name={cfg.name}", "--backend=huggingface", "--dtype=float32"]
@@ -65,13 +68,27 @@ def render_inference_service(cfg: KServeConfig, storage_uri: str | None = None) 
         model["modelFormat"] = {"name": "rlhfops"}
         model["runtime"] = "rlhfops"
         model["securityContext"] = {**container_security(), "readOnlyRootFilesystem": True}
+        run_as = RUN_AS_USER
     else:
         raise ValueError(f"unknown kserve.runtime '{cfg.runtime}'; expected huggingface, vllm or rlhfops")
+    predictor: dict[str, Any] = {
+        "serviceAccountName": cfg.service_account,
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security(run_as),
+        "model": model,
+    }
+    if cfg.tolerations:
+        predictor["tolerations"] = [dict(t) for t in cfg.tolerations]
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "InferenceService",
-        "metadata": {"name": cfg.name, "namespace": cfg.namespace, "labels": {"app.kubernetes.io/part-of": "rlhfops"}},
-        "spec": {"predictor": {"serviceAccountName": cfg.service_account, "model": model}},
+        "metadata": {
+            "name": cfg.name,
+            "namespace": cfg.namespace,
+            "labels": {"app.kubernetes.io/part-of": "rlhfops"},
+            "annotations": {DEPLOYMENT_MODE: "Serverless"},
+        },
+        "spec": {"predictor": predictor},
     }
 
 
@@ -118,14 +135,15 @@ def canary_patch(storage_uri: str, previous_uri: str, percent: int) -> dict[str,
 
 
 def promote_patch() -> dict[str, Any]:
-    return {"metadata": {"annotations": {PREVIOUS_URI: None}}, "spec": {"predictor": {"canaryTrafficPercent": None}}}
+    return {"spec": {"predictor": {"canaryTrafficPercent": None}}}
 
 
-def rollback_patch(previous_uri: str) -> dict[str, Any]:
-    return {
-        "metadata": {"annotations": {PREVIOUS_URI: None}},
-        "spec": {"predictor": {"canaryTrafficPercent": 0, "model": {"storageUri": previous_uri}}},
-    }
+def rollback_patch() -> dict[str, Any]:
+    return {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
+
+
+def _canary_percent(obj: dict[str, Any]) -> int | None:
+    return obj.get("spec", {}).get("predictor", {}).get("canaryTrafficPercent")
 
 
 def deploy_canary(api: Any, name: str, namespace: str, storage_uri: str, percent: int = 10) -> dict[str, Any]:
@@ -134,12 +152,9 @@ def deploy_canary(api: Any, name: str, namespace: str, storage_uri: str, percent
     if not 0 < percent < 100:
         raise ValueError(f"a canary takes between 1 and 99 percent of traffic, got {percent}")
     current = _get(api, name, namespace)
-    predictor = current.get("spec", {}).get("predictor", {})
-    if predictor.get("canaryTrafficPercent") not in (None, 0, 100) and PREVIOUS_URI in current["metadata"].get(
-        "annotations", {}
-    ):
+    if _canary_percent(current) not in (None, 0, 100):
         raise ValueError(f"InferenceService '{name}' already has a canary; promote or roll it back first")
-    previous = predictor.get("model", {}).get("storageUri")
+    previous = current.get("spec", {}).get("predictor", {}).get("model", {}).get("storageUri")
     if not previous:
         raise ValueError(f"InferenceService '{name}' has no spec.predictor.model.storageUri to replace")
     return _patch(api, name, namespace, canary_patch(storage_uri, previous, percent))
@@ -151,12 +166,32 @@ def promote(api: Any, name: str, namespace: str) -> dict[str, Any]:
 
 
 def rollback(api: Any, name: str, namespace: str) -> dict[str, Any]:
-    """All traffic back to the previous model."""
-    current = _get(api, name, namespace)
-    previous = current["metadata"].get("annotations", {}).get(PREVIOUS_URI)
-    if not previous:
-        raise ValueError(f"InferenceService '{name}' records no previous storageUri; there is no canary to roll back")
-    return _patch(api, name, namespace, rollback_patch(previous))
+    """All traffic back to the last rolled-out revision (the previous model)."""
+    if _canary_percent(_get(api, name, namespace)) in (None, 100):
+        raise ValueError(f"InferenceService '{name}' has no canary to roll back")
+    return _patch(api, name, namespace, rollback_patch())
+
+
+def create(
+    api: Any,
+    cfg: KServeConfig,
+    storage_uri: str,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """Create the InferenceService serving `storage_uri` and wait until it is Ready."""
+    api.create_namespaced_custom_object(
+        GROUP, VERSION, cfg.namespace, PLURAL, render_inference_service(cfg, storage_uri)
+    )
+    deadline = clock() + cfg.ready_timeout_s
+    while not (st := status(api, cfg.name, cfg.namespace))["ready"]:
+        if clock() >= deadline:
+            raise KubeError(
+                f"InferenceService {cfg.namespace}/{cfg.name} was not Ready within {cfg.ready_timeout_s:g} s "
+                f"of its creation (serving {storage_uri}); see `kubectl -n {cfg.namespace} describe isvc {cfg.name}`"
+            )
+        sleep(cfg.poll_s)
+    return st
 
 
 def status(api: Any, name: str, namespace: str) -> dict[str, Any]:
@@ -188,8 +223,9 @@ def status(api: Any, name: str, namespace: str) -> dict[str, Any]:
 
 def storage_uri(cfg: Config, model_path: str | Path) -> str:
     """`pvc://<pipeline.pvc>/<path inside the workspace volume>` for a model directory under
-    `pipeline.mount_path` (where every pipeline task mounts the workspace claim): the only place a
-    model the loop trained is where KServe's storage initializer can read it."""
+    `pipeline.mount_path` (where every pipeline task mounts the workspace claim): the one rule for
+    the pipeline's deploy and `rlhfops deploy canary --kserve` alike, since a model the loop trained
+    is only where KServe can read it on that volume."""
     mount = Path(cfg.pipeline.mount_path).resolve()
     path = Path(model_path).resolve()
     if not path.is_relative_to(mount):
@@ -201,14 +237,21 @@ def storage_uri(cfg: Config, model_path: str | Path) -> str:
 
 
 def apply(
-    cfg: Config, action: str, version: dict[str, Any] | None = None, api: Any = None, uri: str | None = None
+    cfg: Config,
+    action: str,
+    version: dict[str, Any] | None = None,
+    api: Any = None,
+    uri: str | None = None,
+    stable: dict[str, Any] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
     """The registry's canary step on the InferenceService `kserve.*` names: `canary` serves `version`
     (a registry record, at `storage_uri` of its path unless `uri` overrides it) to
-    `kserve.canary_percent` of the traffic, `promote` gives the canary all of it, `rollback` returns
-    it to the previous model. `api` defaults to the cluster's (`rlhfops.kube.custom_objects_api`).
-    Returns the patched InferenceService."""
-    from rlhfops.kube import api_errors, custom_objects_api
+    `kserve.canary_percent` of the traffic, first creating the service on `stable` (the registry's
+    stable record) when it does not exist yet; `promote` gives the canary all of it, `rollback`
+    returns it to the previous model. `api` defaults to the cluster's
+    (`rlhfops.kube.custom_objects_api`). Returns the patched InferenceService."""
+    from rlhfops.kube import api_errors, custom_objects_api, not_found
 
     if action not in ACTIONS:
         raise ValueError(f"unknown KServe action '{action}'; expected {', '.join(ACTIONS)}")
@@ -220,6 +263,13 @@ def apply(
     api = api if api is not None else custom_objects_api()
     with api_errors(f"InferenceService {kc.namespace}/{kc.name}"):
         if action == "canary":
+            if not_found(lambda: _get(api, kc.name, kc.namespace)):
+                if stable is None:
+                    raise ValueError(
+                        f"InferenceService {kc.namespace}/{kc.name} does not exist; the first canary deploy "
+                        "creates it from the registry's stable version, which was not given"
+                    )
+                create(api, kc, storage_uri(cfg, stable["path"]), sleep=sleep)
             return deploy_canary(api, kc.name, kc.namespace, uri, kc.canary_percent)
         if action == "promote":
             return promote(api, kc.name, kc.namespace)
