@@ -14,6 +14,7 @@ from rlhfops.tasks.arithmetic import (
     ArithmeticTask,
     Step,
     caught,
+    compute,
     make_example,
     parse_response,
     pick_corruption,
@@ -83,7 +84,11 @@ def check_shape(ex: Example, response: str, name: str) -> None:
     got, ref = parse_response(response), parse_response(ex.reference)
     assert got.malformed == 0
     if name == "wrong_step":
-        assert verify(ex, response).step_valid.count(False) == 1
+        # One result is off; later steps are right arithmetic on it, but invalid where they use it.
+        valid = verify(ex, response).step_valid
+        k = valid.index(False)
+        assert all(valid[:k]) and got.steps[:k] == ref.steps[:k] and got.steps[k] != ref.steps[k]
+        assert all(compute(s.a, s.op, s.b) == s.result for s in got.steps[k + 1 :])
         assert int(got.answer) == got.steps[-1].result
     elif name == "skipped_step":
         assert len(got.steps) == len(ref.steps) - 1 and got.answer == ex.answer
@@ -95,6 +100,9 @@ def check_shape(ex: Example, response: str, name: str) -> None:
         assert ex.kind in ("solve", "undefined") and response == "answer: refuse"
     elif name == "undefined_number":
         assert ex.kind == "undefined" and not got.steps and got.answer.isdigit()
+    elif name == "verbose":
+        # The repeated step rewrites nothing, so it is the one invalid line.
+        assert verify(ex, response).step_valid.count(False) == 1 and got.answer == ex.answer
 
 
 @pytest.mark.parametrize("corruption", CORRUPTIONS)
@@ -192,9 +200,9 @@ def test_verify_reference():
     assert v.n_chars == len(DESIGN.reference)
 
 
-def test_verify_wrong_step_followed_through():
+def test_verify_wrong_value_carried_forward_stays_wrong():
     v = verify(DESIGN, "45*2=91\n23+91=114\nanswer: 114")
-    assert v.step_valid == [False, True] and not v.steps_valid
+    assert v.step_valid == [False, False] and not v.steps_valid
     assert not v.answer_correct and v.answer_consistent
 
 
@@ -211,8 +219,8 @@ def test_verify_malformed_line_counts_as_invalid_step():
 def test_verify_division_by_a_non_divisor():
     ex = make_example("q: 9/3+7?\n")
     v = verify(ex, "7/3=2\n9+2=11\nanswer: 11")
-    assert v.step_valid == [False, True]
-    assert verify(ex, "9/0=0\n0+7=7\nanswer: 7").step_valid == [False, True]
+    assert v.step_valid == [False, False]
+    assert verify(ex, "9/0=0\n0+7=7\nanswer: 7").step_valid == [False, False]
 
 
 def test_verify_answer_after_extra_text():
