@@ -31,8 +31,8 @@ def test_reference_is_all_good_and_lines_are_the_completions():
 
 def test_wrong_step_and_the_wrong_answer_it_leads_to_are_bad():
     assert labels(SOLVE, "3*4=12\n2+12=15\nanswer: 15") == [True, False, False]
-    # A wrong first step carried forward: later arithmetic is right on an earlier result, so it is good.
-    assert labels(SOLVE, "3*4=13\n2+13=15\nanswer: 15") == [False, True, False]
+    # A wrong value carried forward stays wrong: the later step rewrites a number the expression does not have.
+    assert labels(SOLVE, "3*4=13\n2+13=15\nanswer: 15") == [False, False, False]
 
 
 def test_skipped_step_uses_a_number_from_nowhere():

@@ -41,8 +41,8 @@ from rlhfops.tasks import STEP_SEPARATOR, Example, StepStructure, Task, steps_of
 def exact_step_labels(steps: StepStructure, example: Example, response: str) -> dict[str, Any] | None:
     """The stepwise record of `response` labelled by the exact verifier; None for an empty response.
 
-    A step line is good when its arithmetic is right and its operands come from the prompt or
-    earlier steps; a malformed line (or anything after the answer line) is bad; the answer line
+    A step line is good when it is a valid rewrite of the expression (the task's step rule: right
+    arithmetic on a pair the expression lets be evaluated first); a malformed line (or anything after the answer line) is bad; the answer line
     is good when the answer is correct.
     """
     if not response:
