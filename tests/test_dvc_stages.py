@@ -108,3 +108,71 @@ def test_dvc_dag_and_the_first_stages_reproduce(tmp_path):
     assert set(lock) == {"sft", "collect"} and lock["collect"]["outs"][0]["md5"]
     status = subprocess.run([*DVC, "status", "collect"], cwd=repo, capture_output=True, text=True, env=env)
     assert "up to date" in status.stdout  # reproduced: nothing left to run for these stages
+
+
+def _reads(function_names: list[str]) -> set[str]:
+    """`cfg.<section>` and `cfg.<section>.<key>` read in these rlhfops.cycle functions' bodies."""
+    import ast
+    import inspect
+
+    from rlhfops import cycle
+
+    found = set()
+    for name in function_names:
+        tree = ast.parse(inspect.getsource(getattr(cycle, name)))
+        for node in ast.walk(tree):
+            chain = []
+            while isinstance(node, ast.Attribute):
+                chain.insert(0, node.attr)
+                node = node.value
+            if isinstance(node, ast.Name) and node.id == "cfg" and chain:
+                found.add(".".join(chain[:2]))
+    # ast.walk also visits the inner `cfg.a` of `cfg.a.b`: keep the longest reads
+    found = {k for k in found if not any(other.startswith(k + ".") for other in found)}
+    return found - {"model_copy", "model_dump", "save"}
+
+
+# keys read below the stage functions, in the library they call (issue 16 names these)
+LIBRARY_READS = {
+    "evaluate": {"eval.greedy", "generation.temperature", "pipeline.offline", "policy.algorithm"},
+    "offline": {"shaping.enabled", "pipeline.offline", "offline.reward", "scalarisation.method"},
+    "policy": {"shaping.enabled", "policy.algorithm", "policy.dense_prm", "reward.objectives", "prm.aggregation"},
+    "collect": {"serving.store_url", "collect.n_prompts", "generation.max_new_tokens"},
+    "annotate": {"annotation.judges", "reward.objectives"},
+}
+
+
+def _covered(key: str, params: list[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in params)
+
+
+def test_every_stage_lists_the_params_it_reads():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    cfg = load_config(None).model_dump()
+    for name, stage in stages.items():
+        runs = re.findall(r"rlhfops stage (\w+)", stage["cmd"])
+        reads = _reads([STAGES[r].__name__ for r in runs]) | LIBRARY_READS.get(name, set())
+        for key in sorted(reads):
+            section, _, field = key.partition(".")
+            assert section in cfg and (not field or field in cfg[section]), f"{key} is not a config key"
+            assert _covered(key, stage["params"]), f"dvc stage {name} reads {key} but its params leave it out"
+
+
+def test_the_param_check_catches_a_missing_key():
+    assert not _covered("eval.greedy", ["pipeline.eval_prompts", "pipeline.eval_best_of_n"])
+    assert _covered("eval.greedy", ["eval"]) and _covered("pipeline.offline", ["pipeline.offline"])
+
+
+def test_state_files_and_the_policy_out_follow_the_config(tmp_path):
+    """registry.json and interactions.db are outs (kept, not cached); the policy's out is named by
+    policy.algorithm, as resolved by DVC itself."""
+    from dvc.repo import Repo
+
+    repo = _repo(tmp_path)
+    (repo / "params.yaml").write_text(yaml.safe_dump(load_config("smoke", ["policy.algorithm=grpo"]).to_dict()))
+    stages = {s.name: s for s in Repo(str(repo)).index.stages}
+    collect = {str(o): o for o in stages["collect"].outs}
+    for state in ("dvc-workspace/registry.json", "dvc-workspace/interactions.db"):
+        assert collect[state].persist and not collect[state].use_cache, state
+    assert [str(o) for o in stages["policy"].outs] == ["dvc-workspace/models/cycle-0001/grpo"]
+    assert "dvc-workspace/models/cycle-0001/grpo" in [str(d) for d in stages["evaluate"].deps]
