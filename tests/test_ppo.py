@@ -8,7 +8,8 @@ import torch
 
 from rlhfops.config import load_config
 from rlhfops.modeling import init_policy, load_policy, save_policy
-from rlhfops.rl.ppo import TRAIN_LOG, VALUE_HEAD, line_end_tokens, train_ppo
+from rlhfops.reward.prm import response_step_tokens
+from rlhfops.rl.ppo import TRAIN_LOG, VALUE_HEAD, roles, train_ppo
 from rlhfops.sft import run_sft
 
 SYNTHETIC = [
@@ -97,25 +98,23 @@ def test_non_finite_loss_stops_with_a_clear_error(init_dir, tmp_path):
     assert not (tmp_path / "ppo").exists()  # nothing half-written
 
 
-def test_line_end_tokens_end_each_line(init_dir):
+def test_step_tokens_end_each_line(init_dir):
     tokenizer, _ = load_policy(init_dir)
-    enc = tokenizer(["1+2=3\nanswer: 3<eos>"], add_special_tokens=False, return_tensors="pt")["input_ids"]
-    mask = torch.ones_like(enc)
-    assert line_end_tokens(tokenizer, enc, mask) == [[5, 15]]
+    ids = tokenizer(["1+2=3\nanswer: 3<eos>"], add_special_tokens=False, return_tensors="pt")["input_ids"]
+    assert response_step_tokens(tokenizer, ids, torch.ones_like(ids), ["1+2=3\nanswer: 3"]) == [[5, 15]]
+    assert response_step_tokens(tokenizer, ids, torch.zeros_like(ids), [""]) == [[]]  # an empty response: no step
 
 
-def test_line_end_tokens_give_one_position_per_line_when_a_token_holds_two_newlines():
-    """A BPE vocabulary has one token for "\\n\\n": the PRM scores two lines there, so PPO needs two positions."""
-
-    class TwoNewlines:
-        pieces = {0: "1+2=3", 1: "\n\n", 2: "answer: 3"}
-
-        def decode(self, ids):
-            return "".join(self.pieces[i] for i in ids)
-
-    ids = torch.tensor([[0, 1, 2]])
-    positions = line_end_tokens(TwoNewlines(), ids, torch.ones_like(ids))
-    assert positions == [[1, 1, 2]] and len(positions[0]) == len(["1+2=3", "", "answer: 3"])
+@pytest.mark.parametrize("kl_coef, critic", [(0.05, "value_head"), (0.0, "value_model")])
+def test_every_role_is_on_the_device_asked(init_dir, kl_coef, critic):
+    """Actor, reference and critic all go where the rollout runs (here `meta`, a device other than
+    the CPU the checkpoint loads on): a role left behind would fail this."""
+    cfg = load_config("smoke", [f"policy.kl_coef={kl_coef}", f"policy.critic={critic}"])
+    _, actor, reference, critic_model = roles(cfg, init_dir, torch.device("meta"))
+    models = [actor, critic_model] + ([reference] if reference is not None else [])
+    assert (reference is not None) == (kl_coef > 0)
+    assert {p.device.type for m in models for p in m.parameters()} == {"meta"}
+    assert {p.dtype for m in models for p in m.parameters()} == {torch.float32}
 
 
 @pytest.mark.parametrize("name", ["zero2", "zero3"])

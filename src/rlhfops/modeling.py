@@ -9,6 +9,12 @@ Everything that samples from a saved policy (evaluation, Best-of-N, collection, 
 bench) loads it with `load_decoder`, which also decides how it decodes: an offline-RL policy (a
 directory with ILQL heads) shifts its logits by beta * (Q - V), any other decodes plainly. What is
 evaluated at the gate is then what is collected from and served.
+
+Devices and dtypes are decided here, once (`load_weights`): a model loaded to train is float32
+(hub checkpoints are mostly stored in bf16, and AdamW on bf16 weights loses small updates; mixed
+precision keeps these fp32 master weights), a model loaded to decode keeps the checkpoint's dtype
+and goes to `default_device()` (the CUDA device when there is one). Trainers place what they train
+(`accelerate`, the HF Trainer); everything else asks `model_device(model)` where a model is.
 """
 
 from __future__ import annotations
@@ -91,17 +97,61 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_policy(name_or_path: str | Path) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
-    """Load a causal LM and its tokenizer from a local directory or a hub id."""
+# The dtype of weights an optimiser updates: one AdamW step at lr 1e-6 changes 0.2% of a bf16
+# checkpoint's weights left in bf16 (issue 20); float32 keeps every update.
+TRAIN_DTYPE = torch.float32
+
+
+def default_device() -> torch.device:
+    """Where a model runs outside a trainer: the CUDA device when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device a model's weights are on (inputs, generators and scores go there)."""
+    return next(model.parameters()).device
+
+
+def load_weights(auto_class, name_or_path: str | Path, *, train: bool, device: torch.device | None = None, **kwargs):
+    """`auto_class.from_pretrained` as every model here is loaded: safetensors only, no remote code,
+    float32 when `train` (`TRAIN_DTYPE`) else the checkpoint's own dtype, moved to `device` (None:
+    left on the CPU for a trainer to place). `kwargs` go to `from_pretrained` (e.g. num_labels=1)."""
+    model = auto_class.from_pretrained(
+        str(name_or_path),
+        trust_remote_code=False,
+        use_safetensors=True,
+        dtype=TRAIN_DTYPE if train else "auto",
+        **kwargs,
+    )
+    return model if device is None else model.to(device)
+
+
+def load_policy(
+    name_or_path: str | Path, *, train: bool = True, device: torch.device | None = None
+) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """Load a causal LM and its tokenizer from a local directory or a hub id; `train` and `device`
+    as in `load_weights` (the default: float32 on the CPU, to be trained)."""
     name = str(name_or_path)
     if not Path(name).is_dir() and not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name):
         raise FileNotFoundError(f"model directory '{name}' does not exist")
     try:
         tokenizer = load_tokenizer(name)
-        model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=False, use_safetensors=True)
+        model = load_weights(AutoModelForCausalLM, name, train=train, device=device)
     except OSError as e:
         raise FileNotFoundError(f"cannot load model '{name}': {str(e).splitlines()[0]}") from None
     return tokenizer, model
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> list[int]:
+    """Every token id that ends a turn: the tokenizer's eos and each eos id of the model's
+    `generation_config` (Llama-3-Instruct and Gemma-it end a turn with a token that is not the
+    tokenizer's eos), first the tokenizer's."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for i in [configured] if isinstance(configured, int) else configured or []:
+        if i not in ids:
+            ids.append(i)
+    return ids
 
 
 def init_policy(cfg: Config) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
@@ -144,20 +194,32 @@ def polyak_update(target: nn.Module, source: nn.Module, polyak: float) -> None:
         t.mul_(1 - polyak).add_(s.detach(), alpha=polyak)
 
 
+# The spread of an untrained Q head's values over the vocabulary at one state: the decoding shift
+# beta * (Qhat - V) starts near 0 whatever the model's hidden-state scale (SmolLM2's final hidden
+# states are ~100x the tiny model's, and a fixed weight std shifted its next-token distribution by
+# 0.284 nats per token at beta 2), yet the two heads differ.
+Q_INIT_SPREAD = 1e-3
+
+
 class ILQLHeads(nn.Module):
     """Q_1, Q_2 (H -> V), frozen Polyak targets of both, V (H -> 1) on the trunk's hidden state.
-    Trained by `rl/ilql.py`; saved beside the causal LM as `ILQL_HEADS`."""
+    Trained by `rl/ilql.py`; saved beside the causal LM as `ILQL_HEADS`.
 
-    def __init__(self, hidden_size: int, vocab_size: int):
+    `hidden_norm` is the typical L2 norm of the trunk's last hidden state (`rl/ilql.py` measures it
+    on the data): Q weights start at std Q_INIT_SPREAD / hidden_norm, so Q(s, .) starts with that
+    spread on any model; V starts at 0."""
+
+    def __init__(self, hidden_size: int, vocab_size: int, hidden_norm: float = 1.0):
         super().__init__()
         self.q1, self.q2 = nn.Linear(hidden_size, vocab_size), nn.Linear(hidden_size, vocab_size)
         for q in (self.q1, self.q2):
-            # Near zero so the decoding shift starts near 0, yet different so the two heads differ.
-            nn.init.normal_(q.weight, std=1e-2)
+            nn.init.normal_(q.weight, std=Q_INIT_SPREAD / hidden_norm)
             nn.init.zeros_(q.bias)
         self.target_q1 = copy.deepcopy(self.q1).requires_grad_(False)
         self.target_q2 = copy.deepcopy(self.q2).requires_grad_(False)
         self.v = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.v.weight)
+        nn.init.zeros_(self.v.bias)
 
     def qhat(self, hidden: torch.Tensor) -> torch.Tensor:
         """min(Q'_1, Q'_2) over the vocabulary, from the target heads: (..., H) -> (..., V)."""
@@ -214,11 +276,14 @@ def is_offline_policy(model_dir: str | Path) -> bool:
     return (Path(model_dir) / ILQL_HEADS).exists()
 
 
-def load_decoder(cfg: Config, model_dir: str | Path) -> Decoder:
-    """The policy in `model_dir` as it decodes: an offline-RL policy with its beta * (Q - V) shift
-    (`offline.decode_beta`), any other plainly (hook None)."""
-    tokenizer, model = load_policy(model_dir)
+def load_decoder(cfg: Config, model_dir: str | Path, device: torch.device | None = None) -> Decoder:
+    """The policy in `model_dir` as it decodes, in its checkpoint's dtype on `device` (None:
+    `default_device()`): an offline-RL policy with its beta * (Q - V) shift (`offline.decode_beta`),
+    any other plainly (hook None)."""
+    device = device or default_device()
+    tokenizer, model = load_policy(model_dir, train=False, device=device)
     model.eval()
     if not is_offline_policy(model_dir):
         return Decoder(tokenizer, model, None)
-    return Decoder(tokenizer, model, ilql_shift_hook(ILQLHeads.load(model_dir), cfg.offline.decode_beta))
+    heads = ILQLHeads.load(model_dir).to(device)
+    return Decoder(tokenizer, model, ilql_shift_hook(heads, cfg.offline.decode_beta))

@@ -9,6 +9,12 @@ validation accuracy and normalisation, validation summary), the resolved config,
 Members' raw Bradley-Terry scores have arbitrary offsets, so each is normalised by the mean and
 std of its scores on the validation responses before aggregating: otherwise the spread across
 members would measure offsets, not disagreement.
+
+An ensemble is loaded in its checkpoints' dtype on `modeling.default_device()` (the GPU when there
+is one). Full members of one Llama shape may be scored in one stacked pass (`reward/stacked.py`),
+which holds a second copy of every weight: it is built the first time a batch takes it (on a GPU
+every batch, and the members are then let go; on a CPU only batches of `CPU_STACK_MAX_BATCH` or
+fewer, next to the members), never at load time.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from rlhfops.chat import scored_text
-from rlhfops.modeling import load_tokenizer
+from rlhfops.modeling import default_device, load_tokenizer, load_weights
 from rlhfops.reward.stacked import StackedLlamaScorer, can_stack
 from rlhfops.workspace import RM_HEADS as HEADS
 from rlhfops.workspace import RM_MANIFEST as MANIFEST
@@ -72,8 +78,9 @@ def pooled_last_token(hidden: torch.Tensor, input_ids: torch.Tensor, pad_token_i
 class RewardEnsemble:
     """Scores (prompt, completion) pairs with every member; see the module docstring."""
 
-    def __init__(self, path: str | Path, fused: str = "auto"):
+    def __init__(self, path: str | Path, fused: str = "auto", device: torch.device | None = None):
         self.path = Path(path)
+        self.device = device or default_device()
         manifest_path = self.path / MANIFEST
         if not manifest_path.exists():
             raise FileNotFoundError(f"'{self.path}' is not a reward ensemble (no {MANIFEST})")
@@ -87,18 +94,20 @@ class RewardEnsemble:
         self.accuracies = torch.tensor([m.get("val_accuracy") or 1.0 for m in members])
         self.offsets = torch.tensor([m.get("reward_mean", 0.0) for m in members])[:, None]
         self.scales = torch.tensor([m.get("reward_std", 1.0) for m in members])[:, None]
+        self.stacked: StackedLlamaScorer | None = None  # built by the first batch that takes it
         if self.kind == "full":
             self.models = [
-                AutoModelForSequenceClassification.from_pretrained(self.path / n, use_safetensors=True).eval()
+                load_weights(AutoModelForSequenceClassification, self.path / n, train=False, device=self.device).eval()
                 for n in self.names
             ]
             self.tokenizer: PreTrainedTokenizerBase = load_tokenizer(self.path / self.names[0])
-            self.stacked = StackedLlamaScorer(self.models) if can_stack(self.models) else None
+            self.stackable = fused != "never" and can_stack(self.models)
         elif self.kind == "heads":
-            self.trunk = AutoModel.from_pretrained(self.path / "trunk", use_safetensors=True).eval()
+            self.trunk = load_weights(AutoModel, self.path / "trunk", train=False, device=self.device).eval()
             self.tokenizer = load_tokenizer(self.path / "trunk")
-            heads = load_file(self.path / HEADS)
+            heads = load_file(self.path / HEADS, device=str(self.device))
             self.head_weight, self.head_bias = heads["weight"], heads["bias"]  # (K, H), (K,)
+            self.stackable = False
         else:
             raise ValueError(f"unknown ensemble kind '{self.kind}' in {manifest_path}")
 
@@ -117,24 +126,32 @@ class RewardEnsemble:
         """Un-normalised member scores (K, N)."""
         out = []
         for i in range(0, len(prompts), batch_size):
-            enc = self.encode(prompts[i : i + batch_size], completions[i : i + batch_size])
+            enc = self.encode(prompts[i : i + batch_size], completions[i : i + batch_size]).to(self.device)
             ids, mask = enc["input_ids"], enc["attention_mask"]
             if self.kind == "heads":
                 hidden = self.trunk(input_ids=ids, attention_mask=mask).last_hidden_state
                 pooled = pooled_last_token(hidden, ids, self.tokenizer.pad_token_id)  # (B, H)
-                out.append(self.head_weight @ pooled.T + self.head_bias[:, None])
-            elif self.stacked is not None and self._stack(ids.shape[0]):
-                out.append(self.stacked(ids, mask))
+                out.append(self.head_weight.to(pooled) @ pooled.T + self.head_bias.to(pooled)[:, None])
+            elif self._stack(ids.shape[0]):
+                out.append(self._stacked()(ids, mask))
             else:
                 out.append(torch.stack([m(input_ids=ids, attention_mask=mask).logits[:, 0] for m in self.models]))
-        return torch.cat(out, dim=1).float()
+        return torch.cat(out, dim=1).float().cpu()
 
     def _stack(self, batch: int) -> bool:
-        if self.fused == "always":
-            return True
-        if self.fused == "never":
+        """Whether a batch of `batch` sequences is scored in one stacked pass (module docstring)."""
+        if not self.stackable:
             return False
-        return torch.cuda.is_available() or batch <= CPU_STACK_MAX_BATCH
+        return self.fused == "always" or self.device.type != "cpu" or batch <= CPU_STACK_MAX_BATCH
+
+    def _stacked(self) -> StackedLlamaScorer:
+        """The stacked scorer, built on first use; off the CPU it replaces the members (only the
+        stacked pass runs there), so the weights are held once."""
+        if self.stacked is None:
+            self.stacked = StackedLlamaScorer(self.models).to(self.device)
+            if self.device.type != "cpu":
+                self.models = []
+        return self.stacked
 
     def member_rewards(self, prompts: list[str], completions: list[str], batch_size: int = 64) -> torch.Tensor:
         """Normalised member scores (K, N)."""

@@ -25,6 +25,7 @@ import json
 import math
 import random
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -42,7 +43,8 @@ from transformers import (
 from rlhfops.annotation.steps import read_step_data
 from rlhfops.chat import render
 from rlhfops.config import CONFIG_FILENAME, Config, load_config
-from rlhfops.modeling import load_decoder, load_tokenizer, save_policy
+from rlhfops.generation import token_offsets
+from rlhfops.modeling import default_device, load_decoder, load_tokenizer, load_weights, model_device, save_policy
 from rlhfops.tasks import STEP_SEPARATOR, Example, Task, make_task, steps_of
 from rlhfops.workspace import PRM_METRICS as METRICS
 from rlhfops.workspace import STEPS, TRAIN_LOG
@@ -58,6 +60,27 @@ AGGREGATIONS = ("min", "product", "last")
 # ---- tokenization ------------------------------------------------------------------------------
 
 
+def separator_chars(lines: list[str], start: int = 0) -> list[int]:
+    """The character index of the separator after each line of `line + "\\n"` pieces written from
+    character `start` on."""
+    chars, at = [], start
+    for line in lines:
+        at += len(line)
+        chars.append(at)
+        at += len(STEP_SEPARATOR)
+    return chars
+
+
+def covering_tokens(offsets: Sequence[tuple[int, int]], chars: list[int]) -> list[int | None]:
+    """Per character index, the first token whose (start, end) span covers it; None when none does.
+    A token holding two separators ("\\n\\n") covers both: two steps end on it."""
+    owner: dict[int, int] = {}
+    for token, (start, end) in enumerate(offsets):
+        for char in range(start, end):
+            owner.setdefault(char, token)
+    return [owner.get(char) for char in chars]
+
+
 def separator_positions(
     tokenizer: PreTrainedTokenizerBase, prompt: str, lines: list[str], max_length: int
 ) -> tuple[list[int], list[int | None]]:
@@ -67,19 +90,37 @@ def separator_positions(
     text = rendered + "".join(line + STEP_SEPARATOR for line in lines)
     enc = tokenizer(text, return_offsets_mapping=True)
     ids = enc["input_ids"][:max_length]
-    owner: dict[int, int] = {}  # character index -> first token covering it (specials cover none)
-    for token, (start, end) in enumerate(enc["offset_mapping"]):
-        for char in range(start, end):
-            owner.setdefault(char, token)
     positions: list[int | None] = []
-    at = len(rendered)
-    for line in lines:
-        at += len(line)  # the separator after this line
-        if at not in owner:
+    chars = separator_chars(lines, len(rendered))
+    for at, token in zip(chars, covering_tokens(enc["offset_mapping"], chars), strict=True):
+        if token is None:
             raise ValueError(f"the tokenizer keeps no token for the step separator at character {at} of {text!r}")
-        positions.append(owner[at] if owner[at] < max_length else None)
-        at += len(STEP_SEPARATOR)
+        positions.append(token if token < max_length else None)
     return ids, positions
+
+
+def response_step_tokens(
+    tokenizer: PreTrainedTokenizerBase, completion_ids: torch.Tensor, completion_mask: torch.Tensor, texts: list[str]
+) -> list[list[int]]:
+    """Where each line of a sampled response ends among its completion tokens, one index per line
+    `ProcessRewardModel.step_scores` scores (`text.split("\\n")`, none for an empty text): the token
+    covering the newline after the line (by `generation.token_offsets`, the sampled tokens' offset
+    mapping, as the PRM finds its separators), and for the last line the last completion token.
+
+    completion_ids, completion_mask (B, T) as `generate` returns them, texts its B texts."""
+    rows = []
+    for ids, mask, text in zip(completion_ids.tolist(), completion_mask.tolist(), texts, strict=True):
+        kept = [t for t, m in zip(ids, mask, strict=True) if m]
+        if not text:
+            rows.append([])
+            continue
+        lines = text.split(STEP_SEPARATOR)
+        chars = separator_chars(lines[:-1])
+        tokens = covering_tokens(token_offsets(tokenizer, kept), chars)
+        if None in tokens:
+            raise ValueError(f"the sampled tokens do not decode to the response {text!r}: no token holds a newline")
+        rows.append([*tokens, len(kept) - 1])
+    return rows
 
 
 def encode_record(tokenizer: PreTrainedTokenizerBase, record: dict[str, Any], max_length: int) -> dict[str, list]:
@@ -145,9 +186,7 @@ def init_prm(name_or_path: str | Path, seed: int) -> tuple[PreTrainedTokenizerBa
     torch.manual_seed(seed)  # the new head's initial weights
     try:
         tokenizer = load_tokenizer(name)
-        model = AutoModelForTokenClassification.from_pretrained(
-            name, num_labels=1, trust_remote_code=False, use_safetensors=True
-        )
+        model = load_weights(AutoModelForTokenClassification, name, train=True, num_labels=1)
     except OSError as e:
         raise FileNotFoundError(f"cannot load model '{name}' as a PRM: {str(e).splitlines()[0]}") from None
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -176,13 +215,16 @@ class ProcessRewardModel:
         self.batch_size = batch_size
 
     @classmethod
-    def load(cls, path: str | Path, batch_size: int = SCORE_BATCH_SIZE) -> ProcessRewardModel:
-        """Load a directory written by `train_prm`; max_length and aggregation come from its config."""
+    def load(
+        cls, path: str | Path, batch_size: int = SCORE_BATCH_SIZE, device: torch.device | None = None
+    ) -> ProcessRewardModel:
+        """Load a directory written by `train_prm`, in its checkpoint's dtype on `device` (None:
+        `modeling.default_device()`); max_length and aggregation come from its config."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"PRM directory '{path}' does not exist")
         tokenizer = load_tokenizer(path)
-        model = AutoModelForTokenClassification.from_pretrained(path, trust_remote_code=False, use_safetensors=True)
+        model = load_weights(AutoModelForTokenClassification, path, train=False, device=device or default_device())
         if (path / CONFIG_FILENAME).exists():
             prm_cfg = load_config(path / CONFIG_FILENAME).prm
             return cls(model.eval(), tokenizer, prm_cfg.max_length, prm_cfg.aggregation, batch_size)
@@ -192,7 +234,7 @@ class ProcessRewardModel:
     def line_probs(self, prompts: list[str], lines: list[list[str]]) -> list[list[float | None]]:
         """P(line is good) for every line of every response; None for a line cut off by max_length."""
         self.model.eval()
-        device = next(self.model.parameters()).device
+        device = model_device(self.model)
         out: list[list[float | None]] = []
         for i in range(0, len(prompts), self.batch_size):
             encoded = [
@@ -306,7 +348,7 @@ def train_prm(
     train_records = read_step_data(train_path)
     val_records = read_step_data(val_path)
     tokenizer, model = init_prm(init_dir, cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     model.to(device).train()
 
     features = [encode_record(tokenizer, r, p.max_length) for r in train_records]

@@ -36,7 +36,7 @@ from rlhfops.chat import render
 from rlhfops.config import Config
 from rlhfops.files import atomic_directory, read_jsonl, write_jsonl
 from rlhfops.generation import sample_texts
-from rlhfops.modeling import ILQLHeads, load_policy, save_policy
+from rlhfops.modeling import ILQLHeads, default_device, load_decoder, load_policy, save_policy
 from rlhfops.rl.losses import (
     awac_weights,
     cql_loss,
@@ -58,9 +58,9 @@ def build_offline_data(cfg: Config, policy_dir: str | Path, out_path: str | Path
     {"prompt", "response", "reward"}."""
     oc = cfg.offline
     task = make_task(cfg.task, seed=cfg.seed)
-    tokenizer, model = load_policy(policy_dir)
+    tokenizer, model, hook = load_decoder(cfg, policy_dir)
     prompts = [ex.prompt for ex in task.examples("train", oc.n_prompts) for _ in range(oc.samples_per_prompt)]
-    responses = sample_texts(model, tokenizer, prompts, cfg.generation, cfg.seed)
+    responses = sample_texts(model, tokenizer, prompts, cfg.generation, cfg.seed, logits_hook=hook)
     rewards = reward_fn(prompts, responses)
     for i, r in enumerate(rewards):
         if r is None or not math.isfinite(r):
@@ -126,6 +126,14 @@ def trunk_forward(model, ids: torch.Tensor, attn: torch.Tensor) -> tuple[torch.T
     return out.logits.float(), out.hidden_states[-1].float()
 
 
+@torch.no_grad()
+def hidden_norm(model, batch: dict[str, torch.Tensor]) -> float:
+    """The mean L2 norm of the trunk's last hidden state over a batch's real tokens (the scale the
+    untrained Q heads are initialised against, `ILQLHeads`)."""
+    _, hidden = trunk_forward(model, batch["ids"], batch["attn"])
+    return hidden[batch["attn"].bool()].norm(dim=-1).mean().item()
+
+
 def method_coefficients(cfg: Config) -> tuple[float, float]:
     """(tau, cql alpha) for `offline.method`."""
     oc = cfg.offline
@@ -164,7 +172,7 @@ def ilql_losses(model, heads: ILQLHeads, batch: dict[str, torch.Tensor], scores:
     rewards, dones = terminal_rewards(scores, mask)
     lq, qinfo = q_loss(q_taken, rewards, v_next, dones, mask, oc.gamma)
     lv = expectile_loss(qhat - v, tau, mask)
-    lcql = cql_loss(q_all, actions, mask) if alpha > 0 else torch.zeros(())
+    lcql = cql_loss(q_all, actions, mask) if alpha > 0 else torch.zeros((), device=ids.device)
     weights = awac_weights(qhat, v, oc.awac_beta, oc.awac_max_weight)
     llm = weighted_lm_loss(logits[:, :-1], actions, weights, mask)
     total = lq + lv + alpha * lcql + oc.lm_coef * llm
@@ -200,10 +208,15 @@ def train_offline(
     records = read_offline_data(data_path)
     if not records:
         raise ValueError(f"offline data '{data_path}' holds no records")
-    tokenizer, model = load_policy(policy_dir)
-    heads = ILQLHeads(model.config.hidden_size, model.get_output_embeddings().weight.shape[0])
+    device = default_device()
+    tokenizer, model = load_policy(policy_dir, train=True, device=device)
     rows = encode(tokenizer, records, oc.max_length)
-    rewards = torch.tensor([r["reward"] for r in records], dtype=torch.float)
+    first = {k: v.to(device) for k, v in collate(rows[: oc.batch_size], tokenizer.pad_token_id).items()}
+    heads = ILQLHeads(
+        model.config.hidden_size, model.get_output_embeddings().weight.shape[0], hidden_norm(model, first)
+    )
+    heads.to(device)
+    rewards = torch.tensor([r["reward"] for r in records], dtype=torch.float, device=device)
     std = rewards.std() if len(rewards) > 1 else torch.tensor(0.0)
     scores = (rewards - rewards.mean()) / (std if std > 1e-8 else 1.0)  # (N,)
 
@@ -225,7 +238,7 @@ def train_offline(
             if len(order) < min(oc.batch_size, n):  # a fresh shuffled epoch
                 order = torch.randperm(n, generator=generator).tolist()
             idx, order = order[: oc.batch_size], order[oc.batch_size :]
-            batch = collate([rows[i] for i in idx], tokenizer.pad_token_id)
+            batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx], tokenizer.pad_token_id).items()}
             loss, stats = ilql_losses(model, heads, batch, scores[idx], cfg)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"{oc.method} stopped at step {step}: the loss is not finite ({stats})")

@@ -66,15 +66,16 @@ def token_rewards(
     """Per-token rewards: -kl_coef * (log pi - log pi_ref) on every token, the sequence score on
     the last real token, plus `dense` (B, T) step rewards (e.g. PRM) where given.
 
-    scores (B,), logprobs / ref_logprobs / mask (B, T) -> rewards (B, T), per-token KL (B, T).
+    scores (B,), logprobs / ref_logprobs / mask (B, T) -> rewards (B, T), per-token KL (B, T), on
+    the rollout's device (logprobs'): scores and dense rewards are moved there.
     """
     mask = mask.to(logprobs.dtype)
     kl = (logprobs - ref_logprobs) * mask if ref_logprobs is not None else torch.zeros_like(logprobs)
     rewards = -kl_coef * kl
     last = (mask.sum(1) - 1).clamp_min(0).long()  # (B,) index of the last real token
-    rewards[torch.arange(len(scores)), last] += scores.to(rewards.dtype)
+    rewards[torch.arange(len(scores), device=rewards.device), last] += scores.to(rewards)
     if dense is not None:
-        rewards = rewards + dense * mask
+        rewards = rewards + dense.to(rewards) * mask
     return rewards * mask, kl
 
 

@@ -11,12 +11,15 @@ One update:
   1. rollout: sample completions for a batch of prompts (`generation.generate`, KV cache);
   2. score: the reward callable on the texts (clipped); optional dense PRM step rewards;
   3. per-token rewards: -kl_coef * (log pi - log pi_ref) on every token, the score on the last
-     token, PRM step rewards on the step-separator tokens (`rl/losses.py`);
+     token, PRM step rewards on the tokens that end each line (`reward/prm.response_step_tokens`,
+     from the sampled tokens' offsets as the PRM finds its separators; `rl/losses.py`);
   4. GAE (gamma, lambda) on the critic's values, whitened advantages;
   5. epochs x minibatches of clipped surrogate + clipped value loss - entropy bonus, gradient
      clipping, early stop on approximate KL; the adaptive KL controller moves kl_coef.
-Runs under `accelerate` (DeepSpeed ZeRO on GPU nodes from `configs/accelerate/*.yaml`). A
-non-finite loss stops the run with a clear error; the last good checkpoint stays in out_dir.
+Runs under `accelerate` (DeepSpeed ZeRO on GPU nodes from `configs/accelerate/*.yaml`): actor,
+critic and reference are float32 (`modeling.load_weights`) on the accelerator's device, the
+generator and the scores too. A non-finite loss stops the run with a clear error; the last good
+checkpoint stays in out_dir.
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ from transformers import AutoModelForTokenClassification
 
 from rlhfops.config import Config
 from rlhfops.generation import generate, sample_texts
-from rlhfops.modeling import load_policy, save_policy
+from rlhfops.modeling import load_policy, load_weights, save_policy
 from rlhfops.reward.build import load_prm
 from rlhfops.reward.build import reward_fn as build_reward_fn
+from rlhfops.reward.prm import response_step_tokens
 from rlhfops.rl.losses import (
     AdaptiveKLController,
     dense_step_rewards,
@@ -70,7 +74,7 @@ class Critic(nn.Module):
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
         else:
-            self.model = AutoModelForTokenClassification.from_pretrained(str(policy_dir), num_labels=1)
+            self.model = load_weights(AutoModelForTokenClassification, policy_dir, train=True, num_labels=1)
 
     def forward(self, hidden: torch.Tensor | None, ids, attn, pos) -> torch.Tensor:
         """Values (B, L) at every position: the head on the actor's last hidden state (B, L, H), or
@@ -96,16 +100,13 @@ def forward(
     return result
 
 
-def line_end_tokens(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
-    """Per row: the completion token index that ends each response line (the token holding each
-    newline, once per newline it holds, then the last token), so row i has one index per line of
-    `text.split("\\n")`, the lines the PRM scores."""
-    rows = []
-    for ids, m in zip(completion_ids.tolist(), mask.tolist(), strict=True):
-        n = sum(m)
-        newlines = [t for t in range(n) for _ in range(tokenizer.decode([ids[t]]).count("\n"))]
-        rows.append([*newlines, max(n - 1, 0)])
-    return rows
+def roles(cfg: Config, policy_dir: Path, device: torch.device):
+    """Tokenizer, actor, reference (None when kl_coef is 0) and critic, float32 on `device`; the
+    reference is a frozen copy of the starting actor."""
+    tokenizer, actor = load_policy(policy_dir, train=True, device=device)
+    reference = copy.deepcopy(actor).eval().requires_grad_(False) if cfg.policy.kl_coef > 0 else None
+    critic = Critic(cfg.policy.critic, actor.config.hidden_size, policy_dir).to(device)
+    return tokenizer, actor, reference, critic
 
 
 # ---- evaluation ---------------------------------------------------------------------------------
@@ -158,9 +159,8 @@ def train_ppo(
     task = make_task(cfg.task, seed=cfg.seed)
     prompts_pool = [ex.prompt for ex in task.examples("train", min(cfg.task.n_train, pc.steps * pc.prompts_per_step))]
 
-    tokenizer, actor = load_policy(policy_dir)
-    reference = copy.deepcopy(actor).eval().requires_grad_(False) if pc.kl_coef > 0 else None
-    critic = Critic(pc.critic, actor.config.hidden_size, policy_dir)
+    device = accelerator.device
+    tokenizer, actor, reference, critic = roles(cfg, policy_dir, device)
     prm = load_prm(prm_dir, "policy.dense_prm") if pc.dense_prm else None
     if reward_fn is None:
         reward_fn = build_reward_fn(cfg, pc.reward, rm_dir, prm_dir, prm=prm)  # the dense PRM, loaded once
@@ -173,7 +173,7 @@ def train_ppo(
     actor, critic, optimizer = accelerator.prepare(actor, critic, optimizer)
     kl_ctl = AdaptiveKLController(pc.kl_coef, pc.target_kl, pc.kl_horizon) if pc.target_kl else None
     kl_coef = pc.kl_coef
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
 
     log: list[dict[str, Any]] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -196,7 +196,7 @@ def train_ppo(
 
             # 2-4. score, per-token rewards, advantages
             with torch.no_grad():
-                scores = torch.tensor(reward_fn(prompts, gen.texts), dtype=torch.float)
+                scores = torch.tensor(reward_fn(prompts, gen.texts), dtype=torch.float, device=device)
                 scores = scores.clamp(-pc.reward_clip, pc.reward_clip)
                 old = forward(actor, critic, ids, attn, pos, P, pc.temperature)
                 ref_logprobs = None
@@ -207,9 +207,8 @@ def train_ppo(
                 dense = None
                 if pc.dense_prm:
                     steps = prm.step_scores(prompts, gen.texts)
-                    positions = line_end_tokens(tokenizer, gen.completion_ids, gen.completion_mask)
-                    positions = [p[-len(s) :] if s else [] for s, p in zip(steps, positions, strict=True)]
-                    dense = dense_step_rewards(steps, positions, tuple(mask.shape), pc.prm_step_coef)
+                    positions = response_step_tokens(tokenizer, gen.completion_ids, gen.completion_mask, gen.texts)
+                    dense = dense_step_rewards(steps, positions, tuple(mask.shape), pc.prm_step_coef).to(device)
                 rewards, kl = token_rewards(scores, old["logprobs"], ref_logprobs, mask, kl_coef, dense)
                 if pc.whiten_rewards:
                     rewards = masked_whiten(rewards, mask, shift_mean=False)
