@@ -244,12 +244,12 @@ def test_render_is_serverless_least_privilege_and_restricted():
     assert obj["metadata"]["annotations"] == {"serving.kserve.io/deploymentMode": "Serverless"}
     predictor = obj["spec"]["predictor"]
     assert predictor["serviceAccountName"] == "rlhfops-predictor" and predictor["automountServiceAccountToken"] is False
-    assert predictor["securityContext"]["fsGroup"] == RUN_AS_USER
-    assert predictor["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "securityContext" not in predictor  # Knative refuses pod-level fields unless a feature flag is on
+    assert predictor["model"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert predictor["tolerations"] == cfg.tolerations
-    assert "runAsUser" not in predictor["securityContext"]  # KServe's image keeps its own user
+    assert "runAsUser" not in predictor["model"]["securityContext"]  # KServe's image keeps its own user
     own = kserve.render_inference_service(KServeConfig(runtime="rlhfops"), "pvc://w/m")["spec"]["predictor"]
-    assert own["securityContext"]["runAsUser"] == RUN_AS_USER
+    assert own["model"]["securityContext"]["runAsUser"] == RUN_AS_USER
     assert own["model"]["securityContext"]["readOnlyRootFilesystem"] is True
 
 

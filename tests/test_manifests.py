@@ -135,7 +135,7 @@ def test_the_custom_objects_rlhfops_creates_validate_against_the_upstream_crds(c
     [
         lambda o: o["spec"]["predictor"].update(canaryPercent=10),  # a misspelt field
         lambda o: o["spec"]["predictor"]["model"].update(storageUri=3),  # a wrong type
-        lambda o: o["spec"]["predictor"]["securityContext"].update(fsGroup="10001"),
+        lambda o: o["spec"]["predictor"]["model"]["securityContext"].update(runAsUser="10001"),
     ],
 )
 def test_crd_validation_refuses_a_broken_object(break_it):
@@ -326,6 +326,9 @@ def check_pod_security(w) -> list[str]:
                 out.append(f"{name} container {c['name']} is not restricted: {c.get('securityContext')}")
         if pod is not None and pod.get("fsGroup") != RUN_AS_USER:
             out.append(f"{name} sets no fsGroup {RUN_AS_USER}")
+    for isvc in _of(w["objects"], "InferenceService"):
+        if "securityContext" in isvc["spec"]["predictor"]:
+            out.append("the predictor sets a pod securityContext, which Knative refuses by default")
     # KFP tasks: the pipeline sets the user; the KFP backend (>= 2.16) adds RESTRICTED to every pod
     for n, executor in w["pipeline"]["executors"].items():
         sec = executor.get("securityContext", {})
@@ -464,9 +467,10 @@ BROKEN = {
         lambda w: next(iter(w["pipeline"]["executors"].values())).pop("securityContext"),
         "does not run as the non-root user",
     ),
-    "predictor without fsGroup": (
-        lambda w: [p[1].pop("fsGroup") for p in _pod_specs(w) if p[0] == "InferenceService predictor"],
-        "InferenceService predictor sets no fsGroup",
+    "TrainJob without fsGroup": (lambda w: _pod_specs(w)[-1][1].pop("fsGroup"), "TrainJob node sets no fsGroup"),
+    "predictor pod securityContext": (
+        lambda w: _of(w["objects"], "InferenceService")[0]["spec"]["predictor"].update(securityContext={"fsGroup": 1}),
+        "Knative refuses",
     ),
     "no /tmp": (lambda w: _docs(w, "ServingRuntime")[0]["spec"].pop("volumes"), "has no writable /tmp"),
     "kserve off": (lambda w: _cfg(w, "pipeline", kserve=False), "pipeline.kserve off"),

@@ -11,8 +11,9 @@ Without the variables the registry is `ghcr.io/rlhfops` and the tag is the packa
 compiled pipeline never points at a moving `latest`.
 
 Every image runs as the numeric user `RUN_AS_USER` (the Dockerfiles' `USER`, a test keeps them
-equal); `container_security` and `pod_security` are the restricted Pod Security settings every pod
-rlhfops defines gets (pipeline tasks, TrainJob nodes, the predictor).
+equal); `container_security` and `pod_security` are the restricted Pod Security settings of the
+pods rlhfops defines (TrainJob nodes: both; the predictor: the container's; pipeline tasks: the
+user, through kfp-kubernetes).
 """
 
 from __future__ import annotations
@@ -65,12 +66,13 @@ def container_security() -> dict[str, Any]:
     }
 
 
-def pod_security(run_as_user: int | None = RUN_AS_USER) -> dict[str, Any]:
-    """A pod's securityContext: non-root, RuntimeDefault seccomp, and fsGroup `RUN_AS_USER`, so the
-    workspace volume's files are the group's on drivers that apply fsGroup and a server running
-    under another UID (KServe's Hugging Face server is 1000) reads them as a group member.
-    `run_as_user` None leaves the image's own user (a runtime image that is not ours)."""
-    ctx: dict[str, Any] = {"runAsNonRoot": True, "fsGroup": RUN_AS_USER, "seccompProfile": {"type": "RuntimeDefault"}}
-    if run_as_user is not None:
-        ctx.update(runAsUser=run_as_user, runAsGroup=run_as_user)
-    return ctx
+def pod_security() -> dict[str, Any]:
+    """A pod's securityContext: the images' user, non-root, RuntimeDefault seccomp, and fsGroup
+    `RUN_AS_USER`, so a workspace volume whose driver applies fsGroup is writable by the group."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }

@@ -21,7 +21,7 @@ reaches the cluster (`rlhfops.kube`) and names every model by `storage_uri`.
 Runtimes: `huggingface` is KServe's Hugging Face server with its transformers backend (CPU),
 `vllm` the same server with its vLLM backend on GPU nodes, `rlhfops` this project's server image
 through the `rlhfops` ServingRuntime in manifests/base. The predictor runs as `kserve.service_account`
-(no API rights, no token) under `images.pod_security`.
+(no API rights, no token) with the restricted `images.container_security`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfops.config import Config, KServeConfig
-from rlhfops.images import RUN_AS_USER, container_security, pod_security
+from rlhfops.images import RUN_AS_USER, container_security
 from rlhfops.kube import KubeError
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
@@ -57,7 +57,6 @@ def render_inference_service(cfg: KServeConfig, storage_uri: str) -> dict[str, A
         "resources": resources,
         "securityContext": container_security(),
     }
-    run_as: int | None = None  # KServe's Hugging Face image keeps its own user (1000)
     if cfg.runtime == "huggingface":
         model["modelFormat"] = {"name": "huggingface"}
         model["args"] = [f"--model_name={cfg.name}", "--backend=huggingface", "--dtype=float32"]
@@ -67,14 +66,15 @@ def render_inference_service(cfg: KServeConfig, storage_uri: str) -> dict[str, A
     elif cfg.runtime == "rlhfops":
         model["modelFormat"] = {"name": "rlhfops"}
         model["runtime"] = "rlhfops"
-        model["securityContext"] = {**container_security(), "readOnlyRootFilesystem": True}
-        run_as = RUN_AS_USER
+        model["securityContext"] = {**container_security(), "readOnlyRootFilesystem": True, "runAsUser": RUN_AS_USER}
     else:
         raise ValueError(f"unknown kserve.runtime '{cfg.runtime}'; expected huggingface, vllm or rlhfops")
+    # No pod-level securityContext: Knative refuses one unless its `kubernetes.podspec-securitycontext`
+    # feature is on, and the container's is enough for the restricted profile. No fsGroup either:
+    # rlhfops.files leaves the models readable by every UID.
     predictor: dict[str, Any] = {
         "serviceAccountName": cfg.service_account,
         "automountServiceAccountToken": False,
-        "securityContext": pod_security(run_as),
         "model": model,
     }
     if cfg.tolerations:
