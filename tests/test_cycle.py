@@ -82,6 +82,33 @@ def test_gate_writes_its_own_file_and_deploy_registers_the_canary(ws_with_sft):
     assert "<td>ppo</td><td>0.800</td>" in html and "best candidate: ppo" in html
 
 
+def test_the_first_cluster_deploy_creates_the_service_on_the_stable_model(ws_with_sft, monkeypatch):
+    """`pipeline.kserve`: the cycle's deploy passes the registry's stable record, so on a fresh cluster
+    the InferenceService is created serving stable and the candidate becomes its canary."""
+    from test_kserve import FakeCustomObjectsApi
+
+    import rlhfops.kube
+
+    cfg, ws = ws_with_sft
+    pipeline = cfg.pipeline.model_copy(update={"kserve": True, "mount_path": str(ws.root)})  # ws on the volume
+    cfg = cfg.model_copy(update={"pipeline": pipeline})
+    cfg.kserve.namespace = "ns"
+    stable = cycle.stable_or_register_sft(cfg, ws)
+    cand = ws.model_dir("cycle-0001/ppo")
+    cand.mkdir(parents=True)
+    summary = {"best_candidate": "ppo", "models": {"ppo": str(cand)}, "results": {"ppo": {"gold_composite": 0.8}}}
+    cycle.cycle_eval_path(ws, 1).parent.mkdir(parents=True)
+    cycle.cycle_eval_path(ws, 1).write_text(json.dumps(summary))
+    api = FakeCustomObjectsApi(None)
+    monkeypatch.setattr(rlhfops.kube, "custom_objects_api", lambda: api)
+    cycle.deploy_canary(cfg, ws, 1)
+    (created,) = api.created
+    assert created["spec"]["predictor"]["model"]["storageUri"] == "pvc://rlhfops-workspace/models/sft"
+    assert stable["path"].endswith("models/sft")
+    (patch,) = api.patches
+    assert patch["spec"]["predictor"]["model"]["storageUri"] == "pvc://rlhfops-workspace/models/cycle-0001/ppo"
+
+
 def test_best_candidate_skips_missing_and_nan_composites():
     def r(composite):
         return {"gold_composite": composite}

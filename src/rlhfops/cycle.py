@@ -433,7 +433,7 @@ def deploy_canary(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     if cfg.pipeline.kserve:  # in a cluster: the same change on the InferenceService
         from rlhfops.serving import kserve
 
-        kserve.apply(cfg, "canary", registry.get(version))
+        kserve.apply(cfg, "canary", registry.get(version), stable=stable)
     return {"version": version, "candidate": best}
 
 
