@@ -68,3 +68,55 @@ def test_sampling_is_seeded_and_top_k_restricts(smoke_cfg):
     g = generate(model, tokenizer, PROMPTS, 6, top_k=1, generator=torch.Generator().manual_seed(2))
     greedy = generate(model, tokenizer, PROMPTS, 6, greedy=True)
     assert torch.equal(g.completion_ids, greedy.completion_ids)
+
+
+def test_stops_at_either_eos_of_a_bpe_model(tmp_path):
+    """SmolLM2's tokenizer with a second eos id in `generation_config` (as Llama-3-Instruct ships its
+    turn terminator): a row that emits either stops there, and the text leaves it off."""
+    from bpe_model import EOS, SECOND_EOS, tiny_bpe_policy
+
+    from rlhfops.modeling import load_policy
+
+    tokenizer, model = load_policy(tiny_bpe_policy(tmp_path / "bpe", second_eos=True))
+    assert model.generation_config.eos_token_id == [EOS, SECOND_EOS] and tokenizer.eos_token_id == EOS
+
+    def hook(ids, logits):  # row 0 ends with the tokenizer's eos, row 1 with the second, row 2 never
+        logits = logits.clone()
+        logits[:, [EOS, SECOND_EOS]] = -1e4
+        logits[0, EOS] = logits[1, SECOND_EOS] = 1e4
+        return logits
+
+    g = generate(model, tokenizer, ["q: 1+2?", "q: 3+4?", "hello"], 5, greedy=True, logits_hook=hook)
+    assert g.completion_mask.tolist() == [[1, 0, 0, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]]
+    assert g.completion_ids[:2, 0].tolist() == [EOS, SECOND_EOS]
+    assert g.texts[:2] == ["", ""] and g.stopped == [True, True, False]
+
+
+def test_stop_strings_end_a_row_and_cut_its_text(smoke_cfg):
+    tokenizer, model = _policy(smoke_cfg)
+    eos = tokenizer.eos_token_id
+    digit = tokenizer.convert_tokens_to_ids("7")
+
+    def hook(ids, logits):  # always "7", never eos
+        logits = torch.full_like(logits, -1e4)
+        logits[:, digit] = 0.0
+        return logits
+
+    g = generate(model, tokenizer, PROMPTS[:2], 6, greedy=True, logits_hook=hook, stop=["77"])
+    assert g.completion_mask.tolist() == [[1, 1]] * 2 and eos not in g.completion_ids  # all stopped: no more steps
+    assert g.texts == ["", ""] and g.stopped == [True, True]
+    plain = generate(model, tokenizer, PROMPTS[:2], 6, greedy=True, logits_hook=hook)
+    assert plain.texts == ["777777"] * 2 and plain.stopped == [False, False]
+
+
+def test_the_kv_cache_goes_by_the_name_transformers_keeps(smoke_cfg):
+    """transformers 5.24 warns that `past_key_values` is removed in 5.40 and names `cache`."""
+    import warnings
+
+    from rlhfops.generation import cache_argument
+
+    tokenizer, model = _policy(smoke_cfg)
+    assert cache_argument(model) == "cache"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generate(model, tokenizer, PROMPTS, 4, generator=torch.Generator().manual_seed(0))

@@ -289,3 +289,26 @@ def test_serving_and_collection_decode_an_offline_policy_with_its_shift(trained,
 
     assert served(0.0) == served(0.0) and served(0.0) != served(8.0)
     assert collected(0.0) != collected(8.0)
+
+
+def test_untrained_heads_barely_shift_a_bpe_models_next_token_distribution(tmp_path):
+    """The heads start scaled to the trunk's hidden-state norm, so before training the decoding
+    shift beta * (Qhat - V) at beta 2 moves the policy's next-token distribution by a tiny KL on a
+    49,152-token vocabulary (issue 20: 0.284 nats per token on SmolLM2 with a fixed weight std)."""
+    from bpe_model import tiny_bpe_policy
+
+    from rlhfops.rl.ilql import collate, encode, hidden_norm
+
+    cfg = load_config("smoke")
+    tokenizer, model = load_policy(tiny_bpe_policy(tmp_path / "bpe"))
+    records = [{"prompt": f"q: {a}+{a}?", "response": f"{a}+{a}={2 * a}\nanswer: {2 * a}"} for a in range(8)]
+    batch = collate(encode(tokenizer, records, 128), tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    heads = ILQLHeads(model.config.hidden_size, len(tokenizer), hidden_norm(model, batch))
+    with torch.no_grad():
+        logits, hidden = trunk_forward(model, batch["ids"], batch["attn"])
+        real = batch["attn"].bool()
+        shifted = ilql_decoding_shift(logits[real], heads.qhat(hidden[real]), heads.v(hidden[real]), beta=2.0)
+        base = torch.log_softmax(logits[real], -1)
+        kl = (shifted.log_softmax(-1).exp() * (shifted.log_softmax(-1) - base)).sum(-1).mean().item()
+    assert cfg.offline.decode_beta == 2.0 and kl < 1e-4, kl

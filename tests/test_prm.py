@@ -209,3 +209,43 @@ def test_any_hf_model_path_initialises_a_prm(tmp_path):
     assert [len(s) for s in prm.step_scores(["q: 1+2?\n"], ["1+2=3\nanswer: 3"])] == [2]
     with pytest.raises(FileNotFoundError, match="cannot load model"):
         init_prm(tmp_path / "missing", seed=0)
+
+
+# ---- dense rewards on a real BPE vocabulary -----------------------------------------------------
+
+
+@pytest.mark.parametrize("newlines", ["one token", "two tokens"])
+def test_dense_prm_rewards_land_on_the_tokens_that_end_each_line(tmp_path, newlines):
+    """SmolLM2's tokenizer has one token for "\\n\\n" (the policy may also sample "\\n" twice): the PRM
+    scores three lines of "2+3=5\\n\\nanswer: 5" and PPO puts each score where its line ends, both
+    found from offsets (the crash of issue 20 was a count of newlines per decoded token)."""
+    from bpe_model import DOUBLE_NEWLINE, EOS, tiny_bpe_policy
+
+    from rlhfops.modeling import load_tokenizer
+    from rlhfops.reward.prm import response_step_tokens
+    from rlhfops.rl.losses import dense_step_rewards
+
+    policy = tiny_bpe_policy(tmp_path / "bpe")
+    tokenizer = load_tokenizer(policy)
+    newline = tokenizer.convert_tokens_to_ids("Ċ")
+    head, tail = tokenizer("2+3=5", add_special_tokens=False)["input_ids"], tokenizer("answer: 5")["input_ids"]
+    middle = [DOUBLE_NEWLINE] if newlines == "one token" else [newline, newline]
+    sampled = [*head, *middle, *tail, EOS]
+    text = "2+3=5\n\nanswer: 5"
+    assert tokenizer.decode(sampled, skip_special_tokens=True) == text
+
+    ids = torch.tensor([sampled + [tokenizer.pad_token_id] * 2])  # (1, T) right-padded after eos
+    mask = torch.tensor([[1] * len(sampled) + [0, 0]])
+    positions = response_step_tokens(tokenizer, ids, mask, [text])
+    ends = [len(head)] * 2 if newlines == "one token" else [len(head), len(head) + 1]
+    assert positions == [[*ends, len(sampled) - 1]]  # the newline token(s), then eos for the last line
+
+    _, model = init_prm(policy, seed=0)
+    steps = ProcessRewardModel(model.eval(), tokenizer, 512).step_scores(["q: 2+3?"], [text])
+    assert len(steps[0]) == 3  # one score per line: what used to fail zip(strict=True)
+    dense = dense_step_rewards(steps, positions, tuple(ids.shape), coef=1.0)
+    expected = torch.zeros(ids.shape)
+    for p, t in zip(steps[0], positions[0], strict=True):
+        expected[0, t] += 2 * p - 1
+    torch.testing.assert_close(dense, expected)
+    assert dense[0, [t for t in range(ids.shape[1]) if t not in positions[0]]].eq(0).all()
