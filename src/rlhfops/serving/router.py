@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import os
 import random
 import time
@@ -65,12 +66,20 @@ from rlhfops.serving.protocol import (
     record_feedback,
     streaming_response,
 )
-from rlhfops.serving.server import QUEUED_BATCHES, RunningServer, create_app, model_not_found, start_server
+from rlhfops.serving.server import (
+    QUEUED_BATCHES,
+    RunningServer,
+    create_app,
+    is_small,
+    model_not_found,
+    start_server,
+)
 from rlhfops.serving.store import InteractionStore
 
 log = logging.getLogger("rlhfops.serving")
 
 ALIAS = "rlhfops"  # the model id the deployment publishes; the canary split applies to it
+LATENCY_TARGET_S = 1.5  # the router keeps a backend's small-request latency near this
 
 
 @dataclass(frozen=True)
@@ -140,6 +149,31 @@ def _file_key(path: Path) -> tuple | None:
 
 
 @dataclass
+class Admission:
+    """How many requests of one size class one backend may have in flight. Small requests: an AIMD
+    bound that shrinks by 10% when a reply took over LATENCY_TARGET_S and grows by one when it took
+    under half that, so queueing stays near the target however fast the machine is; large ones: a
+    fixed bound (one running and the server's queue)."""
+
+    limit: float
+    ceiling: int
+    adaptive: bool
+    in_flight: int = 0
+    floor: int = 16  # the adaptive bound never goes below it
+
+    def full(self) -> bool:
+        return self.in_flight >= int(self.limit)
+
+    def observe(self, seconds: float) -> None:
+        if not self.adaptive:
+            return
+        if seconds > LATENCY_TARGET_S:
+            self.limit = max(self.floor, self.limit * 0.9)
+        elif seconds < LATENCY_TARGET_S / 2:
+            self.limit = min(self.ceiling, self.limit + 1)
+
+
+@dataclass
 class Outcome:
     """One try at a backend: its status and reply, or `failure` (a sentence without the address)."""
 
@@ -171,22 +205,33 @@ def create_router_app(
     split = Split(cfg.canary_percent, cfg.sticky, random.Random(cfg.seed))
     token = os.environ.get(cfg.api_key_env) or None
     limit = QUEUED_BATCHES * cfg.max_batch
-    in_flight: dict[str, int] = {}
+    admission: dict[tuple[str, bool], Admission] = {}  # (version, small) -> its bound
+
+    def bound(version: str, small: bool) -> Admission:
+        if (version, small) not in admission:
+            ceiling = limit if small else QUEUED_BATCHES + 1
+            admission[version, small] = Admission(ceiling, ceiling, adaptive=small, floor=max(1, cfg.max_batch // 4))
+        return admission[version, small]
+
     metrics = CollectorRegistry()
     requests = Counter("rlhfops_router_requests", "Requests by arm and status", ["arm", "status"], registry=metrics)
     latency = Histogram("rlhfops_router_latency_seconds", "End-to-end latency by arm", ["arm"], registry=metrics)
     share = Gauge("rlhfops_router_canary_share", "Share of completions the canary served", registry=metrics)
     counts = {"stable": 0, "canary": 0}
 
+    clients: dict[str, httpx.AsyncClient] = {}  # one pool per backend: httpx's pool works linear in its size
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # idle connections are dropped before the backend's keep-alive timeout closes them, so a
         # request never races a server-side close
-        limits = httpx.Limits(max_connections=2 * limit + 64, max_keepalive_connections=2 * limit, keepalive_expiry=2.0)
+        limits = httpx.Limits(max_connections=limit + 16, max_keepalive_connections=limit, keepalive_expiry=2.0)
         timeout = httpx.Timeout(cfg.timeout_s, connect=min(5.0, cfg.timeout_s))
-        app.state.client = httpx.AsyncClient(timeout=timeout, limits=limits)
+        for b in arms.known.values():
+            clients[b.url] = httpx.AsyncClient(timeout=timeout, limits=limits)
         yield
-        await app.state.client.aclose()
+        for client in clients.values():
+            await client.aclose()
 
     app = FastAPI(title="rlhfops canary router", lifespan=lifespan)
     install_error_handlers(app)
@@ -198,7 +243,7 @@ def create_router_app(
         status = {}
         for arm, b in {"stable": arms.stable, **({"canary": arms.canary} if arms.canary else {})}.items():
             try:
-                r = await app.state.client.get(b.url + "/health", timeout=5)
+                r = await clients[b.url].get(b.url + "/health", timeout=5)
                 status[arm] = {"version": b.version, "ok": r.status_code == 200}
             except httpx.HTTPError:
                 status[arm] = {"version": b.version, "ok": False}
@@ -216,12 +261,12 @@ def create_router_app(
         data = [{"id": v, "object": "model", "created": 0, "owned_by": "rlhfops"} for v in arms.listed()]
         return {"object": "list", "data": data}
 
-    def choose(model: str | None, user: str | None) -> tuple[str, Backend, bool]:
+    def choose(model: str | None, user: str | None, small: bool) -> tuple[str, Backend, bool]:
         """(arm, backend, whether the request named its version)."""
         arms.refresh()
         if model is None or model == ALIAS:
             to_canary = arms.canary is not None and split.to_canary(user)
-            if to_canary and in_flight.get(arms.canary.version, 0) >= limit:
+            if to_canary and bound(arms.canary.version, small).full():
                 to_canary = False  # a full canary sends its share to stable
             return ("canary", arms.canary, False) if to_canary else ("stable", arms.stable, False)
         if model == arms.stable.version:
@@ -230,26 +275,32 @@ def create_router_app(
             return "canary", arms.canary, True
         raise model_not_found(model)
 
-    async def call(request: Request, arm: str, backend: Backend, path: str, body: dict[str, Any]) -> Outcome:
-        if in_flight.get(backend.version, 0) >= limit:
-            full = f"the {arm} backend ({backend.version}) has {limit} requests in flight; retry later"
-            return Outcome(429, {"error": {"message": full}}, retry_after="1")
+    async def call(
+        request: Request, arm: str, backend: Backend, path: str, body: dict[str, Any], small: bool
+    ) -> Outcome:
+        slot = bound(backend.version, small)
+        if slot.full():
+            full = f"the {arm} backend ({backend.version}) has {slot.in_flight} requests in flight; retry later"
+            return Outcome(429, {"error": {"message": full}}, retry_after=str(math.ceil(LATENCY_TARGET_S)))
         headers = {"authorization": request.headers["authorization"]} if "authorization" in request.headers else {}
-        post = asyncio.ensure_future(app.state.client.post(backend.url + path, json=body, headers=headers))
+        post = asyncio.ensure_future(clients[backend.url].post(backend.url + path, json=body, headers=headers))
         gone = asyncio.ensure_future(disconnected(request))
-        in_flight[backend.version] = in_flight.get(backend.version, 0) + 1
+        slot.in_flight += 1
+        start = time.perf_counter()
         try:
             await asyncio.wait({post, gone}, return_when=asyncio.FIRST_COMPLETED)
             if not post.done():  # the client left: closing the connection drops the work at the backend
                 post.cancel()
                 raise APIError(499, "the client disconnected")
             r = post.result()
+            if r.status_code == 200:
+                slot.observe(time.perf_counter() - start)
             return Outcome(r.status_code, r.json(), retry_after=r.headers.get("retry-after"))
         except (httpx.HTTPError, ValueError) as e:
             return Outcome(failure=f"the {arm} backend ({backend.version}) failed: {type(e).__name__}")
         finally:
             gone.cancel()
-            in_flight[backend.version] -= 1
+            slot.in_flight -= 1
 
     async def forward(request: Request, path: str) -> Any:
         start = time.perf_counter()
@@ -257,14 +308,15 @@ def create_router_app(
         raw = await read_json(request, cfg.max_request_bytes)
         body = parse(CompletionRequest if path == "/v1/completions" else ChatRequest, raw)
         prompt = chat_prompt(body.messages) if isinstance(body, ChatRequest) else raw["prompt"]
-        arm, backend, named = choose(body.model, body.user)
+        small = is_small(_completions(body), body.max_tokens or cfg.default_max_tokens, cfg)
+        arm, backend, named = choose(body.model, body.user, small)
         sent = {k: v for k, v in raw.items() if k not in ("stream", "stream_options")}
-        outcome = await call(request, arm, backend, path, {**sent, "model": backend.version})
+        outcome = await call(request, arm, backend, path, {**sent, "model": backend.version}, small)
         if arm == "canary" and not named and outcome.kind in ("error", "busy"):
             if outcome.kind == "error":  # the canary's fault: counted against it, then stable answers
                 await log_failure(arm, backend, outcome, prompt, body.user, start)
             arm, backend = "stable", arms.stable
-            outcome = await call(request, arm, backend, path, {**sent, "model": backend.version})
+            outcome = await call(request, arm, backend, path, {**sent, "model": backend.version}, small)
         if outcome.kind != "ok":
             if outcome.kind != "busy":
                 await log_failure(arm, backend, outcome, prompt, body.user, start)
@@ -325,6 +377,18 @@ def create_router_app(
 
     app.state.arms = arms
     return app
+
+
+def _completions(body: CompletionRequest | ChatRequest) -> int:
+    """How many completions a request asks for: prompts x n."""
+    if (
+        isinstance(body, ChatRequest)
+        or isinstance(body.prompt, str)
+        or not body.prompt
+        or isinstance(body.prompt[0], int)
+    ):
+        return body.n
+    return len(body.prompt) * body.n
 
 
 def _log_rows(

@@ -23,8 +23,10 @@ max_tokens), so nothing that reaches a batch is the client's fault.
 
 Admission: a request waits in one of two lanes, `small` (at most 1/SMALL_SHARE of a full batch's
 tokens, completions x max_tokens) and `large`, each emptied by its own worker thread, so a short
-request never waits behind maximum-size ones. A lane holds at most QUEUED_BATCHES x
-`serving.max_batch` completions waiting and answers 429 with Retry-After beyond that. A worker
+request never waits behind maximum-size ones. A lane admits a request while it holds at most
+QUEUED_BATCHES x `serving.max_batch` completions waiting and, beyond one full batch waiting,
+expects to start it within MAX_WAIT_S (from its measured batch time); otherwise it answers 429
+with Retry-After (the expected wait). A worker
 collects up to `serving.max_batch` completions with the same decoding settings (waiting
 `batch_wait_ms` for more) into one `generate`; a seeded request and Best-of-N run alone, so a seed
 reproduces its sample. If a batch fails its requests are retried one at a time, so a failure fails
@@ -90,7 +92,14 @@ from rlhfops.serving.store import InteractionStore
 log = logging.getLogger("rlhfops.serving")
 
 SMALL_SHARE = 16  # a request of at most 1/16 of a full batch's tokens goes to the small lane
-QUEUED_BATCHES = 4  # completions a lane holds waiting: this many full batches
+QUEUED_BATCHES = 2  # completions a lane holds waiting: at most this many full batches
+MAX_WAIT_S = 2.0  # and no more than it expects to start within this many seconds (at least one batch)
+
+
+def is_small(completions: int, max_tokens: int, cfg: ServingConfig) -> bool:
+    """Whether a request is small (the server's small lane, the router's adaptive bound): at most
+    1/SMALL_SHARE of a full batch's tokens."""
+    return completions * max_tokens * SMALL_SHARE <= cfg.max_batch * cfg.max_tokens
 
 
 def model_not_found(model: str) -> APIError:
@@ -166,10 +175,6 @@ class _Job:
     prompts: list[str]
     future: asyncio.Future
 
-    @property
-    def cost(self) -> int:
-        return len(self.prompts) * self.decoding.max_tokens
-
 
 @dataclass
 class Lane:
@@ -182,17 +187,25 @@ class Lane:
     generator: torch.Generator
     jobs: deque = field(default_factory=deque)
     waiting: int = 0  # completions queued
-    waiting_tokens: int = 0
-    tokens_per_s: float = 0.0  # moving average over batches
+    batch_seconds: float = 0.0  # moving average of one batch's generation time
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def retry_after(self) -> int:
-        return min(60, math.ceil(self.waiting_tokens / self.tokens_per_s)) if self.tokens_per_s else 1
+    def expected_wait(self, max_batch: int, extra: int = 0) -> float:
+        """Seconds until `extra` more completions would start: the batch running, then the queue."""
+        return (1 + math.ceil((self.waiting + extra) / max_batch)) * self.batch_seconds
+
+    def admits(self, completions: int, max_batch: int) -> bool:
+        """One full batch may always wait; more only while the expected wait stays under MAX_WAIT_S."""
+        if self.waiting + completions > self.limit:
+            return False
+        return self.waiting + completions <= max_batch or self.expected_wait(max_batch, completions) <= MAX_WAIT_S
+
+    def retry_after(self, max_batch: int) -> int:
+        return max(1, min(60, math.ceil(self.expected_wait(max_batch))))
 
     def put(self, job: _Job) -> None:
         self.jobs.append(job)
         self.waiting += len(job.prompts)
-        self.waiting_tokens += job.cost
         self.ready.set()
 
     def take(self, max_batch: int) -> list[_Job]:
@@ -221,7 +234,6 @@ class Lane:
     def _remove(self, job: _Job) -> None:
         self.jobs.remove(job)
         self.waiting -= len(job.prompts)
-        self.waiting_tokens -= job.cost
 
 
 class ModelWorker:
@@ -241,8 +253,7 @@ class ModelWorker:
         }
 
     def lane_for(self, completions: int, max_tokens: int) -> Lane:
-        small = completions * max_tokens * SMALL_SHARE <= self.cfg.max_batch * self.cfg.max_tokens
-        return self.lanes["small" if small else "large"]
+        return self.lanes["small" if is_small(completions, max_tokens, self.cfg) else "large"]
 
     def prompt_tokens(self, prompts: list[str], decoding: Decoding) -> list[int]:
         """Each prompt's length in tokens as the model reads it; 400 when it and max_tokens do not
@@ -260,9 +271,9 @@ class ModelWorker:
     async def submit(self, prompts: list[str], decoding: Decoding, request: Request | None = None) -> list[Completion]:
         """The completions of `prompts` (429 when the lane is full; dropped if the client leaves)."""
         lane = self.lane_for(len(prompts), decoding.max_tokens)
-        if lane.waiting + len(prompts) > lane.limit:
+        if not lane.admits(len(prompts), self.cfg.max_batch):
             raise busy(f"the server's {lane.name}-request queue is full ({lane.waiting} completions waiting); "
-                       "retry later", lane.retry_after())  # fmt: skip
+                       "retry later", lane.retry_after(self.cfg.max_batch))  # fmt: skip
         job = _Job(decoding, prompts, asyncio.get_running_loop().create_future())
         lane.put(job)
         if request is None:
@@ -299,8 +310,8 @@ class ModelWorker:
             if not group[0].future.done():
                 group[0].future.set_exception(APIError(500, "the model failed on this request", "server_error"))
             return
-        rate = sum(job.cost for job in group) / max(time.perf_counter() - start, 1e-3)
-        lane.tokens_per_s = rate if not lane.tokens_per_s else 0.8 * lane.tokens_per_s + 0.2 * rate
+        took = time.perf_counter() - start
+        lane.batch_seconds = took if not lane.batch_seconds else 0.8 * lane.batch_seconds + 0.2 * took
         for job, result in zip(group, results, strict=True):
             if not job.future.done():
                 job.future.set_result(result)

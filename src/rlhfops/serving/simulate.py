@@ -4,7 +4,8 @@ Each user sends a prompt of the task (`simulate.split`) through the router, the 
 score the response (`eval.judges`, by default the task's own; the mean over the objectives they
 labelled), and the user gives thumbs up when the score is at least `simulate.threshold`, flipped
 with probability `simulate.noise`. A response no judge labelled gets no feedback (counted as
-`unlabelled`). `simulate.concurrency` users send at once.
+`unlabelled`). `simulate.concurrency` users send at once; a user told 429 / 503 with Retry-After
+waits that long and sends again (up to BUSY_TRIES times).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import httpx
 from rlhfops.annotation.judges import eval_judges
 from rlhfops.config import Config
 from rlhfops.tasks import make_task
+
+BUSY_TRIES = 10  # sends of one request while the router answers 429 / 503 with Retry-After
 
 
 def simulate_traffic(cfg: Config, ws: str | Path, n_requests: int, *, url: str | None = None) -> dict[str, Any]:
@@ -50,10 +53,14 @@ def simulate_traffic(cfg: Config, ws: str | Path, n_requests: int, *, url: str |
             def one(item) -> dict[str, Any]:
                 example, user, flip = item
                 body = {"prompt": example.prompt, "max_tokens": sim.max_tokens, "user": user}
-                try:
-                    r = client.post("/v1/completions", json=body)
-                except httpx.HTTPError as e:
-                    raise ConnectionError(f"cannot reach the router at {url}: {type(e).__name__}") from None
+                for _ in range(BUSY_TRIES):  # a busy router (429 / 503) says when to come back
+                    try:
+                        r = client.post("/v1/completions", json=body)
+                    except httpx.HTTPError as e:
+                        raise ConnectionError(f"cannot reach the router at {url}: {type(e).__name__}") from None
+                    if r.status_code not in (429, 503) or "retry-after" not in r.headers:
+                        break
+                    time.sleep(float(r.headers["retry-after"]))
                 if r.status_code != 200:
                     return {"ok": False, "status": r.status_code}
                 reply = r.json()
