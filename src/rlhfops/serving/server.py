@@ -33,9 +33,9 @@ reproduces its sample. If a batch fails its requests are retried one at a time, 
 one request. A request whose client has disconnected is dropped before it runs. Shutdown (SIGTERM
 through `wait_for_shutdown_signal`, then `RunningServer.stop`) finishes the requests in flight.
 
-`stop` is applied here on the decoded text (generation runs to eos or max_tokens; the text is cut
-before the first stop string and the tokens after it are not counted); logprobs come from one
-teacher-forced pass over prompt + completion with the decoding's temperature and logits hook.
+`stop` strings end a row in `generate` (the text cut before the first one; requests with other
+stop strings are batched apart); logprobs come from one teacher-forced pass over prompt +
+completion with the decoding's temperature and logits hook.
 `stream: true` sends the finished reply as server-sent events ending in `data: [DONE]`
 (generation is batched, so tokens are not sent as they are sampled). With `$RLHFOPS_API_KEY`
 (`serving.api_key_env`) set, /v1/* and the API docs need `Authorization: Bearer <key>`.
@@ -67,7 +67,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from rlhfops.chat import render
 from rlhfops.config import Config, GenerationConfig, ServingConfig
-from rlhfops.generation import Generation, generate
+from rlhfops.generation import Generation, cut_at_stop, generate, token_offsets
 from rlhfops.inference.best_of_n import best_of_n
 from rlhfops.modeling import load_decoder
 from rlhfops.serving.protocol import (
@@ -151,7 +151,7 @@ class Decoding:
 
     @property
     def key(self) -> tuple:
-        return (self.max_tokens, self.temperature, self.top_k, self.template)
+        return (self.max_tokens, self.temperature, self.top_k, self.template, self.stops)
 
     @property
     def alone(self) -> bool:
@@ -328,14 +328,14 @@ class ModelWorker:
             )  # fmt: skip
             done = []
             for r in results:
-                text, stopped = cut_text(r.best, d.stops)
+                text, stopped = cut_at_stop(r.best, d.stops)
                 n = len(lane.tokenizer(text, add_special_tokens=False)["input_ids"])
                 done.append(Completion(text, "stop" if stopped or n < d.max_tokens else "length", n))
             return [done]
         out = generate(
             self.model, lane.tokenizer, prompts, d.max_tokens, greedy=d.temperature == 0,
             temperature=max(d.temperature, 1e-6), top_k=d.top_k, generator=generator,
-            logits_hook=self.logits_hook, template=d.template,
+            logits_hook=self.logits_hook, template=d.template, stop=d.stops,
         )  # fmt: skip
         per_job, at = [], 0
         for job in group:
@@ -345,29 +345,21 @@ class ModelWorker:
         return per_job
 
     def _finish(self, tokenizer: Any, out: Generation, rows: list[int], d: Decoding) -> list[Completion]:
-        """The completions of one job's rows: eos dropped, cut at a stop string, with logprobs."""
-        eos = tokenizer.eos_token_id
+        """The completions of one job's rows (`generate` cut them at eos or a stop string), with
+        logprobs when asked: each kept token's text, its log-prob and the likeliest ones."""
         scored = None
         if d.top_logprobs is not None:
             temperature = 1.0 if d.temperature == 0 else max(d.temperature, 1e-6)
             scored = teacher_forced_logprobs(self.model, out, rows, temperature, d.top_logprobs, self.logits_hook)
         done = []
         for j, r in enumerate(rows):
-            ids = [t for t, m in zip(out.completion_ids[r].tolist(), out.completion_mask[r].tolist(), strict=True) if m]
-            ended = bool(ids) and ids[-1] == eos
-            if not d.stops and scored is None:
-                done.append(Completion(out.texts[r], "stop" if ended else "length", len(ids)))
-                continue
-            pieces = token_texts(tokenizer, ids)
-            kept, text, finish = len(ids), "".join(pieces), "stop" if ended else "length"
-            cut = find_stop(pieces, d.stops)
-            if cut is not None:
-                kept, chars = cut
-                text, finish = "".join(pieces)[:chars], "stop"
-            c = Completion(text, finish, kept)
+            kept = int(out.completion_mask[r].sum())
+            c = Completion(out.texts[r], "stop" if out.stopped[r] else "length", kept)
             if scored is not None:
+                ids = out.completion_ids[r, :kept].tolist()
+                text = tokenizer.decode(ids, skip_special_tokens=True)
                 chosen, top = scored
-                c.tokens = pieces[:kept]
+                c.tokens = [text[a:b] for a, b in token_offsets(tokenizer, ids)]
                 c.token_logprobs = chosen[j][:kept]
                 c.top_logprobs = [{tokenizer.decode([t]): lp for t, lp in step} for step in top[j][:kept]]
             done.append(c)
@@ -376,39 +368,6 @@ class ModelWorker:
     def spreads(self, prompts: list[str], texts: list[str]) -> list[float]:
         """Per response the mean over objectives of the ensemble std: (N, M) -> (N,)."""
         return self.scorer.vectors(prompts, texts)["spreads"].mean(1).tolist()
-
-
-def token_texts(tokenizer: Any, ids: list[int]) -> list[str]:
-    """Each token's share of the decoded text: the decoded prefix through it minus the one before
-    (special tokens, eos included, give '')."""
-    pieces, before = [], ""
-    for k in range(len(ids)):
-        now = tokenizer.decode(ids[: k + 1], skip_special_tokens=True)
-        pieces.append(now[len(before) :] if now.startswith(before) else now)
-        before = now
-    return pieces
-
-
-def find_stop(pieces: list[str], stops: tuple[str, ...] | list[str]) -> tuple[int, int] | None:
-    """Where the first stop string appears in the text the pieces make: (tokens up to and including
-    the one that completes it, characters kept before it); None when none appears.
-
-    >>> find_stop(["ab", "c\\n", "d"], ["\\n"])
-    (2, 3)
-    """
-    text = ""
-    for k, piece in enumerate(pieces):
-        text += piece
-        hits = [text.find(s) for s in stops if s in text]
-        if hits:
-            return k + 1, min(hits)
-    return None
-
-
-def cut_text(text: str, stops: tuple[str, ...] | list[str]) -> tuple[str, bool]:
-    """`text` cut before its first stop string, and whether one was found."""
-    hits = [text.find(s) for s in stops if s in text]
-    return (text[: min(hits)], True) if hits else (text, False)
 
 
 @torch.no_grad()
