@@ -48,7 +48,8 @@ stack.stop()
 
 
 def spawn(script: str, *argv: str) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    # one intra-op thread: a tiny model gains nothing from more, and idle OpenMP threads spin on the cores
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", script, *argv], stdout=subprocess.PIPE, text=True, env=env)
     return proc, json.loads(proc.stdout.readline())["url"]
 
