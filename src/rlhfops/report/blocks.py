@@ -152,17 +152,16 @@ def _canary_decision(ws: Workspace, version: str) -> str | None:
     return decisions[-1]["decision"] if decisions else None
 
 
-def cycles_block(ws: Workspace) -> str:
-    """The main job's last run: per cycle the stable model and each candidate's gold composite, the
-    gate, the canary and its traffic; then SFT vs the stable model at the end, and the wall times."""
-    run = read_json(ws.eval_path("run"), "make demo")
+def _cycle_table(ws: Workspace, run: dict[str, Any]) -> list[str]:
+    """Per cycle of `rlhfops run`'s report: the stable model and each candidate's gold composite, the
+    gate, the canary and its traffic, the wall time."""
     lines = [
         "| cycle | stable | candidates (gold composite) | gate | canary traffic (canary / stable mean gold) | s |",
         "| ---: | ---: | --- | --- | --- | ---: |",
     ]
     for c in run["cycles"]:
         res = c["results"]
-        cands = ", ".join(f"{n} {r['gold_composite']:.3f}" for n, r in res.items() if n != "stable")
+        cands = ", ".join(f"{n} {_score(r['gold_composite'])}" for n, r in res.items() if n != "stable")
         gate = c.get("gate") or {}
         decision = f"{gate.get('decision', '-')} {gate.get('candidate') or ''}".strip()
         if gate.get("stats", {}).get("lower") is not None:
@@ -179,17 +178,65 @@ def cycles_block(ws: Workspace) -> str:
             if decided := _canary_decision(ws, c["canary"]):
                 traffic += f" -> {decided}"
         lines.append(
-            f"| {c['cycle']} | {res['stable']['gold_composite']:.3f} | {cands} | {decision} | {traffic} "
+            f"| {c['cycle']} | {_score(res['stable']['gold_composite'])} | {cands} | {decision} | {traffic} "
             f"| {c['seconds']:.0f} |"
         )
-    final = run["final_canary"]
+    return lines
+
+
+def _wall_time(run: dict[str, Any]) -> str:
     sft_s = f"SFT training {run['sft_seconds']:.0f} s, then " if run.get("sft_seconds") else ""
+    cycles = sum(c["seconds"] for c in run["cycles"])
+    return f"Wall time: {sft_s}{len(run['cycles'])} cycles in {cycles:.0f} s ({run['seconds']:.0f} s in all)."
+
+
+def cycles_block(ws: Workspace) -> str:
+    """The main job's last run: per cycle the stable model and each candidate's gold composite, the
+    gate, the canary and its traffic; then SFT vs the stable model at the end, and the wall times."""
+    run = read_json(ws.eval_path("run"), "make demo")
+    lines = _cycle_table(ws, run)
+    final = run["final_canary"]
     lines += [
         "",
         f"Last canary: {final['decision']} ({final.get('reason', '')}). Gold composite on the full test split: "
         f"SFT {run['sft']['gold_composite']:.3f} -> stable after the run {run['stable']['gold_composite']:.3f} "
         f"(solve accuracy {run['sft']['solve_accuracy']:.3f} -> {run['stable']['solve_accuracy']:.3f}). "
-        f"Wall time: {sft_s}{len(run['cycles'])} cycles in {sum(c['seconds'] for c in run['cycles']):.0f} s "
-        f"({run['seconds']:.0f} s in all).",
+        + _wall_time(run),
     ]
+    return "\n".join(lines)
+
+
+def example_run_block(ws: Workspace) -> str:
+    """Any task's `rlhfops run`: the cycles, then the start model, SFT and the stable model after the
+    run on the evaluation judges (mean per objective, composite, the task's own metrics, win rates
+    against the start), the model and the sizes the run used, and the wall time."""
+    from rlhfops.config import CONFIG_FILENAME, load_config
+    from rlhfops.evaluation import task_metric_keys
+
+    run = read_json(ws.eval_path("run"), "rlhfops run")
+    if "start" not in run:
+        raise ValueError(f"'{ws.eval_path('run')}' has no start model evaluation; it was written by an older rlhfops")
+    lines = _cycle_table(ws, run)
+    final = run["final_canary"]
+    columns = {"start": run["start"], "sft": run["sft"], "stable": run["stable"]}
+    lines += ["", f"Last canary: {final['decision']} ({final.get('reason', '')}).", ""]
+    lines += ["| evaluation judges | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
+    for objective in run["start"]["gold"]:
+        lines.append(f"| {objective} | " + " | ".join(_score(r["gold"][objective]) for r in columns.values()) + " |")
+    lines.append("| composite | " + " | ".join(_score(r["gold_composite"]) for r in columns.values()) + " |")
+    for key in task_metric_keys(run["start"]):
+        lines.append(f"| {key.replace('_', ' ')} | " + " | ".join(_score(r.get(key)) for r in columns.values()) + " |")
+    wins = ["-", _score(run.get("sft_win_rate_vs_start")), _score(run.get("stable_win_rate_vs_start"))]
+    lines.append("| win rate vs start | " + " | ".join(wins) + " |")
+    cfg = load_config(ws.model_dir("sft") / CONFIG_FILENAME)  # the run's configuration, saved with its SFT model
+    first = run["start"]
+    sizes = (
+        f"model {Path(cfg.model.name_or_path or 'the tiny Llama').name}, task "
+        f"{cfg.task.factory or cfg.task.name}; SFT {cfg.sft.max_steps} steps of {cfg.sft.batch_size}; "
+        f"{cfg.reward.members} reward member(s) per objective, {cfg.reward.max_steps} steps of "
+        f"{cfg.reward.batch_size}; {cfg.policy.algorithm} {cfg.policy.steps} updates of "
+        f"{cfg.policy.prompts_per_step} prompts; {cfg.collect.n_prompts} x {cfg.collect.samples_per_prompt} "
+        f"responses collected per cycle; evaluation: {first['n_prompts']} test prompts, {first['decoding']}"
+    )
+    lines += ["", f"Sizes: {sizes}. " + _wall_time(run)]
     return "\n".join(lines)

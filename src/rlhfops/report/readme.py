@@ -19,12 +19,21 @@ from rlhfops.report.benchmark_blocks import (
     step_labels_block,
     throughput_block,
 )
-from rlhfops.report.blocks import bon_block, cycles_block, gold_eval_block, policy_block, reward_block, weights_block
+from rlhfops.report.blocks import (
+    bon_block,
+    cycles_block,
+    example_run_block,
+    gold_eval_block,
+    policy_block,
+    reward_block,
+    weights_block,
+)
 from rlhfops.report.plots import BENCH_PLOTS
 from rlhfops.workspace import Workspace
 
 BLOCKS: dict[str, Callable[[Workspace], str]] = {
     "cycles": cycles_block,
+    "example-run": example_run_block,
     "gold-eval": gold_eval_block,
     "reward": reward_block,
     "weights": weights_block,
@@ -53,10 +62,14 @@ def replace_block(text: str, name: str, body: str) -> str:
     return f"{head}{start}\n{body}\n{end}{tail}"
 
 
+# blocks written from a workspace of their own (`make example-real`), never by default
+OWN_WORKSPACE = ("example-run",)
+
+
 def update_readme(readme: Path, workspace: Workspace, blocks: list[str] | None = None) -> None:
-    """Rewrite the named blocks (default: all) from the workspace; all or nothing."""
+    """Rewrite the named blocks (default: all but OWN_WORKSPACE's) from the workspace; all or nothing."""
     text = readme.read_text()
-    names = blocks or list(BLOCKS)
+    names = blocks or [name for name in BLOCKS if name not in OWN_WORKSPACE]
     for name in names:
         text = replace_block(text, name, BLOCKS[name](workspace))
     if "bench" in names:  # the plots the bench block embeds, regenerated with it
