@@ -177,7 +177,7 @@ async def disconnected(request: Request) -> None:
 # ---- request bodies -------------------------------------------------------------------------------
 
 
-class _Body(BaseModel):
+class GenerationRequest(BaseModel):
     """What /v1/completions and /v1/chat/completions share."""
 
     model_config = ConfigDict(extra="ignore")
@@ -200,7 +200,7 @@ class _Body(BaseModel):
     logit_bias: dict[str, float] | None = None
 
     @model_validator(mode="after")
-    def _supported(self) -> _Body:
+    def _supported(self) -> GenerationRequest:
         refused = {
             "top_p": self.top_p != 1.0,
             "presence_penalty": self.presence_penalty != 0,
@@ -236,7 +236,7 @@ class _Body(BaseModel):
         return bool((self.stream_options or {}).get("include_usage"))
 
 
-class CompletionRequest(_Body):
+class CompletionRequest(GenerationRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=5)
@@ -265,7 +265,7 @@ class ChatMessage(BaseModel):
     name: str | None = None
 
 
-class ChatRequest(_Body):
+class ChatRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False

@@ -75,8 +75,8 @@ from rlhfops.serving.protocol import (
     ChatRequest,
     CompletionRequest,
     FeedbackRequest,
+    GenerationRequest,
     Guard,
-    _Body,
     busy,
     chat_prompt,
     check_bearer,
@@ -107,7 +107,7 @@ def model_not_found(model: str) -> APIError:
                     param="model", code="model_not_found")  # fmt: skip
 
 
-def check_limits(body: _Body, prompts: list[str], cfg: ServingConfig) -> int:
+def check_limits(body: GenerationRequest, prompts: list[str], cfg: ServingConfig) -> int:
     """Validate a request against `serving.*` limits; returns the max_tokens to use."""
     max_tokens = body.max_tokens or cfg.default_max_tokens
     if max_tokens > cfg.max_tokens:
@@ -551,7 +551,7 @@ def create_app(
             store.log(p, c.text, version, latency_ms, "ok", user=user, request_id=ids[i])
         return ids
 
-    def reply(body: _Body, out: dict[str, Any]) -> Any:
+    def reply(body: GenerationRequest, out: dict[str, Any]) -> Any:
         return streaming_response(out, body.include_usage) if body.stream else out
 
     @app.post("/v1/completions")
