@@ -103,3 +103,32 @@ def test_deploy_on_kserve_goes_through_kserve_apply(tmp_path, monkeypatch):
         f"error: the Kubernetes API refused the request on InferenceService "
         f"{cfg.kserve.namespace}/{cfg.kserve.name}: 403 Forbidden"
     ]
+
+
+def test_serve_stops_cleanly_on_sigterm(tmp_path):
+    """Kubernetes stops a pod with SIGTERM: `rlhfops serve` drains and exits 0, not killed mid-request."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    cfg = load_config("smoke")
+    model_dir = save_policy(*reversed(init_policy(cfg)), cfg, tmp_path / "m")
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlhfops.cli", "serve", "-c", "smoke", "-w", str(tmp_path), "--model", str(model_dir),
+         "--port", "0", "--version", "v1", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        text = proc.stdout.readline()
+        while not text.rstrip().endswith("}") or text.count("{") != text.count("}"):  # the JSON, maybe indented
+            text += proc.stdout.readline()
+        url = json.loads(text)["server"]
+        assert httpx.get(url + "/health", timeout=30).json()["status"] == "ok"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    finally:
+        proc.kill()

@@ -142,7 +142,8 @@ def test_serve_starts_with_the_runtime_args_and_env_on_a_read_only_root(tmp_path
         port = s.getsockname()[1]
     args = [str(port) if a == "8080" else a for a in container["args"]]
     args = [a.replace("serving.host=0.0.0.0", "serving.host=127.0.0.1") for a in args]
-    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", **{e["name"]: e["value"] for e in container["env"]}}
+    plain = {e["name"]: e["value"] for e in container["env"] if "value" in e}  # Secret refs: unset (optional)
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", **plain}
     assert env["HOME"].startswith("/tmp") and env["TMPDIR"] == "/tmp"
     rlhfops = str(Path(sys.executable).parent / "rlhfops")
     proc = _sandboxed(model_dir, True, env, rlhfops, *args)
@@ -171,7 +172,8 @@ def test_serve_starts_with_the_runtime_args_and_env_on_a_read_only_root(tmp_path
 def test_without_the_tmp_volume_serve_dies_at_start(tmp_path):
     """The failure the emptyDir prevents: no usable temporary directory on a read-only root."""
     container = _runtime_container()
-    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", **{e["name"]: e["value"] for e in container["env"]}}
+    plain = {e["name"]: e["value"] for e in container["env"] if "value" in e}  # Secret refs: unset (optional)
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", **plain}
     proc = _sandboxed(tmp_path, False, env, str(Path(sys.executable).parent / "rlhfops"), *container["args"])
     assert proc.wait(timeout=120) != 0
     assert "No usable temporary directory" in proc.stdout.read()

@@ -182,6 +182,11 @@ def _secret_refs(w) -> set[tuple[str, str, bool]]:
         for e in job["spec"]["trainer"]["env"]:
             ref = e["valueFrom"]["secretKeyRef"]
             refs.add((ref["name"], ref["key"], bool(ref.get("optional"))))
+    for runtime in _of(w["docs"], "ServingRuntime"):
+        for container in runtime["spec"]["containers"]:
+            for e in container.get("env", []):
+                if ref := e.get("valueFrom", {}).get("secretKeyRef"):
+                    refs.add((ref["name"], ref["key"], bool(ref.get("optional"))))
     return refs
 
 
@@ -198,6 +203,9 @@ def check_secrets(w) -> list[str]:
     out += [f"Secret {n} key {k} is mandatory" for n, k, opt in _secret_refs(w) if n == "rlhfops-secrets" and not opt]
     if not any(key == "AWS_ENDPOINT_URL" for _, key, _ in _secret_refs(w)):
         out.append("AWS_ENDPOINT_URL is never injected")
+    env = {e["name"] for r in _of(w["docs"], "ServingRuntime") for c in r["spec"]["containers"] for e in c["env"]}
+    if w["cfg"].serving.api_key_env not in env:
+        out.append(f"the serving runtime never sets {w['cfg'].serving.api_key_env}, the API key it checks")
     return out
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -45,9 +44,10 @@ def serve(
     port: Annotated[int | None, typer.Option("--port", help="Port for --model; default serving.stable_port.")] = None,
     version: Annotated[str, typer.Option("--version", help="Model id --model answers as.")] = "model",
 ) -> None:
-    """Start stable + canary + the router on loopback (from the registry), until Ctrl-C."""
+    """Start stable + canary + the router on loopback (from the registry), until Ctrl-C or SIGTERM,
+    then drain the requests in flight."""
     from rlhfops.serving.router import start_stack
-    from rlhfops.serving.server import create_app, start_server
+    from rlhfops.serving.server import create_app, start_server, wait_for_shutdown_signal
 
     cfg, ws = setup(config, set_, workspace)
     with user_errors():
@@ -65,12 +65,9 @@ def serve(
     else:
         console.print(" ".join(f"{k}: {v}" for k, v in urls.items()) + "  (Ctrl-C stops)")
     try:
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
+        wait_for_shutdown_signal()  # Ctrl-C or SIGTERM (what Kubernetes sends)
     finally:
-        stop()
+        stop()  # drains the requests in flight
 
 
 @app.command("simulate-traffic")
