@@ -1,6 +1,7 @@
 """rlhfops.cycle: the stage plumbing (the whole cycle runs in tests/test_cli.py through kfp.local)."""
 
 import json
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -35,7 +36,32 @@ def test_first_cycle_makes_sft_stable_and_numbers_cycles(ws_with_sft):
     assert cycle.next_cycle(ws) == 1  # data but no evaluation: cycle 1 is redone
     cycle.cycle_eval_path(ws, 1).parent.mkdir(parents=True, exist_ok=True)
     cycle.cycle_eval_path(ws, 1).write_text("{}")
-    assert cycle.next_cycle(ws) == 2
+    assert cycle.next_cycle(ws) == 1  # evaluated, but the gate never ran: not done
+    cycle.cycle_gate_path(ws, 1).write_text('{"decision": "deploy"}')
+    assert cycle.next_cycle(ws) == 1  # the gate said deploy, but no canary of cycle 1 is registered
+    Registry(ws.root).register(ws.model_dir("sft"), metrics={"cycle": 1}, stage="canary")
+    assert cycle.next_cycle(ws) == 2 and cycle.cycles_done(ws) == 1
+    cycle.cycle_gate_path(ws, 1).write_text('{"decision": "reject"}')
+    assert cycle.next_cycle(ws) == 2  # a rejecting gate finishes a cycle without a canary
+
+
+def test_the_workspace_lock_names_its_holder_and_is_taken_over_from_a_dead_one(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    ws = Workspace(tmp_path)
+    with cycle.workspace_lock(ws) as note:
+        assert note is None
+        code = "import sys; from rlhfops import cycle; from rlhfops.workspace import Workspace\n"
+        code += "with cycle.workspace_lock(Workspace(sys.argv[1])): pass"
+        other = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+        assert other.returncode != 0
+        assert f"pid {os.getpid()} on host" in other.stderr and "is in use" in other.stderr
+    # a holder killed with -9 leaves its record but not the lock: the next run takes it over, with a note
+    (tmp_path / cycle.RUN_LOCK).write_text(json.dumps({"pid": 999999, "host": "h", "started": "t", "command": "c"}))
+    with cycle.workspace_lock(ws) as note:
+        assert "pid 999999 on host h since t" in note
 
 
 def test_no_stable_and_no_sft_is_a_clear_error(tmp_path):

@@ -22,7 +22,9 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: every float of every section (dict values and optional floats included) is
+    # finite, or the key is refused with "must be a finite number" (`_describe`)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class NoiseConfig(Section):
@@ -109,7 +111,7 @@ class TaskConfig(Section):
         if not self.ops or set(self.ops) - set("+-*/"):
             raise ValueError(f"ops must be a non-empty subset of '+-*/', got {self.ops!r}")
         if sum(self.kind_weights.values()) <= 0 or min(self.kind_weights.values()) < 0:
-            raise ValueError("kind_weights must be non-negative with a positive sum")
+            raise ValueError("task.kind_weights must be non-negative with a positive sum")
         return self
 
 
@@ -131,6 +133,7 @@ class ModelConfig(Section):
     @classmethod
     def _expand_home(cls, path: str | None) -> str | None:
         return expand_home(path)
+
     hidden_size: int = Field(128, ge=8)
     intermediate_size: int = Field(384, ge=8)
     num_hidden_layers: int = Field(4, ge=1)
@@ -270,6 +273,7 @@ class RewardConfig(Section):
     @classmethod
     def _expand_home(cls, paths: list[str]) -> list[str]:
         return [expand_home(p) for p in paths]
+
     aggregation: Literal["mean", "weighted", "min", "uwo"] = Field("mean")
     uwo_lambda: float = Field(1.0, ge=0, description="uwo: mean - lambda * std")
     uncertainty_penalty: float = Field(
@@ -321,6 +325,15 @@ class ScalarisationConfig(Section):
         description="hierarchical: per-objective pass mark on the normalised reward scale",
     )
 
+    @model_validator(mode="after")
+    def _check(self) -> ScalarisationConfig:
+        negative = sorted(k for k, w in self.weights.items() if w < 0)
+        if negative:
+            raise ValueError(f"scalarisation.weights.{negative[0]} is negative; weights must be at least 0")
+        if self.method == "weighted" and self.weights and sum(self.weights.values()) <= 0:
+            raise ValueError("scalarisation.weights must have a positive sum (all are zero)")
+        return self
+
 
 class ShapingConfig(Section):
     """Partial credit added to the outcome reward; capped so it never outweighs a correct outcome."""
@@ -357,7 +370,9 @@ class PolicyConfig(Section):
         "sequence reward (k1, per sequence); GRPO (TRL) adds kl_coef * (exp(-log r) + log r - 1) to the per-token "
         "loss (k3 estimator, in the loss, not the reward). 0: no reference model",
     )
-    target_kl: float | None = Field(6.0, description="PPO adaptive KL controller target (sequence KL); None: fixed")
+    target_kl: float | None = Field(
+        6.0, gt=0, description="PPO adaptive KL controller target (sequence KL); None: fixed"
+    )
     kl_horizon: int = Field(10000, ge=1, description="PPO adaptive KL controller horizon (samples)")
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(0.95, ge=0, le=1)
@@ -368,7 +383,9 @@ class PolicyConfig(Section):
     ppo_epochs: int = Field(2, ge=1)
     minibatches: int = Field(2, ge=1)
     max_grad_norm: float = Field(1.0, gt=0)
-    early_stop_kl: float | None = Field(0.05, description="stop an update's epochs when approx KL exceeds this")
+    early_stop_kl: float | None = Field(
+        0.05, gt=0, description="stop an update's epochs when approx KL exceeds this; None: never"
+    )
     whiten_rewards: bool = False
     reward_clip: float = Field(10.0, gt=0)
     dense_prm: bool = Field(False, description="PPO: add PRM step rewards at the step-separator tokens")
@@ -802,9 +819,84 @@ class Config(Section):
 
     def save(self, directory: str | Path) -> Path:
         """Write the resolved config as `rlhfops_config.yaml` into `directory`."""
-        path = Path(directory) / CONFIG_FILENAME
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        return path
+        from rlhfops.files import atomic_write_text
+
+        return atomic_write_text(Path(directory) / CONFIG_FILENAME, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# What an error message may quote of a value: a YAML alias can expand a few hundred bytes into megabytes.
+MAX_QUOTED = 80
+# Nodes a YAML document may expand to through its aliases (a full config has a few hundred).
+MAX_YAML_NODES = 100_000
+
+
+def cut(text: str, limit: int = MAX_QUOTED) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def quoted(value: Any) -> str:
+    """`repr(value)`, cut to MAX_QUOTED characters (a long list or mapping is cut before its repr is built)."""
+    if isinstance(value, dict | list) and len(value) > MAX_QUOTED:
+        value = dict(list(value.items())[:MAX_QUOTED]) if isinstance(value, dict) else value[:MAX_QUOTED]
+    return cut(repr(value))
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping and a document whose aliases expand it
+    beyond MAX_YAML_NODES nodes (an alias bomb)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # a merge key (`<<: *base`) may be overridden by design
+            key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{cut(str(key))}' on line {line} is given twice (first on line {seen[key]})"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        sizes: dict[int, int] = {}
+
+        def size(n: yaml.Node) -> int:  # nodes once every alias is expanded; shared nodes counted once each use
+            if id(n) in sizes:
+                return sizes[id(n)]
+            sizes[id(n)] = 1  # a recursive alias counts once rather than looping
+            children = [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else n.value
+            total = 1 + (sum(size(c) for c in children) if isinstance(n, yaml.CollectionNode) else 0)
+            sizes[id(n)] = min(total, MAX_YAML_NODES + 1)
+            return sizes[id(n)]
+
+        if size(node) > MAX_YAML_NODES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"its aliases expand it beyond {MAX_YAML_NODES} values (an alias bomb?)", None
+            )
+        return super().construct_document(node)
+
+
+def load_yaml(text: str | bytes, source: str) -> Any:
+    """YAML text read as `yaml.safe_load` does, but strict (`_StrictLoader`); a ConfigError naming
+    `source` (and the line) when it cannot be read."""
+    from rlhfops.files import decode_utf8
+
+    if isinstance(text, bytes):
+        try:
+            text = decode_utf8(text, source)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{source} is not valid YAML{where}: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source} is not valid YAML: {str(e).splitlines()[0][:200]}") from None
+    except RecursionError:
+        raise ConfigError(f"{source} is nested too deeply to be a config") from None
 
 
 def _describe(err: dict[str, Any]) -> str:
@@ -812,17 +904,18 @@ def _describe(err: dict[str, Any]) -> str:
     if err["type"] == "extra_forbidden":
         return f"unknown config key '{key}'"
     if err["type"] == "value_error" and isinstance(err.get("input"), dict):  # a section's own validator
-        return str(err["ctx"]["error"])
-    got = err.get("input")
+        return cut(str(err["ctx"]["error"]), 300)
     where = f"config key '{key}'" if key else "config"
-    return f"{where}: {err['msg']} (got {got!r})"
+    return f"{where}: {err['msg']} (got {quoted(err.get('input'))})"
 
 
 def validate(data: dict[str, Any]) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError("; ".join(_describe(err) for err in e.errors())) from None
+        errors = e.errors()
+        more = f"; and {len(errors) - 3} more" if len(errors) > 3 else ""
+        raise ConfigError("; ".join(_describe(err) for err in errors[:3]) + more) from None
 
 
 def resolve_path(config: str | Path | None) -> Path | None:
@@ -842,7 +935,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override '{item}' must look like section.key=value")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    value = load_yaml(raw, f"the value of --set '{cut(key.strip())}'") if raw.strip() else None
     # YAML 1.1 reads '3e-4' as a string; accept it as the number the user meant.
     if isinstance(value, str):
         try:
@@ -857,10 +950,13 @@ def load_config(config: str | Path | None = None, overrides: list[str] | tuple[s
     data: dict[str, Any] = {}
     path = resolve_path(config)
     if path is not None:
+        if path.is_dir():
+            raise ConfigError(f"config file '{path}' is a directory; name a YAML file")
         try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
+            raw = path.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"config file '{path}' cannot be read ({e.strerror})") from None
+        loaded = load_yaml(raw, f"config file '{path}'")
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping of sections")
         data = loaded or {}

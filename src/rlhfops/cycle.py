@@ -33,7 +33,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from statistics import fmean
 from typing import TYPE_CHECKING, Any
@@ -62,10 +63,83 @@ def cycle_gate_path(ws: Workspace, cycle: int) -> Path:
     return ws.eval_path(f"cycle-{cycle:04d}-gate")
 
 
+def cycle_deployed(ws: Workspace, cycle: int) -> dict[str, Any] | None:
+    """The registry version `deploy_canary` registered for `cycle`, or None."""
+    return next((v for v in Registry(ws.root).list() if v.get("metrics", {}).get("cycle") == cycle), None)
+
+
+def cycle_done(ws: Workspace, cycle: int) -> bool:
+    """A cycle is done when its gate ran on its evaluation and, if the gate said deploy, its canary is
+    registered; a cycle killed anywhere before that is not done, and is redone."""
+    gate_path = cycle_gate_path(ws, cycle)
+    if not (cycle_eval_path(ws, cycle).exists() and gate_path.exists()):
+        return False
+    try:
+        decision = json.loads(gate_path.read_text()).get("decision")
+    except (ValueError, AttributeError):
+        return False  # not a gate file rlhfops wrote: the gate is redone
+    return decision != "deploy" or cycle_deployed(ws, cycle) is not None
+
+
 def next_cycle(ws: Workspace) -> int:
-    """1 + the last cycle that finished (its evaluation written), so a failed cycle is redone."""
-    done = [n for n in ws.cycle_numbers() if cycle_eval_path(ws, n).exists()]
+    """1 + the last cycle that is done (`cycle_done`), so an unfinished cycle is redone."""
+    done = [n for n in ws.cycle_numbers() if cycle_done(ws, n)]
     return max(done, default=0) + 1
+
+
+def cycles_done(ws: Workspace) -> int:
+    """How many cycles the workspace has finished (`rlhfops run --cycles N` runs until this is N)."""
+    return next_cycle(ws) - 1
+
+
+# `rlhfops run` holds this lock (at the workspace root, which git ignores) for as long as it runs.
+RUN_LOCK = ".run.lock"
+
+
+@contextmanager
+def workspace_lock(ws: Workspace, command: str = "rlhfops run") -> Iterator[str | None]:
+    """Hold the workspace's run lock (flock: the kernel releases it when its process dies, kill -9
+    included). Yields a note when it took over the lock of a process that is gone, else None. A lock
+    another live process holds is a RuntimeError naming it: pid, host and start time."""
+    import fcntl
+    import socket
+    from datetime import datetime
+
+    ws.root.mkdir(parents=True, exist_ok=True)
+    path = ws.root / RUN_LOCK
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"workspace '{ws.root}' is in use: {_holder(path)}; wait for it to finish") from None
+        handle.seek(0)
+        previous = handle.read().strip()
+        note = f"took over the workspace lock of a run that is gone ({_holder(path, previous)})" if previous else None
+        handle.seek(0)
+        handle.truncate()
+        started = datetime.now().astimezone().isoformat(timespec="seconds")
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": started, "command": command}
+        handle.write(json.dumps(info) + "\n")
+        handle.flush()
+        try:
+            yield note
+        finally:
+            handle.seek(0)
+            handle.truncate()  # released cleanly: nothing to take over
+            handle.flush()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        handle.close()
+
+
+def _holder(path: Path, text: str | None = None) -> str:
+    """Who holds (held) the run lock at `path`, as the lock file says."""
+    try:
+        info = json.loads(path.read_text() if text is None else text)
+        return f"`{info['command']}` pid {info['pid']} on host {info['host']} since {info['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"an rlhfops process holds '{path}'"
 
 
 def stable_or_register_sft(cfg: Config, ws: Workspace) -> dict[str, Any]:
@@ -310,6 +384,7 @@ def evaluate(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
         "models": {n: str(p) for n, p in models.items()},
         "results": results,
     }
+    cycle_gate_path(ws, cycle).unlink(missing_ok=True)  # an earlier attempt's gate is not this evaluation's
     atomic_write_json(cycle_eval_path(ws, cycle), summary)
     return summary
 
@@ -414,11 +489,19 @@ def gate(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
 
 
 def deploy_canary(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
-    """Register the gated candidate as the canary (archiving an undecided older canary)."""
+    """Register the gated candidate as the canary (archiving an undecided older canary). Re-entrant: a
+    cycle whose canary is registered already (a run killed after registering) is not registered twice."""
     summary = json.loads(cycle_eval_path(ws, cycle).read_text())
     best = summary["best_candidate"]
     registry = Registry(ws.root)
     stable = stable_or_register_sft(cfg, ws)
+    done = cycle_deployed(ws, cycle)
+    if done is not None:
+        if cfg.pipeline.kserve and done["stage"] == "canary":
+            from rlhfops.serving import kserve
+
+            kserve.apply(cfg, "canary", done, stable=stable)
+        return {"version": done["id"], "candidate": best}
     gate_path = cycle_gate_path(ws, cycle)
     gate_stats = json.loads(gate_path.read_text()).get("stats") if gate_path.exists() else None
     metrics = {**_headline(summary["results"][best]), "cycle": cycle, "gate": gate_stats}

@@ -69,7 +69,50 @@ def readable_by_all(root: Path) -> None:
 
 
 def write_jsonl(path: str | Path, records: list[dict[str, Any]]) -> Path:
-    return atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+    """One JSON object per line, atomically. Strict JSON: a record holding NaN or an infinity (which
+    `json.dumps` would write as the non-JSON `NaN` / `Infinity`) is a ValueError naming it."""
+    lines = []
+    for n, record in enumerate(records, start=1):
+        try:
+            lines.append(json.dumps(record, allow_nan=False) + "\n")
+        except ValueError:
+            raise ValueError(f"{path}: record {n} holds NaN or an infinite number, which JSON cannot hold") from None
+    return atomic_write_text(path, "".join(lines))
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def loads_strict(text: str | bytes) -> Any:
+    """`json.loads` that refuses the non-JSON constants NaN, Infinity and -Infinity (ValueError)."""
+    return json.loads(text, parse_constant=_no_constant)
+
+
+def decode_utf8(raw: bytes, source: str) -> str:
+    """`raw` as UTF-8 text; otherwise a ValueError "<source> is not valid UTF-8 (line N)"."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ValueError(f"{source} is not valid UTF-8 (line {line})") from None
+
+
+def read_json_file(path: str | Path, what: str) -> Any:
+    """A JSON file `what` (e.g. "model registry") as strict JSON; a missing, unreadable, non-UTF-8 or
+    malformed file is one sentence naming it (FileNotFoundError or ValueError)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} '{path}' does not exist")
+    if path.is_dir():
+        raise ValueError(f"{what} '{path}' is a directory, not a JSON file")
+    text = decode_utf8(path.read_bytes(), f"{what} '{path}'")
+    try:
+        return loads_strict(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} '{path}' is not valid JSON (line {e.lineno}: {e.msg})") from None
+    except ValueError as e:
+        raise ValueError(f"{what} '{path}' is not valid JSON ({e})") from None
 
 
 def read_jsonl(path: str | Path, check: Callable[[dict[str, Any]], str | None]) -> list[dict[str, Any]]:
@@ -78,6 +121,8 @@ def read_jsonl(path: str | Path, check: Callable[[dict[str, Any]], str | None]) 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file '{path}' does not exist")
+    if path.is_dir():
+        raise ValueError(f"data file '{path}' is a directory, not a JSONL file")
     records = []
     for lineno, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
         try:
@@ -87,9 +132,11 @@ def read_jsonl(path: str | Path, check: Callable[[dict[str, Any]], str | None]) 
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = loads_strict(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        except ValueError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from None
         problem = "not a JSON object" if not isinstance(record, dict) else check(record)
         if problem:
             raise ValueError(f"{path}:{lineno}: {problem}")

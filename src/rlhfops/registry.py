@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import copy
 import fcntl
-import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rlhfops.files import atomic_write_json
+from rlhfops.files import atomic_write_json, read_json_file
 from rlhfops.workspace import REGISTRY
 
 STAGES = ("candidate", "canary", "stable", "archived")
@@ -42,12 +41,17 @@ class Registry:
     # ---- reading ------------------------------------------------------------------------------
 
     def load(self) -> dict[str, Any]:
+        """The registry, checked (`check_registry`): a damaged file is a RegistryError naming it."""
         if not self.path.exists():
             return {"versions": [], "decisions": [], "failures": []}
         try:
-            return json.loads(self.path.read_text())
-        except json.JSONDecodeError as e:
-            raise RegistryError(f"model registry '{self.path}' is not valid JSON ({e.msg})") from None
+            data = read_json_file(self.path, "model registry")
+        except ValueError as e:
+            raise RegistryError(str(e)) from None
+        problem = check_registry(data)
+        if problem:
+            raise RegistryError(f"model registry '{self.path}' is damaged: {problem}")
+        return data
 
     def list(self) -> list[dict[str, Any]]:
         return self.load()["versions"]
@@ -165,6 +169,33 @@ class Registry:
             result = change(data)
             atomic_write_json(self.path, data)
         return result
+
+
+def check_registry(data: Any) -> str | None:
+    """What is wrong with a loaded registry, or None: an object with the lists `versions`, `decisions`
+    and `failures`, each version an object with a string `id` and `path`, a known `stage`, a
+    `decisions` list, and at most one stable and one canary version."""
+    if not isinstance(data, dict):
+        return f"it holds a JSON {type(data).__name__}, not an object"
+    for key in ("versions", "decisions", "failures"):
+        if not isinstance(data.get(key), list):
+            return f"it has no '{key}' list"
+    for n, v in enumerate(data["versions"], start=1):
+        if not isinstance(v, dict):
+            return f"version {n} is not an object"
+        name = v.get("id", n)
+        for key in ("id", "path"):
+            if not isinstance(v.get(key), str):
+                return f"version {name} has no string '{key}'"
+        if v.get("stage") not in STAGES:
+            return f"version {name} has stage {v.get('stage')!r}, not one of {', '.join(STAGES)}"
+        if not isinstance(v.get("decisions"), list):
+            return f"version {name} has no 'decisions' list"
+    for stage in ("stable", "canary"):
+        holders = [v["id"] for v in data["versions"] if v["stage"] == stage]
+        if len(holders) > 1:
+            return f"{len(holders)} versions are {stage} ({', '.join(holders)}); at most one may be"
+    return None
 
 
 def _check_stage(stage: str) -> None:

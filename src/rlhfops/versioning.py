@@ -17,17 +17,21 @@ credentials from the standard environment variables (AWS_ACCESS_KEY_ID, ...).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from rlhfops.config import VersioningConfig
+from rlhfops.files import atomic_write_text
 from rlhfops.workspace import Workspace
 
 REMOTE = "storage"
@@ -41,6 +45,11 @@ GITIGNORE = """# rlhfops workspace: git tracks only the repository, the DVC poin
 !/.rlhfops/
 """
 IDENTITY = {"user.name": "rlhfops", "user.email": "rlhfops@localhost"}
+# held (flock, so released when its process dies, kill -9 included) while rlhfops changes the workspace's
+# git + DVC repository; at the root, which the whitelist keeps out of git
+LOCK = ".versioning.lock"
+# what a git process killed mid-operation leaves behind; each blocks every later git command
+GIT_LOCKS = ("index.lock", "HEAD.lock", "config.lock", "packed-refs.lock")
 
 
 class VersioningError(RuntimeError):
@@ -60,6 +69,27 @@ def _run(root: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProce
         errors = [ln for ln in lines if "ERROR" in ln or "error" in ln or "fatal" in ln]
         raise VersioningError(f"`{' '.join(cmd)}` failed in '{root}': {(errors or lines or ['no output'])[0].strip()}")
     return done
+
+
+@contextmanager
+def repository_lock(ws: Workspace) -> Iterator[list[str]]:
+    """Hold the workspace's versioning lock; inside it no other rlhfops process works on the repository,
+    so a git lock file found there was left by a git killed mid-operation: it is removed, and the
+    yielded list names what was removed (a note for the caller)."""
+    ws.root.mkdir(parents=True, exist_ok=True)
+    with open(ws.root / LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            git = ws.root / ".git"
+            stale = [git / name for name in GIT_LOCKS] + (list((git / "refs").rglob("*.lock")) if git.is_dir() else [])
+            removed = []
+            for path in stale:
+                if path.exists():
+                    path.unlink()
+                    removed.append(path.relative_to(ws.root).as_posix())
+            yield removed
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def remote_url(ws: Workspace, versioning: VersioningConfig) -> str:
@@ -84,7 +114,7 @@ def init_repo(ws: Workspace, versioning: VersioningConfig | None = None) -> None
         _run(root, "dvc", "init", "-q")
         _run(root, "dvc", "config", "core.analytics", "false")
     if not (root / ".gitignore").exists() or (root / ".gitignore").read_text() != GITIGNORE:
-        (root / ".gitignore").write_text(GITIGNORE)
+        atomic_write_text(root / ".gitignore", GITIGNORE)
     url = remote_url(ws, versioning)
     current = _run(root, "dvc", "remote", "list", check=False).stdout.split()
     if current[:2] != [REMOTE, url]:
@@ -147,21 +177,33 @@ def commit_cycle(
     the manifest, tag `cycle-NNNN` (moved if the cycle is re-committed), `dvc push`. Returns the commit.
 
     A failed push raises VersioningError after the commit and tag exist: the data stays in the
-    working copy and the local DVC cache, and a later `commit_cycle` or `dvc push` sends it."""
+    working copy and the local DVC cache, and a later `commit_cycle` or `dvc push` sends it.
+
+    Re-entrant: every step is redone from the working copy, so a run killed at any point (inside
+    `dvc add`, `git commit` or `dvc push` included) is finished by calling it again; the git lock
+    files a killed git leaves are removed under `repository_lock`."""
     versioning = versioning or VersioningConfig()
-    init_repo(ws, versioning)
     rels = [_relative(ws, p) for p in paths]
     if not rels:
         raise ValueError(f"commit_cycle({cycle}) was given no paths to version")
+    with repository_lock(ws):
+        init_repo(ws, versioning)
+        return _commit(ws, cycle, rels, versioning)
+
+
+def _commit(ws: Workspace, cycle: int, rels: list[str], versioning: VersioningConfig) -> str:
+    for rel in rels:  # a pointer half-written by a killed `dvc add` is rewritten from the data
+        pointer = ws.root / f"{rel}.dvc"
+        if pointer.exists() and not _pointer_ok(pointer):
+            pointer.unlink()
     _run(ws.root, "dvc", "add", "-q", *rels)
     manifest_path = ws.root / FILES
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"files": {}, "cycles": {}}
+    manifest = _read_manifest(manifest_path)
     for rel in rels:
         manifest["files"] = {k: v for k, v in manifest["files"].items() if not (k == rel or k.startswith(rel + "/"))}
         manifest["files"].update(_describe(ws, rel))
     manifest["cycles"][str(cycle)] = sorted(set(manifest["cycles"].get(str(cycle), [])) | set(rels))
-    manifest_path.parent.mkdir(exist_ok=True)
-    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     pointers = [f"{rel}.dvc" for rel in rels]
     ignores = sorted({str(Path(rel).parent / ".gitignore") for rel in rels})
     _run(ws.root, "git", "add", FILES, *pointers, *[i for i in ignores if (ws.root / i).exists()])
@@ -179,6 +221,33 @@ def commit_cycle(
             "in the workspace and its DVC cache; fix the remote and run `dvc push` in the workspace."
         ) from None
     return commit
+
+
+def _pointer_ok(path: Path) -> bool:
+    try:
+        pointer = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return False
+    return isinstance(pointer, dict) and bool(pointer.get("outs"))
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """`.rlhfops/files.json`, or an empty one; a damaged one is a one-sentence error (git has every
+    committed version of it: `git checkout HEAD -- .rlhfops/files.json` restores the last)."""
+    if not path.exists():
+        return {"files": {}, "cycles": {}}
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError):
+        manifest = None
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("files"), dict)) or not isinstance(
+        manifest.get("cycles"), dict
+    ):
+        raise VersioningError(
+            f"the version manifest '{path}' is damaged (not the JSON rlhfops writes); restore it with "
+            f"`git checkout HEAD -- {FILES}` in the workspace"
+        )
+    return manifest
 
 
 def _show(ws: Workspace, rev: str, rel: str) -> str | None:

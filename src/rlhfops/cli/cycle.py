@@ -37,21 +37,42 @@ def run(
     set_: SetOpt = None,
     json_out: JsonOpt = False,
     cycles: Annotated[
-        int | None, typer.Option("--cycles", "-n", help="cycles to run (default pipeline.cycles)")
+        int | None,
+        typer.Option(
+            "--cycles",
+            "-n",
+            help="run until the workspace has this many finished cycles (default pipeline.cycles); a re-run "
+            "after a crash completes the same total, it does not add N more",
+        ),
     ] = None,
 ) -> None:
-    """The main job: the SFT policy (once), then N iterative-RLHF cycles, each the cycle pipeline run
-    through kfp.local, with simulated canary traffic between cycles."""
-    import time
+    """The main job: the SFT policy (once), then iterative-RLHF cycles until the workspace has N
+    finished ones, each the cycle pipeline run through kfp.local, with simulated canary traffic
+    between cycles. Holds the workspace lock: a second `rlhfops run` on the same workspace says who
+    holds it and exits 2."""
+    from contextlib import ExitStack
 
-    from rlhfops.cycle import decide_canary, next_cycle
-    from rlhfops.evaluation import eval_table, win_rate
-    from rlhfops.files import atomic_write_json
+    from rlhfops.cycle import workspace_lock
 
     cfg, ws = setup(config, set_, workspace)
     n_cycles = cycles if cycles is not None else cfg.pipeline.cycles
     if n_cycles < 1:
         fail(f"--cycles must be at least 1, got {n_cycles}")
+    with ExitStack() as held:
+        with user_errors():
+            note = held.enter_context(workspace_lock(ws))
+        if note:
+            typer.secho(f"note: {note}", err=True)
+        _run(cfg, ws, config, set_, json_out, n_cycles)
+
+
+def _run(cfg: Config, ws: Workspace, config: str | None, set_: list[str] | None, json_out: bool, n_cycles: int) -> None:
+    import time
+
+    from rlhfops.cycle import cycles_done, decide_canary, next_cycle
+    from rlhfops.evaluation import eval_table, win_rate
+    from rlhfops.files import atomic_write_json
+
     started = time.perf_counter()
     sft = ws.model_dir("sft")
     sft_seconds = None
@@ -69,9 +90,13 @@ def run(
     if not json_out:
         console.print(f"SFT policy in {sft}/")
     report = {"sft": read_json(ws.eval_path("sft")), "sft_seconds": sft_seconds, "cycles": []}
-    for _ in range(n_cycles):
+    if not json_out and cycles_done(ws) >= n_cycles:
+        console.print(f"the workspace has {cycles_done(ws)} finished cycles already (asked for {n_cycles})")
+    while cycles_done(ws) < n_cycles:
         cycle = next_cycle(ws)
         report["cycles"].append(_run_cycle_pipeline_with_traffic(cfg, ws, config, set_ or [], cycle, quiet=json_out))
+        if cycles_done(ws) < cycle:  # the pipeline said it succeeded, yet the cycle is not done: never loop
+            fail(f"cycle {cycle} ran but is not done (no gate decision, or a deploy without its canary)")
     with user_errors():
         final = decide_canary(cfg, ws)  # the last cycle's canary, on the traffic it got
         report["final_canary"] = final
