@@ -127,6 +127,7 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path):
         while not text.rstrip().endswith("}") or text.count("{") != text.count("}"):  # the JSON, maybe indented
             text += proc.stdout.readline()
         url = json.loads(text)["server"]
+        assert not url.endswith(f":{cfg.serving.stable_port}")  # --port 0: a free port, not the default
         assert httpx.get(url + "/health", timeout=30).json()["status"] == "ok"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, proc.stderr.read()

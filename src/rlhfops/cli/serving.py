@@ -41,7 +41,9 @@ def serve(
     model: Annotated[
         Path | None, typer.Option("--model", "-m", help="Serve only this model directory (no router), e.g. in KServe.")
     ] = None,
-    port: Annotated[int | None, typer.Option("--port", help="Port for --model; default serving.stable_port.")] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="Port for --model (0: any free one); default serving.stable_port.")
+    ] = None,
     version: Annotated[str, typer.Option("--version", help="Model id --model answers as.")] = "model",
 ) -> None:
     """Start stable + canary + the router on loopback (from the registry), until Ctrl-C or SIGTERM,
@@ -52,7 +54,8 @@ def serve(
     cfg, ws = setup(config, set_, workspace)
     with user_errors():
         if model is not None:
-            running = start_server(create_app(model, version, cfg), cfg.serving.host, port or cfg.serving.stable_port)
+            port = port if port is not None else cfg.serving.stable_port  # 0: any free port
+            running = start_server(create_app(model, version, cfg), cfg.serving.host, port)
             urls: dict[str, Any] = {"server": running.url}
             stop = running.stop
         else:
