@@ -532,6 +532,12 @@ class JudgeConfig(Section):
     model: str = Field("judge", description="llm: the `model` field of each request")
     api_key_env: str = Field("OPENAI_API_KEY", description="llm: environment variable holding the bearer key")
     timeout_s: float = Field(30.0, gt=0, description="llm: per-request timeout")
+    deadline_s: float = Field(
+        3600.0,
+        gt=0,
+        description="llm: the whole judging of one call (every request and retry) ends after this long; what is "
+        "not judged by then stays unlabelled (annotation.min_labelled_share decides whether that fails the stage)",
+    )
     max_retries: int = Field(3, ge=0, description="llm: retries after a timeout, connection error, 429 or 5xx")
     backoff_s: float = Field(0.5, ge=0, description="llm: first retry delay; doubles each retry")
     max_backoff_s: float = Field(8.0, ge=0, description="llm: cap on one retry delay")
@@ -578,6 +584,13 @@ class AnnotationConfig(Section):
     steps: StepLabelConfig = Field(default_factory=StepLabelConfig)
     active: ActiveConfig = Field(default_factory=ActiveConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
+    min_labelled_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="the annotate stage fails (naming unparsable replies, failed requests, HTTP statuses) when "
+        "its judges label less than this share of the (response, objective) pairs; 0: never",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> AnnotationConfig:

@@ -20,7 +20,7 @@ from typing import Any
 
 from rlhfops.annotation.active import prompt_uncertainty, select_prompts
 from rlhfops.annotation.collect import read_responses
-from rlhfops.annotation.judges import RewardModelJudge, annotation_judges
+from rlhfops.annotation.judges import Judges, RewardModelJudge, Scores, annotation_judges
 from rlhfops.annotation.pairs import judged_pairs
 from rlhfops.annotation.review import (
     INTERFACE,
@@ -86,6 +86,32 @@ def step_records(
     return [r for r in records if r is not None and any(label is not None for label in r["labels"])]
 
 
+def check_labelled_share(judge: Judges, scores: Scores, objectives: list[str], min_share: float) -> None:
+    """A RuntimeError, one sentence with the reasons counted (unparsable replies, failed requests, the
+    HTTP status, the deadline), when the judges labelled less than `min_share` of the (response,
+    objective) pairs: a judge that labels nothing must not pass as an annotation with no pairs."""
+    total = len(scores) * len(objectives)
+    labelled = sum(s.get(o) is not None for s in scores for o in objectives)
+    if total == 0 or labelled >= min_share * total and labelled > 0:
+        return
+    stats, errors = judge.stats, judge.errors
+    reasons = [
+        f"{stats[key]} {what}"
+        for key, what in (
+            ("unparsable", "unparsable replies"),
+            ("failed", "failed requests"),
+            ("past_deadline", "not done by the deadline"),
+        )
+        if stats[key]
+    ]
+    reasons += [errors[key] for key in ("status", "transport") if key in errors]
+    why = "; ".join(reasons) or f"judges: {', '.join(sorted(set(judge.kinds.values())))}"
+    raise RuntimeError(
+        f"the judges labelled {labelled} of {total} (response, objective) pairs, less than "
+        f"annotation.min_labelled_share={min_share:g} ({why})"
+    )
+
+
 def annotate(
     cfg: Config,
     ws: Workspace,
@@ -131,6 +157,7 @@ def annotate(
     prompts = [p for p, rs in groups for _ in rs]
     responses = [r for _, rs in groups for r in rs]
     scores = judge(prompts, responses)
+    check_labelled_share(judge, scores, objectives, cfg.annotation.min_labelled_share)
     judgements = [{"prompt": p, "response": r, "scores": s} for p, r, s in zip(prompts, responses, scores, strict=True)]
     at, judged = 0, []
     for p, rs in groups:

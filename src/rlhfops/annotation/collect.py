@@ -17,14 +17,14 @@
 from __future__ import annotations
 
 import hashlib
-import json
+import math
 import random
 from pathlib import Path
 from typing import Any
 
 from rlhfops.chat import prompt_of
 from rlhfops.config import Config
-from rlhfops.files import atomic_write_json, read_jsonl, write_jsonl
+from rlhfops.files import atomic_write_json, read_json_file, read_jsonl, write_jsonl
 from rlhfops.workspace import COLLECT_MANIFEST as MANIFEST
 from rlhfops.workspace import RESPONSES, Workspace, is_model_dir
 
@@ -42,9 +42,25 @@ def check_response(record: dict[str, Any]) -> str | None:
         return f"field 'source' must be one of {', '.join(SOURCES)}"
     if not isinstance(record.get("model_version"), str):
         return "field 'model_version' must be a string"
-    feedback = record.get("feedback")
-    if feedback is not None and (isinstance(feedback, bool) or not isinstance(feedback, int | float)):
-        return "field 'feedback' must be a number or null"
+    if not _number_or_none(record.get("feedback")):
+        return "field 'feedback' must be a finite number or null"
+    return None
+
+
+def _number_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value))
+
+
+def check_interaction(row: dict[str, Any]) -> str | None:
+    """What is wrong with an interaction-store row for collection, or None. A row the router wrote is
+    always fine; one written into the database by something else may hold text where a number goes."""
+    if row.get("time") is None or not _number_or_none(row["time"]):
+        return f"its time {row.get('time')!r:.40} is not a finite number"
+    if not _number_or_none(row.get("feedback")):
+        return f"its feedback {row.get('feedback')!r:.40} is not a finite number or empty"
+    for field in ("prompt", "response", "version"):
+        if not isinstance(row.get(field), str):
+            return f"its {field} is not text"
     return None
 
 
@@ -107,8 +123,14 @@ def previous_state(ws: Workspace, cycle: int) -> tuple[float | None, list[str]]:
     for earlier in reversed([c for c in ws.cycle_numbers() if c < cycle]):
         manifest = ws.cycle_dir(earlier) / MANIFEST
         if manifest.exists():
-            state = json.loads(manifest.read_text())
-            return state.get("interactions_until"), state.get("interaction_ids_at_until", [])
+            state = read_json_file(manifest, "collection manifest")
+            until = state.get("interactions_until") if isinstance(state, dict) else "?"
+            if not _number_or_none(until):
+                raise ValueError(
+                    f"collection manifest '{manifest}' says interactions were collected until {until!r:.40}, "
+                    "not a time; set its interactions_until to the last collected interaction's unix time"
+                )
+            return until, state.get("interaction_ids_at_until", [])
     return None, []
 
 
@@ -156,6 +178,7 @@ def collect(
         "empty_samples": len(flat) - len(records),
         "interactions": 0,
         "interactions_skipped_empty": 0,
+        "interactions_skipped_invalid": [],
         "with_feedback": 0,
     }
     since, ids_at_since = previous_state(ws, cycle)
@@ -169,6 +192,14 @@ def collect(
             logged = new_interactions(store, since, ids_at_since)
         finally:
             store.close()
+        valid = []
+        for r in logged:  # a bad row is skipped and named; the rows after it are collected as usual
+            problem = check_interaction(r)
+            if problem:
+                counts["interactions_skipped_invalid"].append(f"interaction '{r.get('id')}' skipped: {problem}")
+            else:
+                valid.append(r)
+        logged = valid
         for r in logged:
             if not (isinstance(r["prompt"], str) and r["prompt"].strip() and r["response"] and r["response"].strip()):
                 counts["interactions_skipped_empty"] += 1

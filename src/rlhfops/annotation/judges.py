@@ -170,7 +170,20 @@ class LLMJudge:
                 async with semaphore:
                     return await self.score_one(client, obj, prompts[i], responses[i])
 
-            results = await asyncio.gather(*(one(i, obj) for i, obj in jobs))
+            # one deadline for the whole call: a hanging endpoint cannot hold a cycle for hours
+            tasks = [asyncio.ensure_future(one(i, obj)) for i, obj in jobs]
+            if tasks:
+                _, late = await asyncio.wait(tasks, timeout=self.cfg.deadline_s)
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+                if late:
+                    self.stats["past_deadline"] += len(late)
+                    self.errors["deadline"] = (
+                        f"{len(late)} of {len(tasks)} judgements were not done within "
+                        f"annotation.judge.deadline_s={self.cfg.deadline_s:g} s"
+                    )
+            results = [None if t.cancelled() else t.result() for t in tasks]
         if jobs and self.stats["transport_failed"] == len(jobs):
             raise ConnectionError(
                 f"the LLM judge endpoint {self.url} could not be reached: {self.errors.get('transport', '?')}"
@@ -338,6 +351,11 @@ class Judges:
     def stats(self) -> Counter:
         """The counts of every part that keeps them (labelled, flipped, requests, unparsable, ...)."""
         return sum((getattr(judge, "stats", Counter()) for judge, _ in self.parts), Counter())
+
+    @property
+    def errors(self) -> dict[str, str]:
+        """One example message per failure kind (transport, status, deadline) of every part that keeps them."""
+        return {k: v for judge, _ in self.parts for k, v in getattr(judge, "errors", {}).items()}
 
 
 def build_judges(

@@ -27,6 +27,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import DatabaseError
 
 from rlhfops.workspace import INTERACTIONS
 
@@ -64,7 +65,12 @@ class InteractionStore:
         self.engine = create_engine(url, connect_args=connect_args, pool_pre_ping=not sqlite)
         if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
+        try:
+            metadata.create_all(self.engine)
+        except DatabaseError as e:  # a damaged file, not a database, or a schema we did not write
+            where = self.engine.url.render_as_string(hide_password=True)
+            reason = str(e.orig).splitlines()[0] if e.orig is not None else type(e).__name__
+            raise ValueError(f"the interaction store '{where}' cannot be opened: {reason}") from None
 
     @classmethod
     def for_workspace(cls, ws_root: str | Path) -> InteractionStore:
@@ -127,8 +133,13 @@ class InteractionStore:
             query = query.where(interactions.c.time >= since)
         if version is not None:
             query = query.where(interactions.c.version == version)
-        with self.engine.connect() as conn:
-            return [dict(row._mapping) for row in conn.execute(query)]
+        try:
+            with self.engine.connect() as conn:
+                return [dict(row._mapping) for row in conn.execute(query)]
+        except DatabaseError as e:  # a table of another shape, a file damaged since it was opened
+            where = self.engine.url.render_as_string(hide_password=True)
+            reason = str(e.orig).splitlines()[0] if e.orig is not None else type(e).__name__
+            raise ValueError(f"the interaction store '{where}' cannot be read: {reason}") from None
 
     def count(self, version: str | None = None) -> int:
         query = select(func.count()).select_from(interactions)
