@@ -96,7 +96,7 @@ def test_queue_round_trip_human_labels_override_and_kappa(tmp_path):
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [
-        ("not json", "not a Label Studio JSON export"),
+        ("not json", "review export '.*' is not valid JSON"),
         ('{"a": 1}', "a list of tasks"),
         ('[{"nodata": 1}]', "task 1: no 'data'"),
         ('[{"data": {"id": 5}}]', "task 1: 'data.id'"),

@@ -107,15 +107,40 @@ def load_prompt_rows(name: str, split: str):
     import datasets
 
     path = Path(name)
-    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
-        loaded = datasets.load_from_disk(str(path))
-        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-    if path.is_file():
-        kind = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix)
-        if kind is None:
-            raise ValueError(f"cannot read prompts from '{path}': use a .jsonl, .json, .csv or .parquet file")
-        return datasets.load_dataset(kind, data_files=str(path), split="train")
-    return datasets.load_dataset(name, split=split)
+    try:
+        if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise ValueError(f"data set '{name}' has no split '{split}' (splits: {', '.join(loaded)})")
+                loaded = loaded[split]
+        elif path.is_file():
+            kind = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix)
+            if kind is None:
+                raise ValueError(f"cannot read prompts from '{path}': use a .jsonl, .json, .csv or .parquet file")
+            # our reader names the line of a truncated or binary file
+            if path.suffix == ".jsonl" and not read_jsonl(path, lambda record: None):
+                raise ValueError(f"data set '{name}' holds no rows")
+            loaded = datasets.load_dataset(kind, data_files=str(path), split="train")
+        else:
+            loaded = datasets.load_dataset(name, split=split)
+    except ValueError as e:
+        if str(e).startswith(("data set '", "cannot read prompts", str(path))):
+            raise
+        raise ValueError(f"cannot read prompts from data set '{name}': {_first_line(e)}") from None
+    except Exception as e:  # datasets and pyarrow raise many kinds (generation, cast, parse, hub errors)
+        raise ValueError(f"cannot read prompts from data set '{name}': {_first_line(e)}") from None
+    if len(loaded) == 0:
+        raise ValueError(f"data set '{name}' (split '{split}') holds no rows")
+    return loaded
+
+
+def _first_line(error: Exception) -> str:
+    """An exception as one short line, from its root cause: the HF and Arrow messages run to pages."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    text = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def previous_state(ws: Workspace, cycle: int) -> tuple[float | None, list[str]]:

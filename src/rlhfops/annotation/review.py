@@ -23,14 +23,14 @@ a grid search over the simplex with `reward.objectives.grid_search`).
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rlhfops.files import read_jsonl
+from rlhfops.config import cut
+from rlhfops.files import read_json_file, read_jsonl
 from rlhfops.reward.objectives import grid_search, simplex_grid
 from rlhfops.workspace import REVIEW_IMPORTED as IMPORTED
 from rlhfops.workspace import REVIEW_INTERFACE as INTERFACE
@@ -154,15 +154,11 @@ def read_export(path: str | Path) -> dict[str, str]:
     """Item id -> "A" | "B" from a Label Studio JSON export; a malformed task raises ValueError
     naming the file and the task's position. Tasks without a usable annotation are left out."""
     path = Path(path)
-    try:
-        tasks = json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"review export '{path}' does not exist") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a Label Studio JSON export ({e})") from None
+    tasks = read_json_file(path, "review export")
     if not isinstance(tasks, list):
         raise ValueError(f"{path}: a Label Studio JSON export is a list of tasks")
     labels: dict[str, str] = {}
+    labelled_at: dict[str, int] = {}  # item id -> the task that labelled it
     for n, task in enumerate(tasks, start=1):
         where = f"{path}: task {n}"
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
@@ -173,15 +169,21 @@ def read_export(path: str | Path) -> dict[str, str]:
         done = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
         if not done:
             continue
-        choices = [
-            c
-            for r in done[-1].get("result") or []
-            if isinstance(r, dict) and r.get("from_name") == "preference"
-            for c in (r.get("value") or {}).get("choices") or []
-        ]
+        results = done[-1].get("result")
+        results = results if isinstance(results, list) else []
+        values = [r.get("value") for r in results if isinstance(r, dict) and r.get("from_name") == "preference"]
+        lists = [v["choices"] for v in values if isinstance(v, dict) and isinstance(v.get("choices"), list)]
+        choices = [c for chosen in lists for c in chosen]
         if len(choices) != 1 or choices[0] not in CHOICES:
-            raise ValueError(f"{where}: the 'preference' result must be exactly one of A or B, got {choices}")
-        labels[item_id] = choices[0]
+            raise ValueError(
+                f"{where}: the 'preference' result must be exactly one of A or B, got {cut(repr(choices), 80)}"
+            )
+        if item_id in labels and labels[item_id] != choices[0]:
+            raise ValueError(
+                f"{where}: item '{cut(item_id, 80)}' is labelled {choices[0]} here but {labels[item_id]} in task "
+                f"{labelled_at[item_id]}; keep one label per item"
+            )
+        labels[item_id], labelled_at[item_id] = choices[0], n
     return labels
 
 

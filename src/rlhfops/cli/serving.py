@@ -87,7 +87,7 @@ def simulate_traffic_cmd(
 
     cfg, ws = setup(config, set_, workspace)
     with user_errors():
-        result = simulate_traffic(cfg, ws.root, n_requests or cfg.simulate.n_requests, url=url)
+        result = simulate_traffic(cfg, ws.root, cfg.simulate.n_requests if n_requests is None else n_requests, url=url)
     if json_out:
         emit_json(result)
         return

@@ -120,6 +120,9 @@ def train_rm(
     console.print(f"ensembles in {out}/")
 
 
+SCORE_CHARS_PER_TOKEN = 32
+
+
 @app.command()
 def score(
     input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="JSONL with `prompt` and `response`.")],
@@ -135,15 +138,26 @@ def score(
     from rlhfops.reward.prm import ProcessRewardModel
 
     cfg, ws = setup(config, set_, workspace)
+    # what a record may hold before it reaches a tokenizer: the models read at most max_length tokens,
+    # and no tokenizer makes fewer than one token of SCORE_CHARS_PER_TOKEN characters
+    max_chars = SCORE_CHARS_PER_TOKEN * max(cfg.reward.max_length, cfg.prm.max_length)
 
     def check(record: dict[str, Any]) -> str | None:
         for field in ("prompt", "response"):
             if not isinstance(record.get(field), str):
                 return f"field '{field}' must be a string"
+        chars = len(record["prompt"]) + len(record["response"])
+        if chars > max_chars:
+            return (
+                f"prompt and response hold {chars} characters, more than the {max_chars} that `score` reads "
+                f"({SCORE_CHARS_PER_TOKEN} x the longest of reward.max_length and prm.max_length)"
+            )
         return None
 
     with user_errors():
         records = read_jsonl(input_path, check)
+        if not records:
+            raise ValueError(f"'{input_path}' holds no records to score")
         ensembles = load_ensembles(ws.model_dir("reward"), cfg.reward.objectives)
         prm_dir = trained_model(ws, "prm")
         prm = ProcessRewardModel.load(prm_dir) if prm_dir is not None else None

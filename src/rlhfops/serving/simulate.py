@@ -30,6 +30,8 @@ BUSY_TRIES = 10  # sends of one request while the router answers 429 / 503 with 
 def simulate_traffic(cfg: Config, ws: str | Path, n_requests: int, *, url: str | None = None) -> dict[str, Any]:
     """Send `n_requests` simulated requests with feedback to the router at `url`; None starts the
     registry's stable + canary + router on free loopback ports and stops them afterwards."""
+    if n_requests < 1:
+        raise ValueError(f"the number of simulated requests must be at least 1, got {n_requests}")
     sim = cfg.simulate
     task = make_task(cfg.task, cfg.seed)
     judge = eval_judges(cfg, task)
