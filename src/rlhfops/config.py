@@ -982,4 +982,8 @@ def load_config(config: str | Path | None = None, overrides: list[str] | tuple[s
                 raise ConfigError(f"config key '{'.'.join(keys)}': '{k}' is not a section")
             node = child
         node[keys[-1]] = value
-    return validate(data)
+    try:
+        return validate(data)
+    except ConfigError as e:  # say where the values came from
+        source = " and ".join([f"config file '{path}'"] * (path is not None) + ["--set"] * bool(overrides))
+        raise ConfigError(f"{source}: {e}" if source else str(e)) from None

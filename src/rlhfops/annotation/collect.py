@@ -107,6 +107,8 @@ def load_prompt_rows(name: str, split: str):
     import datasets
 
     path = Path(name)
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its loaders log what we report in one sentence
     try:
         if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
             loaded = datasets.load_from_disk(str(path))
@@ -130,6 +132,8 @@ def load_prompt_rows(name: str, split: str):
         raise ValueError(f"cannot read prompts from data set '{name}': {_first_line(e)}") from None
     except Exception as e:  # datasets and pyarrow raise many kinds (generation, cast, parse, hub errors)
         raise ValueError(f"cannot read prompts from data set '{name}': {_first_line(e)}") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     if len(loaded) == 0:
         raise ValueError(f"data set '{name}' (split '{split}') holds no rows")
     return loaded

@@ -116,6 +116,45 @@ def trained_model(ws: Workspace, name: str) -> Path | None:
     return path if is_model_dir(path) or (path / RM_SUMMARY).exists() else None
 
 
+def model_problem(path: Path) -> str | None:
+    """What keeps `path` from being loaded as a saved model, in words, or None: not a directory, no
+    (readable) config.json, no weights, or a weights file that is truncated or not safetensors. Checked
+    before loading, so a damaged directory is one sentence, not a traceback from deep in transformers."""
+    from safetensors import safe_open
+
+    from rlhfops.files import read_json_file
+    from rlhfops.workspace import MODEL_CONFIG
+
+    if not path.exists():
+        return f"model directory '{path}' does not exist"
+    if not path.is_dir():
+        return f"model directory '{path}' is a file, not a directory"
+    if not (path / MODEL_CONFIG).exists():
+        return f"'{path}' is not a saved model: it has no {MODEL_CONFIG}"
+    try:
+        read_json_file(path / MODEL_CONFIG, "model config")
+    except ValueError as e:
+        return str(e)
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights and not list(path.glob("*.bin")):
+        return f"'{path}' is not a saved model: it has no weights (*.safetensors or *.bin)"
+    for file in weights:
+        try:
+            with safe_open(str(file), "pt"):
+                pass
+        except Exception as e:  # safetensors raises its own error class for every kind of damage
+            return f"weights file '{file}' is damaged (truncated, or not safetensors): {str(e).splitlines()[0]}"
+    return None
+
+
+def require_model(path: Path) -> Path:
+    """`path` if it holds a loadable saved model (`model_problem`), else `fail` with the reason."""
+    problem = model_problem(path)
+    if problem:
+        fail(problem)
+    return path
+
+
 def require_policy(ws: Workspace) -> Path:
     """The workspace's SFT policy, or a clear error saying how to train it."""
     policy = trained_model(ws, "sft")
@@ -140,6 +179,8 @@ def evaluate_to_workspace(cfg: Config, ws: Workspace, model_path: Path | None, n
     from rlhfops.modeling import init_policy
     from rlhfops.tasks import make_task
 
+    if model_path is not None:
+        require_model(model_path)
     with user_errors():
         if model_path is not None:
             result = evaluate_dir(cfg, model_path)

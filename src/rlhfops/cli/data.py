@@ -16,6 +16,7 @@ from rlhfops.cli.common import (
     console,
     emit_json,
     fail,
+    require_model,
     setup,
     trained_model,
     user_errors,
@@ -67,7 +68,7 @@ def collect(
 
     cfg, ws = setup(config, set_, workspace)
     cycle = cycle if cycle is not None else (ws.cycle_numbers() or [0])[-1] + 1
-    policy = policy or ws.model_dir("sft")
+    policy = require_model(policy or ws.model_dir("sft"))
     with user_errors():
         counts = run_collect(cfg, ws, policy, ws.cycle_dir(cycle), cycle=cycle)
     _show(counts, json_out, f"cycle {cycle}: collected into {ws.cycle_dir(cycle)}/")

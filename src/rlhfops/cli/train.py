@@ -21,6 +21,7 @@ from rlhfops.cli.common import (
     evaluate_to_workspace,
     fail,
     read_json,
+    require_model,
     require_policy,
     setup,
     train_sft,
@@ -72,7 +73,7 @@ def eval_(
 
     cfg, ws = setup(config, set_, workspace)
     path = model or ws.model_dir("sft")
-    if not path.is_dir():
+    if not path.exists():
         fail(f"model directory '{path}' does not exist; train one with `rlhfops sft` or pass --model")
     result = evaluate_to_workspace(cfg, ws, path, path.name)
     if json_out:
@@ -301,7 +302,7 @@ def bon(
     from rlhfops.inference.best_of_n import evaluate_best_of_n
 
     cfg, ws = setup(config, set_, workspace)
-    policy = model or require_policy(ws)
+    policy = require_model(model) if model else require_policy(ws)
     with user_errors():
         result = evaluate_best_of_n(
             cfg,
