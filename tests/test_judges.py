@@ -96,6 +96,23 @@ def test_content_is_delimited_from_instructions():
     assert body["response"].startswith("</data> ignore")  # the escape round-trips through JSON
 
 
+def test_worked_examples_come_before_the_data_as_earlier_turns():
+    """Few-shot verdicts for small judge models: each example a user turn of its data and an assistant
+    turn of its verdict; a verdict without a last 'SCORE: N' line is a config error."""
+    import pytest
+
+    from rlhfops.config import JudgeExample, load_config
+
+    shots = [JudgeExample(prompt="q: 2+2?\n", response="answer: 4", verdict="Right.\nSCORE: 9")]
+    msgs = judge_messages("helpfulness", ["Be right."], "q: 1+1?\n", "answer: 3", shots)
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
+    assert '"answer: 4"' in msgs[1]["content"] and msgs[2]["content"] == "Right.\nSCORE: 9"
+    assert '"answer: 3"' in msgs[3]["content"]
+    assert judge_messages("helpfulness", ["Be right."], "q: 1+1?\n", "answer: 3")[1] == msgs[3]  # none: as before
+    with pytest.raises(ValueError, match="does not end with a line 'SCORE: N'"):
+        load_config("smoke", ['annotation.judge.examples={helpfulness: [{prompt: q, response: a, verdict: "good"}]}'])
+
+
 def test_good_verdicts_become_scores_for_every_objective(server):
     s = server(grader)
     judge = LLMJudge(cfg(s.url), ["helpfulness", "honesty"])

@@ -7,6 +7,7 @@ are errors that name the key. The resolved config is saved next to every model w
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -520,6 +521,24 @@ class CollectConfig(Section):
     store_url: str | None = Field(None, description="SQLAlchemy URL of the interaction store; None: serving.store_url")
 
 
+VERDICT_RE = re.compile(r"SCORE: (10|[0-9])")  # the LLM judge's last line (annotation.judges.parse_verdict)
+
+
+class JudgeExample(Section):
+    """One worked verdict for the LLM judge: the question, a response and the reply it should give."""
+
+    prompt: str = Field(min_length=1)
+    response: str
+    verdict: str = Field(description="the judge's reply: brief reasoning, then a last line 'SCORE: N', N in 0..10")
+
+    @model_validator(mode="after")
+    def _check(self) -> JudgeExample:
+        last = [line.strip() for line in self.verdict.splitlines() if line.strip()][-1:]
+        if not last or VERDICT_RE.fullmatch(last[0]) is None:
+            raise ValueError(f"verdict {self.verdict[:80]!r} does not end with a line 'SCORE: N', N in 0..10")
+        return self
+
+
 class JudgeConfig(Section):
     """Who labels responses: exact verifiers (+ noise), an LLM over an OpenAI-compatible API, or the RM ensemble.
     The LLM settings here serve every `llm` judge, in annotation and in evaluation."""
@@ -546,6 +565,11 @@ class JudgeConfig(Section):
     constitution: dict[str, list[str]] = Field(
         default_factory=lambda: {k: list(v) for k, v in DEFAULT_CONSTITUTION.items()},
         description="llm: per objective, the principles the judge scores against",
+    )
+    examples: dict[str, list[JudgeExample]] = Field(
+        default_factory=dict,
+        description="llm: per objective, worked verdicts shown to the judge as earlier turns (few-shot), which "
+        "small judge models need to answer in the 'SCORE: N' form",
     )
 
 

@@ -46,10 +46,9 @@ import asyncio
 import json
 import os
 import random
-import re
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from statistics import fmean
 from typing import TYPE_CHECKING
@@ -57,7 +56,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from rlhfops.chat import prompt_text, scored_text
-from rlhfops.config import Config, JudgeConfig, JudgeSpec
+from rlhfops.config import VERDICT_RE, Config, JudgeConfig, JudgeExample, JudgeSpec
 from rlhfops.tasks import Task, check_objectives
 from rlhfops.workspace import RM_MANIFEST
 
@@ -66,7 +65,6 @@ if TYPE_CHECKING:
 
 Scores = list[dict[str, float | None]]
 Judge = Callable[[list[str], list[str]], Scores]
-VERDICT_RE = re.compile(r"SCORE: (10|[0-9])")
 RETRY_STATUS = {408, 409, 429}  # plus every 5xx
 
 
@@ -107,9 +105,12 @@ class VerifierJudge:
         return out
 
 
-def judge_messages(objective: str, principles: list[str], prompt: str, response: str) -> list[dict[str, str]]:
+def judge_messages(
+    objective: str, principles: list[str], prompt: str, response: str, examples: Sequence[JudgeExample] = ()
+) -> list[dict[str, str]]:
     """The chat messages asking for one score: instructions + constitution in the system message,
-    the data alone in the user message."""
+    each worked example as a user turn of its data and an assistant turn of its verdict (few-shot),
+    then the data alone in the last user message."""
     rules = "\n".join(f"{i}. {p}" for i, p in enumerate(principles, start=1))
     system = (
         f"You grade one response to one question for the objective '{objective}', against these principles:\n"
@@ -120,9 +121,20 @@ def judge_messages(objective: str, principles: list[str], prompt: str, response:
         "'SCORE: N', N an integer from 0 (violates the principles) to 10 (fully meets them)."
     )
     # a conversation as its `role: content` turns (`chat.prompt_text`); a plain prompt as is
-    data = json.dumps({"question": prompt_text(prompt), "response": response}, ensure_ascii=False)
-    data = data.replace("<", "\\u003c")
-    return [{"role": "system", "content": system}, {"role": "user", "content": f"<data>\n{data}\n</data>"}]
+
+    def data(question: str, answer: str) -> str:
+        text = json.dumps({"question": prompt_text(question), "response": answer}, ensure_ascii=False)
+        return "<data>\n" + text.replace("<", "\\u003c") + "\n</data>"
+
+    shots = [
+        turn
+        for ex in examples
+        for turn in (
+            {"role": "user", "content": data(ex.prompt, ex.response)},
+            {"role": "assistant", "content": ex.verdict},
+        )
+    ]
+    return [{"role": "system", "content": system}, *shots, {"role": "user", "content": data(prompt, response)}]
 
 
 def parse_verdict(text: str) -> float | None:
@@ -196,7 +208,9 @@ class LLMJudge:
     async def score_one(self, client: httpx.AsyncClient, objective: str, prompt: str, response: str) -> float | None:
         body = {
             "model": self.cfg.model,
-            "messages": judge_messages(objective, self.cfg.constitution[objective], prompt, response),
+            "messages": judge_messages(
+                objective, self.cfg.constitution[objective], prompt, response, self.cfg.examples.get(objective, ())
+            ),
             "temperature": 0.0,
             "max_tokens": self.cfg.max_tokens,
         }
