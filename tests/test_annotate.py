@@ -124,3 +124,24 @@ def test_monte_carlo_labels_with_a_real_policy():
         assert all(x in (0.0, 1 / 3, 2 / 3, 1.0) for x in record["soft_labels"])
         assert record["labels"] == [x > 0 for x in record["soft_labels"]]
     assert records[0]["labels"][-1] is True and records[1]["labels"][-1] is False  # answer lines are exact
+
+
+def test_a_judge_that_labels_too_little_fails_the_stage_naming_the_reasons():
+    from collections import Counter
+
+    from rlhfops.annotation.annotate import check_labelled_share
+
+    class FakeJudges:
+        kinds = {"helpfulness": "llm"}
+        stats = Counter(unparsable=3, failed=1)
+        errors = {"status": "HTTP 400: wrong model"}
+
+    nothing = [{"helpfulness": None}] * 4
+    with pytest.raises(RuntimeError, match=r"labelled 0 of 4 .*3 unparsable replies; 1 failed requests; HTTP 400"):
+        check_labelled_share(FakeJudges(), nothing, ["helpfulness"], 0.5)
+    with pytest.raises(RuntimeError, match="labelled 0 of 4"):  # nothing labelled fails even at share 0
+        check_labelled_share(FakeJudges(), nothing, ["helpfulness"], 0.0)
+    half = [{"helpfulness": 1.0}, {"helpfulness": 0.0}, {"helpfulness": None}, {"helpfulness": None}]
+    check_labelled_share(FakeJudges(), half, ["helpfulness"], 0.5)
+    with pytest.raises(RuntimeError, match="less than annotation.min_labelled_share=0.75"):
+        check_labelled_share(FakeJudges(), half, ["helpfulness"], 0.75)

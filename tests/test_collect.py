@@ -93,3 +93,14 @@ def test_non_utf8_names_file_and_line(tmp_path):
     with pytest.raises(ValueError, match="not valid UTF-8") as e:
         read_responses(path)
     assert f"{path}:3:" in str(e.value)
+
+
+def test_interaction_rows_with_text_or_infinite_values_are_named_and_skipped():
+    from rlhfops.annotation.collect import check_interaction
+
+    good = {"id": "a", "time": 5.0, "prompt": "p", "response": "r", "version": "v1", "feedback": None}
+    assert check_interaction(good) is None
+    assert "time 'yesterday' is not a finite number" in check_interaction({**good, "time": "yesterday"})
+    assert "feedback 'good'" in check_interaction({**good, "feedback": "good"})
+    assert "feedback inf" in check_interaction({**good, "feedback": float("inf")})
+    assert "response is not text" in check_interaction({**good, "response": None})
