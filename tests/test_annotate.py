@@ -82,15 +82,16 @@ def test_annotate_rejects_bad_input(tmp_path):
 
 
 def test_sparse_labels_mask_all_but_every_kth_and_the_answer():
-    long = "3*4=12\n3*4=12\n2+12=14\nanswer: 14"
+    long = "3*4=12\n3*4=12\n2+12=14\nanswer: 14"  # the repeated step rewrites nothing: invalid
     record = sparse_step_labels(STEPS_, SOLVE, long, every=2)
-    assert record["labels"] == [None, True, None, True]
+    assert record["labels"] == [None, False, None, True]
     exact = exact_step_labels(STEPS_, SOLVE, long)
     agree = label_agreement([exact], [record])
-    assert agree["coverage"] == 0.5 and agree["agreement"] == 1.0 and agree["imputed_agreement"] == 1.0
-    wrong = "3*4=13\n2+13=15\nanswer: 15"  # exact: [False, True, False]
+    assert agree["coverage"] == 0.5 and agree["agreement"] == 1.0
+    assert agree["imputed_agreement"] == 0.75  # the masked first step takes the repeated step's False
+    wrong = "3*4=12\n2+12=15\nanswer: 15"  # exact: [True, False, False]
     sparse = sparse_step_labels(STEPS_, SOLVE, wrong, every=2)
-    assert sparse["labels"] == [None, True, False]
+    assert sparse["labels"] == [None, False, False]
     agree = label_agreement([exact_step_labels(STEPS_, SOLVE, wrong)], [sparse])
     assert agree["imputed_agreement"] == pytest.approx(2 / 3)  # the masked first step takes the next label
 
@@ -98,7 +99,7 @@ def test_sparse_labels_mask_all_but_every_kth_and_the_answer():
 def test_monte_carlo_labels_hard_and_soft(monkeypatch):
     import rlhfops.annotation.steps as steps
 
-    def fake_sample(model, tokenizer, prompts, gen, seed, logits_hook=None):
+    def fake_sample(model, tokenizer, prompts, gen, seed, logits_hook=None, template=True):
         # a completion that finishes right after a correct prefix and wrong after a wrong one
         out = []
         for i, p in enumerate(prompts):

@@ -449,14 +449,14 @@ def _evaluate_bon(cfg: Config, policy_dir: Path, rm_dir: Path, judge) -> dict[st
 
     from rlhfops.evaluation import score_responses
     from rlhfops.inference.best_of_n import best_of_n
-    from rlhfops.modeling import load_policy
+    from rlhfops.modeling import load_decoder
     from rlhfops.reward.build import best_of_n_scorer
     from rlhfops.reward.functions import load_ensembles
     from rlhfops.tasks import make_task
 
     task = make_task(cfg.task, seed=cfg.seed)
     examples = task.examples("test", cfg.eval.n_test)
-    tokenizer, model = load_policy(policy_dir)
+    tokenizer, model, hook = load_decoder(cfg, policy_dir)  # as it decodes everywhere: an offline policy's shift
     scorer = best_of_n_scorer(cfg, load_ensembles(rm_dir, cfg.reward.objectives))
     picks = best_of_n(
         model,
@@ -467,6 +467,7 @@ def _evaluate_bon(cfg: Config, policy_dir: Path, rm_dir: Path, judge) -> dict[st
         generation=cfg.generation,
         generator=torch.Generator().manual_seed(cfg.seed),
         batch_size=cfg.best_of_n.batch_size,
+        logits_hook=hook,
     )
     result = score_responses(task, examples, [r.best for r in picks], judge)
     result["decoding"] = f"Best-of-{cfg.pipeline.eval_best_of_n} (reward ensembles of the cycle)"

@@ -278,11 +278,13 @@ class SequenceClassifierJudge:
     def __init__(self, path: str | Path, objectives: list[str], max_length: int, batch_size: int = 32):
         from transformers import AutoModelForSequenceClassification
 
-        from rlhfops.modeling import load_tokenizer
+        from rlhfops.modeling import default_device, load_tokenizer, load_weights
 
         try:
             self.tokenizer = load_tokenizer(path)
-            self.model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
+            self.model = load_weights(
+                AutoModelForSequenceClassification, path, train=False, device=default_device()
+            ).eval()
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot load the reward model '{path}': {str(e).splitlines()[0]}") from None
         if self.model.config.num_labels != 1:
@@ -309,7 +311,7 @@ class SequenceClassifierJudge:
                     max_length=self.max_length,
                     return_tensors="pt",
                     add_special_tokens=True,
-                )
+                ).to(self.model.device)
                 logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits  # (B, 1)
                 scores += logits[:, 0].float().sigmoid().tolist()
         return [dict.fromkeys(self.objectives, s) for s in scores]

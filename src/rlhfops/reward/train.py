@@ -38,7 +38,7 @@ from rlhfops.annotation.pairs import build_preference_data, read_pairs
 from rlhfops.chat import render, scored_text
 from rlhfops.config import Config
 from rlhfops.files import atomic_directory, atomic_write_json, write_jsonl
-from rlhfops.modeling import load_tokenizer
+from rlhfops.modeling import load_tokenizer, load_weights
 from rlhfops.reward.ensemble import AGGREGATIONS, HEADS, MANIFEST, RewardEnsemble, aggregate, pooled_last_token
 from rlhfops.training import one_progress_display, trl_run_args
 from rlhfops.workspace import PAIR_STATS, RM_MEMBERS, Workspace, is_model_dir, pairs_file
@@ -56,7 +56,7 @@ def train_member(cfg: Config, pairs: list[dict], init: str | Path, out_dir: Path
     Returns trl's log history."""
     tokenizer = load_tokenizer(init)
     set_seed(seed)  # the new reward head's initialisation is part of what the member's seed decides
-    model = AutoModelForSequenceClassification.from_pretrained(str(init), num_labels=1, use_safetensors=True)
+    model = load_weights(AutoModelForSequenceClassification, init, train=True, num_labels=1)  # fp32 to train
     model.config.pad_token_id = tokenizer.pad_token_id
     tokenizer.padding_side = "right"
     # TRL joins prompt + chosen + eos: with the prompt rendered that is `chat.scored_text`, what scoring reads
@@ -169,7 +169,7 @@ def _train_all_heads(cfg: Config, train: list[dict], policy_dir: Path, dest: Pat
     """`kind: heads`: the frozen trunk and all K heads into `dest`; returns the manifest entries."""
     rc = cfg.reward
     tokenizer = load_tokenizer(policy_dir)
-    trunk = AutoModel.from_pretrained(str(policy_dir), use_safetensors=True).eval()
+    trunk = load_weights(AutoModel, policy_dir, train=True).eval()  # fp32: its features train the heads
     prompts = [r["prompt"] for r in train]
     fc = trunk_features(trunk, tokenizer, prompts, [r["chosen"] for r in train], rc.max_length)
     fr = trunk_features(trunk, tokenizer, prompts, [r["rejected"] for r in train], rc.max_length)
