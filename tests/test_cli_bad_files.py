@@ -139,6 +139,7 @@ CASES = [
     ("model truncated weights", None, ["eval", "--model", BAD / "model-truncated-weights"], "is damaged"),
     ("model garbage weights", None, ["eval", "--model", BAD / "model-garbage-weights"], "is damaged"),
     ("model a file", None, ["eval", "--model", BAD / "score-empty.jsonl"], "is a file, not a directory"),
+    ("serve a damaged model", None, ["serve", "--model", BAD / "model-truncated-weights"], "is damaged"),
     ("collect policy truncated", None, ["collect", "--policy", BAD / "model-truncated-weights"], "is damaged"),
 ]
 

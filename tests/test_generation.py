@@ -107,6 +107,11 @@ def test_stop_strings_end_a_row_and_cut_its_text(smoke_cfg):
     assert g.texts == ["", ""] and g.stopped == [True, True]
     plain = generate(model, tokenizer, PROMPTS[:2], 6, greedy=True, logits_hook=hook)
     assert plain.texts == ["777777"] * 2 and plain.stopped == [False, False]
+    # `generation.stop` reaches every sampler through sample_texts
+    from rlhfops.generation import sample_texts
+
+    gen = smoke_cfg.generation.model_copy(update={"stop": ["777"], "max_new_tokens": 6})
+    assert sample_texts(model, tokenizer, PROMPTS[:2], gen, 0, logits_hook=hook) == ["", ""]
 
 
 def test_the_kv_cache_goes_by_the_name_transformers_keeps(smoke_cfg):

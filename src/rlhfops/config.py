@@ -172,6 +172,11 @@ class GenerationConfig(Section):
     temperature: float = Field(1.0, gt=0)
     top_k: int = Field(0, ge=0, description="0 keeps the full distribution")
     batch_size: int = Field(256, ge=1)
+    stop: list[str] = Field(
+        default_factory=list,
+        description="strings that end a response (cut before them), beside the model's stop tokens (the tokenizer's "
+        "eos and every eos id in generation_config); evaluation, collection, step labels and Best-of-N",
+    )
 
 
 class JudgeSpec(Section):
@@ -470,6 +475,16 @@ class OfflineConfig(Section):
         False, description="let the Q / V / CQL gradients into the trunk (false: only the LM term trains it)"
     )
     decode_top_k: int = Field(0, ge=0)
+    distill_samples_per_prompt: int = Field(
+        4,
+        ge=0,
+        description="extraction: samples of the shifted policy per logged prompt whose states the LM is distilled on "
+        "(beside the logged responses' states); 0: the logged states only",
+    )
+    distill_epochs: float = Field(
+        2.0, gt=0, description="extraction: passes over those states, matching the shifted next-token distributions"
+    )
+    distill_lr: float = Field(1e-3, gt=0, description="extraction: AdamW learning rate of the LM")
 
 
 class BestOfNConfig(Section):

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from rlhfops.config import Config, GateConfig
 from rlhfops.files import atomic_write_json
 from rlhfops.registry import Registry
-from rlhfops.workspace import OFFLINE_DATA, RESPONSES, RM_SUMMARY, Workspace, is_model_dir
+from rlhfops.workspace import OFFLINE_DATA, RESPONSES, RM_SUMMARY, RUN_LOCK, Workspace, is_model_dir
 
 if TYPE_CHECKING:
     from rlhfops.serving.gate import GateDecision
@@ -93,7 +93,6 @@ def cycles_done(ws: Workspace) -> int:
 
 
 # `rlhfops run` holds this lock (at the workspace root, which git ignores) for as long as it runs.
-RUN_LOCK = ".run.lock"
 
 
 @contextmanager

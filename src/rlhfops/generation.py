@@ -222,6 +222,7 @@ def sample_texts(
         "max_new_tokens": gen.max_new_tokens,
         "temperature": gen.temperature,
         "top_k": gen.top_k,
+        "stop": gen.stop,
         "generator": torch.Generator().manual_seed(seed),
         **overrides,
     }

@@ -32,7 +32,7 @@ import yaml
 
 from rlhfops.config import VersioningConfig
 from rlhfops.files import atomic_write_text
-from rlhfops.workspace import Workspace
+from rlhfops.workspace import VERSIONING_LOCK, Workspace
 
 REMOTE = "storage"
 FILES = ".rlhfops/files.json"
@@ -47,7 +47,6 @@ GITIGNORE = """# rlhfops workspace: git tracks only the repository, the DVC poin
 IDENTITY = {"user.name": "rlhfops", "user.email": "rlhfops@localhost"}
 # held (flock, so released when its process dies, kill -9 included) while rlhfops changes the workspace's
 # git + DVC repository; at the root, which the whitelist keeps out of git
-LOCK = ".versioning.lock"
 # what a git process killed mid-operation leaves behind; each blocks every later git command
 GIT_LOCKS = ("index.lock", "HEAD.lock", "config.lock", "packed-refs.lock")
 
@@ -77,7 +76,7 @@ def repository_lock(ws: Workspace) -> Iterator[list[str]]:
     so a git lock file found there was left by a git killed mid-operation: it is removed, and the
     yielded list names what was removed (a note for the caller)."""
     ws.root.mkdir(parents=True, exist_ok=True)
-    with open(ws.root / LOCK, "a") as handle:
+    with open(ws.root / VERSIONING_LOCK, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             git = ws.root / ".git"

@@ -57,6 +57,8 @@ PAIR_STATS = "stats.json"
 OFFLINE_DATA = "offline-data.jsonl"
 # at the workspace root
 REGISTRY = "registry.json"
+RUN_LOCK = ".run.lock"  # `rlhfops run`'s workspace lock (pid, host, start), git-ignored
+VERSIONING_LOCK = ".versioning.lock"  # held around git / DVC work on the workspace repository
 BENCH_JSON = "bench.json"  # `rlhfops bench`'s measurements, in its output directory
 INTERACTIONS = "interactions.db"
 

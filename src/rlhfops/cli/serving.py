@@ -16,6 +16,7 @@ from rlhfops.cli.common import (
     console,
     emit_json,
     fail,
+    require_model,
     setup,
     user_errors,
 )
@@ -54,6 +55,7 @@ def serve(
     cfg, ws = setup(config, set_, workspace)
     with user_errors():
         if model is not None:
+            require_model(model)  # a damaged directory: one sentence before anything loads
             port = port if port is not None else cfg.serving.stable_port  # 0: any free port
             running = start_server(create_app(model, version, cfg), cfg.serving.host, port)
             urls: dict[str, Any] = {"server": running.url}

@@ -95,6 +95,7 @@ def sample(
             generation.max_new_tokens,
             temperature=generation.temperature,
             top_k=generation.top_k,
+            stop=generation.stop,
             generator=generator,
             logits_hook=logits_hook,
             template=template,
