@@ -22,6 +22,7 @@ from rlhfops.modeling import (
 from rlhfops.reward.build import reward_fn
 from rlhfops.rl.ilql import (
     build_offline_data,
+    distill_kl,
     method_coefficients,
     read_offline_data,
     train_offline,
@@ -135,8 +136,12 @@ def test_bad_record_names_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=rf"{path}:1: 'response'"):
         read_offline_data(path)
     path.write_text(json.dumps(good) + "\n" + '{"prompt": "x", "response": "y", "reward": NaN}\n')
-    with pytest.raises(ValueError, match=rf"{path}:2: 'reward' must be a finite number"):
+    with pytest.raises(ValueError, match=rf"{path}:2: .*NaN"):
         read_offline_data(path)
+    for bad in ("null", "1e999"):  # missing, and a number JSON parses as infinity
+        path.write_text(json.dumps(good) + "\n" + f'{{"prompt": "x", "response": "y", "reward": {bad}}}\n')
+        with pytest.raises(ValueError, match=rf"{path}:2: 'reward' must be a finite number"):
+            read_offline_data(path)
 
 
 # ---- tiny real run ------------------------------------------------------------------------------
@@ -153,49 +158,86 @@ SMOKE = [
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
+def trained(tmp_path_factory) -> tuple[Path, Path, Path, Path]:
+    """(start policy, logged data, extracted LM, shifted decoder)."""
     cfg = load_config("smoke", SMOKE)
     root = tmp_path_factory.mktemp("ilql")
     tokenizer, model = init_policy(cfg)
     init_dir = save_policy(model, tokenizer, cfg, root / "init")
     data = build_offline_data(cfg, init_dir, root / "offline.jsonl", reward_fn(cfg, "gold"))
-    out = train_offline(cfg, init_dir, data, root / "ilql", progress=False)
-    return init_dir, data, out
+    out = train_offline(cfg, init_dir, data, root / "ilql", progress=False, shifted_dir=root / "shifted")
+    return init_dir, data, out, root / "shifted"
 
 
 def test_offline_data_records(trained):
-    _, data, _ = trained
+    _, data, _, _ = trained
     records = read_offline_data(data)
     assert len(records) == 24 * 2
     assert len({r["reward"] for r in records}) > 1  # the gold judges tell samples apart
 
 
 def test_offline_training_learns_and_saves(trained):
-    init_dir, _, out = trained
+    init_dir, _, out, shifted = trained
     log = json.loads((out / TRAIN_LOG).read_text())
-    assert len(log) == 40
-    first = sum(r["losses/total"] for r in log[:5]) / 5
-    last = sum(r["losses/total"] for r in log[-5:]) / 5
+    heads_log = [r for r in log if r["phase"] == "heads"]
+    assert len(heads_log) == 40
+    first = sum(r["losses/total"] for r in heads_log[:5]) / 5
+    last = sum(r["losses/total"] for r in heads_log[-5:]) / 5
     assert last < first
     for key in ("losses/q", "losses/v", "losses/cql", "losses/lm", "losses/total"):
-        assert all(math.isfinite(r[key]) for r in log)
-    assert (out / ILQL_HEADS).exists() and (out / "rlhfops_config.yaml").exists()
-    _, model = load_policy(out)  # a plain causal LM: frozen by default (lm_coef 0, heads on a detached trunk)
+        assert all(math.isfinite(r[key]) for r in heads_log)
+    # the deployable candidate is a plain causal LM; the heads live only in the shifted decoder
+    assert not (out / ILQL_HEADS).exists() and (out / "rlhfops_config.yaml").exists()
+    assert (shifted / ILQL_HEADS).exists()
+    _, trunk = load_policy(shifted)  # frozen by default (lm_coef 0, heads on a detached trunk)
     _, start = load_policy(init_dir)
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), start.parameters(), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(trunk.parameters(), start.parameters(), strict=True))
+    _, extracted = load_policy(out)  # the shift in its own output layer, the trunk as it was
+    assert not extracted.config.tie_word_embeddings
+    assert not torch.equal(extracted.lm_head.weight, start.lm_head.weight)
+    kept = dict(start.model.named_parameters())
+    assert all(torch.equal(p, kept[name]) for name, p in extracted.model.named_parameters())
+
+
+def test_extraction_moves_the_lm_to_the_shifted_policy(trained):
+    """KL(pi_beta || pi) on the logged states falls: the extracted LM is nearer the shifted policy
+    than the start LM is, and its log shows the distillation KL falling."""
+    from rlhfops.rl.ilql import collate, encode, shifted_log_probs
+
+    _, data, out, shifted = trained
+    cfg = load_config("smoke", SMOKE)
+    tokenizer, trunk, hook = load_decoder(cfg, shifted, device=torch.device("cpu"))
+    _, extracted = load_policy(out, train=False)
+    batch = collate(encode(tokenizer, read_offline_data(data), cfg.offline.max_length), tokenizer.pad_token_id)
+    teacher = shifted_log_probs(trunk, hook.heads, batch, cfg.offline.decode_beta)
+    with torch.no_grad():
+        before = distill_kl(trunk_forward(trunk, batch["ids"], batch["attn"])[0][:, :-1], teacher, batch["mask"])
+        after = distill_kl(trunk_forward(extracted, batch["ids"], batch["attn"])[0][:, :-1], teacher, batch["mask"])
+    assert after.item() < 0.05 * before.item(), (before.item(), after.item())
+    kls = [r["losses/distill_kl"] for r in json.loads((out / TRAIN_LOG).read_text()) if r["phase"] == "extract"]
+    assert kls and kls[-1] < kls[0]
+
+
+def test_distill_kl_value():
+    teacher = torch.log(torch.tensor([[[0.5, 0.5], [0.9, 0.1]]]))  # (1, 2, 2)
+    student_logits = torch.log(torch.tensor([[[0.25, 0.75], [0.9, 0.1]]]))
+    kl0 = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert distill_kl(student_logits, teacher, torch.tensor([[1.0, 1.0]])).item() == pytest.approx(kl0 / 2)
+    assert distill_kl(student_logits, teacher, torch.tensor([[0.0, 1.0]])).item() == pytest.approx(0.0, abs=1e-7)
 
 
 def test_trunk_trains_when_asked(trained, tmp_path):
-    init_dir, data, _ = trained
+    init_dir, data, _, _ = trained
     cfg = load_config("smoke", [*SMOKE, "offline.max_steps=3", "offline.heads_train_trunk=true", "offline.lm_coef=1"])
-    out = train_offline(cfg, init_dir, data, tmp_path / "ilql", progress=False)
-    _, model = load_policy(out)
+    kwargs = {"progress": False, "shifted_dir": tmp_path / "shifted"}
+    train_offline(cfg, init_dir, data, tmp_path / "ilql", **kwargs)
+    _, model = load_policy(tmp_path / "shifted")
     _, start = load_policy(init_dir)
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), start.parameters(), strict=True))
 
 
 def test_ilql_decoding_shift_changes_samples(trained):
-    _, _, out = trained
+    _, _, _, out = trained
     prompts = ["solve: 3+4", "solve: 2*5-1", "what is 7/0?"]
 
     def sample(beta):
@@ -208,16 +250,17 @@ def test_ilql_decoding_shift_changes_samples(trained):
 
 
 def test_load_heads_without_heads_is_a_clear_error(trained):
-    init_dir, _, _ = trained
+    init_dir, _, out, _ = trained
     with pytest.raises(FileNotFoundError, match="ilql_heads"):
         ILQLHeads.load(init_dir)
     assert load_decoder(load_config("smoke"), init_dir).hook is None  # a plain policy decodes plainly
+    assert load_decoder(load_config("smoke"), out).hook is None  # so does the extracted offline candidate
 
 
 def test_decoding_shift_uses_the_cached_hidden_state_exactly(trained):
     """The hook gets generate's last hidden state (KV cache); a full forward pass over the same
     prefix gives the same shifted logits at every step."""
-    _, _, out = trained
+    _, _, _, out = trained
     tokenizer, model, hook = load_decoder(load_config("smoke", [*SMOKE, "offline.decode_beta=2"]), out)
     seen = []
 
@@ -246,7 +289,7 @@ def test_decoding_shift_uses_the_cached_hidden_state_exactly(trained):
 def test_best_of_n_samples_an_offline_policy_with_its_shift(trained):
     from rlhfops.inference.best_of_n import _policy_version, sample
 
-    _, _, out = trained
+    _, _, _, out = trained
     cfg = load_config("smoke", [*SMOKE, "offline.decode_beta=8"])
     tokenizer, model, hook = load_decoder(cfg, out)
     assert hook is not None and hook.needs_hidden
@@ -259,36 +302,6 @@ def test_best_of_n_samples_an_offline_policy_with_its_shift(trained):
     assert draw(hook) != draw(None)
     # cached Best-of-N candidates are keyed by the decoding shift too
     assert _policy_version(cfg, out) != _policy_version(load_config("smoke", [*SMOKE, "offline.decode_beta=1"]), out)
-
-
-def test_serving_and_collection_decode_an_offline_policy_with_its_shift(trained, tmp_path):
-    """What the gate evaluated is what is served and collected from: the offline policy's Q - V
-    shift changes what the server answers and what the collector samples, as it changes evaluation."""
-    import httpx
-
-    from rlhfops.annotation.collect import collect, read_responses
-    from rlhfops.serving.server import create_app, start_server
-    from rlhfops.workspace import RESPONSES, Workspace
-
-    _, _, out = trained
-    body = {"prompt": ["solve: 3+4", "what is 7/0?", "solve: 2*5-1"], "max_tokens": 12, "temperature": 1.0}
-
-    def served(beta: float) -> list[str]:
-        cfg = load_config("smoke", [*SMOKE, f"offline.decode_beta={beta}"])
-        running = start_server(create_app(out, "v1", cfg), "127.0.0.1", 0)
-        try:
-            return [c["text"] for c in httpx.post(running.url + "/v1/completions", json=body).json()["choices"]]
-        finally:
-            running.stop()
-
-    def collected(beta: float) -> list[str]:
-        cfg = load_config("smoke", [*SMOKE, f"offline.decode_beta={beta}", "collect.n_prompts=6"])
-        ws = Workspace(tmp_path / f"ws-{beta}")
-        collect(cfg, ws, out, ws.cycle_dir(1), cycle=1)
-        return [r["response"] for r in read_responses(ws.cycle_dir(1) / RESPONSES)]
-
-    assert served(0.0) == served(0.0) and served(0.0) != served(8.0)
-    assert collected(0.0) != collected(8.0)
 
 
 def test_untrained_heads_barely_shift_a_bpe_models_next_token_distribution(tmp_path):

@@ -314,10 +314,14 @@ def _policy_trainjob(cfg: Config, ws: Workspace, cycle: int, out: Path, start: P
 
 def offline(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     """Offline RL from the stable policy on every cycle's collected policy samples so far, scored
-    by `offline.reward` (this cycle's reward models by default)."""
+    by `offline.reward` (this cycle's reward models by default). The candidate is the shifted
+    policy extracted into a plain causal LM (`rl/ilql.py`): what is evaluated, served, collected from
+    and, once deployed, the next cycle's start; its last distillation KL to the shifted policy is
+    reported."""
     from rlhfops.annotation.collect import read_responses
     from rlhfops.reward.build import reward_fn
     from rlhfops.rl.ilql import train_offline, write_offline_data
+    from rlhfops.workspace import TRAIN_LOG
 
     if not cfg.pipeline.offline:
         return {"skipped": True}
@@ -332,8 +336,9 @@ def offline(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
     rewards = reward_fn(cfg, cfg.offline.reward, models / "reward", models / "prm")(prompts, responses)
     data = write_offline_data(models / OFFLINE_DATA, prompts, responses, rewards)
-    train_offline(cfg, start, data, models / "offline", progress=False)
-    return {"path": str(models / "offline"), "samples": len(rows), "start": str(start)}
+    out = train_offline(cfg, start, data, models / "offline", progress=False)
+    extract = [r for r in json.loads((out / TRAIN_LOG).read_text()) if r["phase"] == "extract"]
+    return {"path": str(out), "samples": len(rows), "start": str(start), "distill_kl": extract[-1]["losses/distill_kl"]}
 
 
 def candidates(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Path]:

@@ -6,9 +6,11 @@ model drops in by setting `model.name_or_path`. Weights are safetensors only and
 never trusted.
 
 Everything that samples from a saved policy (evaluation, Best-of-N, collection, serving, the
-bench) loads it with `load_decoder`, which also decides how it decodes: an offline-RL policy (a
-directory with ILQL heads) shifts its logits by beta * (Q - V), any other decodes plainly. What is
-evaluated at the gate is then what is collected from and served.
+bench) loads it with `load_decoder`, which also decides how it decodes. Every candidate a cycle
+may deploy (PPO, GRPO / RLOO, and offline RL's extracted policy, `rl/ilql.py`) is a plain causal
+LM and decodes plainly, so what is evaluated at the gate is what any Hugging Face runtime serves;
+only the evaluation-only shifted decoder of offline RL (a directory with ILQL heads) shifts its
+logits by beta * (Q - V).
 
 Devices and dtypes are decided here, once (`load_weights`): a model loaded to train is float32
 (hub checkpoints are mostly stored in bf16, and AdamW on bf16 weights loses small updates; mixed
@@ -203,7 +205,8 @@ Q_INIT_SPREAD = 1e-3
 
 class ILQLHeads(nn.Module):
     """Q_1, Q_2 (H -> V), frozen Polyak targets of both, V (H -> 1) on the trunk's hidden state.
-    Trained by `rl/ilql.py`; saved beside the causal LM as `ILQL_HEADS`.
+    Trained by `rl/ilql.py`; saved beside the causal LM as `ILQL_HEADS` only in the shifted
+    decoder's directory, never in a deployable candidate (4 H V floats: 454 MB on a 135M model).
 
     `hidden_norm` is the typical L2 norm of the trunk's last hidden state (`rl/ilql.py` measures it
     on the data): Q weights start at std Q_INIT_SPREAD / hidden_norm, so Q(s, .) starts with that
@@ -272,14 +275,15 @@ class Decoder(NamedTuple):
 
 
 def is_offline_policy(model_dir: str | Path) -> bool:
-    """True for a policy that decodes with an ILQL shift (its directory holds the heads)."""
+    """True for offline RL's shifted decoder, which decodes with an ILQL shift (its directory holds
+    the heads); an evaluation-only variant, never a deployed candidate."""
     return (Path(model_dir) / ILQL_HEADS).exists()
 
 
 def load_decoder(cfg: Config, model_dir: str | Path, device: torch.device | None = None) -> Decoder:
     """The policy in `model_dir` as it decodes, in its checkpoint's dtype on `device` (None:
-    `default_device()`): an offline-RL policy with its beta * (Q - V) shift (`offline.decode_beta`),
-    any other plainly (hook None)."""
+    `default_device()`): offline RL's shifted decoder with its beta * (Q - V) shift
+    (`offline.decode_beta`), any other (every deployable candidate) plainly (hook None)."""
     device = device or default_device()
     tokenizer, model = load_policy(model_dir, train=False, device=device)
     model.eval()
