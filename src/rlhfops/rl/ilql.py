@@ -322,8 +322,10 @@ def linear_extraction(model, heads: ILQLHeads, beta: float):
     with torch.no_grad():
         q = (heads.target_q1.weight + heads.target_q2.weight) / 2  # (V, H)
         weight = lm.weight.detach().float() + beta * q.to(lm.weight.device)
-    head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device)
+    head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=lm.bias is not None, device=weight.device)
     head.weight = torch.nn.Parameter(weight.to(lm.weight.dtype))
+    if lm.bias is not None:  # an output bias some architectures have (a Llama's has none)
+        head.bias = torch.nn.Parameter(lm.bias.detach().clone())
     student.config.tie_word_embeddings = False
     student.set_output_embeddings(head)
     return student
