@@ -160,9 +160,10 @@ def run(args: argparse.Namespace, root: Path) -> int:
 
     def offline():
         data = build_offline_data(cfg, paths["sft"], root / "offline.jsonl", reward_fn(cfg, "gold"))
-        train_offline(cfg, paths["sft"], data, paths["offline"], progress=False)
-        decoder = load_decoder(cfg, paths["offline"])
-        on_device(decoder.hook.heads, "the ILQL heads")
+        shifted = root / "offline-shifted"  # the evaluation-only shifted decoder, heads and all
+        train_offline(cfg, paths["sft"], data, paths["offline"], progress=False, shifted_dir=shifted)
+        on_device(load_decoder(cfg, shifted).hook.heads, "the ILQL heads")
+        on_device(load_decoder(cfg, paths["offline"]).model, "the extracted offline policy")
         evaluate_dir(cfg, paths["offline"])
 
     def best_of_n():

@@ -127,7 +127,8 @@ def test_run_is_one_whole_cycle_through_kfp_local(tmp_path):
     assert [h["tag"] for h in history(Workspace(ws))] == ["cycle-0001"]
     models = ws / "models" / "cycle-0001"
     assert (models / "reward" / "summary.json").exists() and not list((models / "reward").glob("*.parts"))
-    assert (models / "prm" / "config.json").exists() and (models / "offline" / "ilql_heads.safetensors").exists()
+    assert (models / "prm" / "config.json").exists() and (models / "offline" / "config.json").exists()
+    assert not (models / "offline" / "ilql_heads.safetensors").exists()  # the extracted LM, no heads
     assert list((ws / "logs").glob("pipeline-*.log"))
 
 
@@ -162,7 +163,8 @@ def test_offline_trains_and_evaluates_with_the_shifted_decoding(tmp_path):
     assert result.exit_code == 0, result.output
     results = json.loads(result.stdout)
     assert set(results) == {"sft", "offline"} and results["offline"]["n_prompts"] == 8
-    assert (tmp_path / "ws" / "models" / "offline" / "ilql_heads.safetensors").exists()
+    offline = tmp_path / "ws" / "models" / "offline"
+    assert (offline / "config.json").exists() and not (offline / "ilql_heads.safetensors").exists()
     assert (tmp_path / "ws" / "data" / "offline" / "samples-gold.jsonl").exists()
 
 

@@ -356,4 +356,4 @@ def offline(
         emit_json(results)
     else:
         console.print(eval_table(results))
-        console.print(f"offline policy in {out}/ (decoding beta {cfg.offline.decode_beta})")
+        console.print(f"offline policy in {out}/ (the beta {cfg.offline.decode_beta} shift extracted into the LM)")
