@@ -22,7 +22,7 @@ for _ in $(seq 300); do
 done
 "$RLHFOPS" run -c "$CONFIG" -w "$WS" --cycles 1 \
   --set annotation.judge.kind=llm \
-  --set sft.max_steps=4 --set collect.n_prompts=6 --set collect.samples_per_prompt=2 \
+  --set sft.max_steps=4 --set collect.n_prompts=8 --set collect.samples_per_prompt=4 \
   --set reward.max_steps=2 --set reward.data.n_prompts=8 --set reward.data.n_val_prompts=4 \
   --set policy.steps=1 --set policy.prompts_per_step=4 --set policy.eval_prompts=4 \
   --set eval.n_test=4 --set pipeline.eval_prompts=4 --set pipeline.simulate=false
