@@ -31,7 +31,7 @@ def test_prompt_dataset_renders_for_a_chat_model_and_rewards_see_the_task_prompt
     assert data["prompt"] == [render(tokenizer, p) for p in data["task_prompt"]]
     assert all(
         p.startswith("<|im_start|>") and not t.startswith("<|im_start|>")
-        for p, t in zip(data["prompt"], data["task_prompt"])
+        for p, t in zip(data["prompt"], data["task_prompt"], strict=True)
     )
     seen = []
 

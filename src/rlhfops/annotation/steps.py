@@ -42,8 +42,8 @@ def exact_step_labels(steps: StepStructure, example: Example, response: str) -> 
     """The stepwise record of `response` labelled by the exact verifier; None for an empty response.
 
     A step line is good when it is a valid rewrite of the expression (the task's step rule: right
-    arithmetic on a pair the expression lets be evaluated first); a malformed line (or anything after the answer line) is bad; the answer line
-    is good when the answer is correct.
+    arithmetic on a pair the expression lets be evaluated first); a malformed line (or anything
+    after the answer line) is bad; the answer line is good when the answer is correct.
     """
     if not response:
         return None
