@@ -306,7 +306,16 @@ def _history_ws(root) -> Workspace:
     _write(
         ws.root / "registry.json",
         {
-            "versions": [{"id": "v1", "metrics": {}}, {"id": "v2", "metrics": {"cycle": 1}}],
+            "versions": [
+                {"id": "v1", "path": "models/sft", "stage": "archived", "metrics": {}, "decisions": []},
+                {
+                    "id": "v2",
+                    "path": "models/cycle-0001/ppo",
+                    "stage": "stable",
+                    "metrics": {"cycle": 1},
+                    "decisions": [{"decision": "promote"}],
+                },
+            ],
             "decisions": [{"version": "v2", "decision": "promote"}],
             "failures": [],
         },
