@@ -51,4 +51,4 @@ def test_annotate_review_and_history(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("[{")
     result = runner.invoke(app, ["review", "import", str(bad), *base])
-    assert result.exit_code == 2 and "not a Label Studio JSON export" in result.output
+    assert result.exit_code == 2 and f"review export '{bad}' is not valid JSON (line 1" in result.output

@@ -131,7 +131,7 @@ def test_best_of_n_scorer_needs_a_prm_for_prm_scoring():
     ],
 )
 def test_a_key_the_algorithm_would_ignore_is_one_clear_error(overrides, key):
-    with pytest.raises(ConfigError, match=rf"^{key}=.* would be ignored: policy.algorithm is '\w+'"):
+    with pytest.raises(ConfigError, match=rf": {key}=.* would be ignored: policy.algorithm is '\w+'"):
         load_config("smoke", overrides)
 
 
