@@ -88,10 +88,17 @@ set -e
 mount -t tmpfs tmpfs /mnt
 mkdir /mnt/models
 mount --bind "$MODEL" /mnt/models
+# a checkout under /tmp (a CI clone) stays visible, read-only, under a fresh /tmp (below)
+if [ -n "$KEEP" ]; then mkdir /mnt/keep && mount --bind "$KEEP" /mnt/keep; fi
 awk '{print $5}' /proc/self/mountinfo | sort -u | while read -r m; do
   mount -o remount,bind,ro "$m" 2>/dev/null || true
 done
-[ "$WRITABLE_TMP" = 1 ] && mount -t tmpfs tmpfs /tmp
+if [ "$WRITABLE_TMP" = 1 ]; then
+  mount -t tmpfs tmpfs /tmp
+  if [ -n "$KEEP" ]; then
+    mkdir -p "$KEEP" && mount --bind /mnt/keep "$KEEP" && mount -o remount,bind,ro "$KEEP"
+  fi
+fi
 cd /
 exec "$@"
 """
@@ -114,7 +121,8 @@ def _runtime_container() -> dict:
 
 
 def _sandboxed(model: Path, writable_tmp: bool, env: dict[str, str], *cmd: str, **kwargs):
-    env = {**env, "MODEL": str(model), "WRITABLE_TMP": "1" if writable_tmp else "0"}
+    keep = str(ROOT) if ROOT.is_relative_to("/tmp") else ""  # the repository, when it lives under /tmp
+    env = {**env, "MODEL": str(model), "WRITABLE_TMP": "1" if writable_tmp else "0", "KEEP": keep}
     argv = ["unshare", "-r", "-m", "--propagation", "private", "sh", "-c", SANDBOX, "sandbox", *cmd]
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
