@@ -88,15 +88,7 @@ def has_chat_template(tokenizer: Any) -> bool:
 
 def render(tokenizer: Any, prompt: str) -> str:
     """The text a model with `tokenizer` is conditioned on for `prompt` (module docstring)."""
-    if not has_chat_template(tokenizer):
-        if is_conversation(prompt):
-            return "".join(m["content"] for m in json.loads(prompt) if m["role"] == "user")
-        return prompt
-    text = tokenizer.apply_chat_template(messages_of(prompt), tokenize=False, add_generation_prompt=True)
-    bos = tokenizer.bos_token
-    if bos and text.startswith(bos) and _adds_bos(tokenizer):
-        text = text[len(bos) :]
-    return text
+    return render_all(tokenizer, [prompt])[0]
 
 
 def _adds_bos(tokenizer: Any) -> bool:
@@ -106,7 +98,13 @@ def _adds_bos(tokenizer: Any) -> bool:
 
 
 def render_all(tokenizer: Any, prompts: list[str]) -> list[str]:
-    return [render(tokenizer, p) for p in prompts]
+    """`render` of each prompt; whether the tokenizer adds a BOS itself is asked once per call."""
+    if not has_chat_template(tokenizer):
+        return ["".join(m["content"] for m in messages_of(p) if m["role"] == "user") for p in prompts]
+    bos = tokenizer.bos_token
+    strip = bool(bos) and _adds_bos(tokenizer)
+    texts = [tokenizer.apply_chat_template(messages_of(p), tokenize=False, add_generation_prompt=True) for p in prompts]
+    return [t[len(bos) :] if strip and t.startswith(bos) else t for t in texts]
 
 
 def scored_text(tokenizer: Any, prompt: str, response: str) -> str:
