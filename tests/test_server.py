@@ -2,6 +2,7 @@ import asyncio
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -286,25 +287,33 @@ def test_a_full_lane_answers_429_with_retry_after(model_dir, cfg):
 
 
 def test_a_small_request_does_not_wait_behind_large_ones(model_dir, cfg):
-    """Two maximum-size requests (64 completions x 64 tokens each, run one after the other), then a
-    small one: it is answered before the large ones are done (with one queue it would wait for both)."""
-    running = start_server(create_app(model_dir, "v1", _slow_cfg(cfg, max_tokens=64)), "127.0.0.1", 0)
-    finished = {}
+    """A maximum-size request (64 completions x 64 tokens) holds the large lane, blocked inside the
+    model until the test lets it go; a small request sent meanwhile is answered (with one queue it
+    would wait behind the held batch and time out). No timing: the order is forced."""
+    app = create_app(model_dir, "v1", _slow_cfg(cfg, max_tokens=64))
+    worker = app.state.worker
+    real, held, release = worker._complete, threading.Event(), threading.Event()
+
+    def complete(lane, group):
+        if lane.name == "large":
+            held.set()
+            assert release.wait(120), "the test never released the large batch"
+        return real(lane, group)
+
+    worker._complete = complete
+    running = start_server(app, "127.0.0.1", 0)
     try:
-
-        def send(name, body):
-            httpx.post(running.url + "/v1/completions", json=body, timeout=300).raise_for_status()
-            finished[name] = time.perf_counter()
-
-        large = {"prompt": ["q: 1+1?\n"] * 16, "n": 4, "max_tokens": 64, "temperature": 0}  # greedy: all 64 tokens
-        with ThreadPoolExecutor(4) as pool:
-            bigs = [pool.submit(send, f"large{i}", large) for i in range(2)]
-            time.sleep(0.3)
-            pool.submit(send, "small", {"prompt": "q: 2+2?\n", "max_tokens": 2}).result()
-            for big in bigs:
-                big.result()
-        assert finished["small"] < max(finished["large0"], finished["large1"])
+        large = {"prompt": ["q: 1+1?\n"] * 16, "n": 4, "max_tokens": 64, "temperature": 0}
+        with ThreadPoolExecutor(2) as pool:
+            big = pool.submit(httpx.post, running.url + "/v1/completions", json=large, timeout=300)
+            assert held.wait(60), "the large request never reached the model"
+            small_body = {"prompt": "q: 2+2?\n", "max_tokens": 2}
+            small = httpx.post(running.url + "/v1/completions", json=small_body, timeout=60)
+            assert small.status_code == 200 and not big.done()
+            release.set()
+            assert big.result().status_code == 200
     finally:
+        release.set()
         running.stop()
 
 
