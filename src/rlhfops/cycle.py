@@ -40,7 +40,7 @@ from statistics import fmean
 from typing import TYPE_CHECKING, Any
 
 from rlhfops.config import Config, GateConfig
-from rlhfops.files import atomic_write_json
+from rlhfops.files import atomic_write_json, atomic_write_text
 from rlhfops.registry import Registry
 from rlhfops.workspace import OFFLINE_DATA, RESPONSES, RM_SUMMARY, RUN_LOCK, Workspace, is_model_dir
 
@@ -581,8 +581,7 @@ def write_pointer(artifact: Any, result: dict[str, Any]) -> None:
     """A KFP Model artifact for a model that lives in the workspace: a JSON pointer (where it is and
     what made it) at the artifact path, the same in its metadata. The weights stay on the workspace
     volume instead of being copied into the pipeline root."""
-    Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
-    Path(artifact.path).write_text(json.dumps(result, indent=2, default=str))
+    atomic_write_text(artifact.path, json.dumps(result, indent=2, default=str))
     artifact.metadata.update({k: v for k, v in scalars(result).items()})
     if "path" in result:
         artifact.metadata["workspace_path"] = str(result["path"])

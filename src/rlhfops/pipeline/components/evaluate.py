@@ -21,9 +21,9 @@ def evaluate(
     report: Output[HTML],
 ) -> str:
     from rlhfops.cycle import evaluation_html, log_metrics, run_stage
+    from rlhfops.files import atomic_write_text
 
     summary = run_stage("evaluate", workspace, config, overrides, cycle, group)
     log_metrics(metrics, {name: r["gold_composite"] for name, r in summary["results"].items()})
-    with open(report.path, "w") as f:
-        f.write(evaluation_html(summary))
+    atomic_write_text(report.path, evaluation_html(summary))
     return summary["best_candidate"] or ""
