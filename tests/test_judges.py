@@ -161,6 +161,32 @@ def test_timeouts_are_retried_then_unlabelled_and_slow_replies_within_the_timeou
     assert stuck.requests == 2 and judge.stats["failed"] == 1
 
 
+def test_a_hanging_endpoint_is_cut_off_at_the_deadline_and_the_stage_fails_in_one_sentence(server):
+    """The endpoint accepts every request and never answers; the per-request timeout is long (600 s).
+    The deadline (1 s) ends the whole call: every judgement unlabelled, counted as past the deadline,
+    and the labelled-share check names the deadline. The judge runs in a thread the test joins with
+    a bound far above the deadline, so a judge that waited on the endpoint would fail, not hang."""
+    from rlhfops.annotation.annotate import check_labelled_share
+
+    release = threading.Event()
+    hanging = server(lambda body, n: (200, "SCORE: 8", 0.0) if release.wait() else None)
+    judge = LLMJudge(cfg(hanging.url, timeout_s=600.0, deadline_s=1.0, max_retries=0), ["helpfulness", "honesty"])
+    out = []
+    worker = threading.Thread(target=lambda: out.append(judge([SOLVE] * 3, [RIGHT] * 3)), daemon=True)
+    try:
+        worker.start()
+        worker.join(60)
+        assert not worker.is_alive(), "the judge waited on the hanging endpoint past its deadline"
+    finally:
+        release.set()
+    assert out == [[{"helpfulness": None, "honesty": None}] * 3]
+    assert judge.stats["past_deadline"] == 6 and hanging.requests >= 1
+    assert judge.errors["deadline"] == "6 of 6 judgements were not done within annotation.judge.deadline_s=1 s"
+    judge.kinds = {"helpfulness": "llm", "honesty": "llm"}
+    with pytest.raises(RuntimeError, match=r"labelled 0 of 6 .*not done by the deadline"):
+        check_labelled_share(judge, out[0], ["helpfulness", "honesty"], 0.5)
+
+
 def test_bounded_concurrency(server):
     active, peak, lock = [0], [0], threading.Lock()
 
