@@ -42,6 +42,17 @@ def _with_sft(ws: Path, policy: Path) -> None:
     shutil.copytree(policy, ws / "models" / "sft")
 
 
+def _offline_data_with_sft(source: Path):
+    """`rlhfops offline` reads logged samples the workspace already holds (written by an earlier run)."""
+
+    def prepare(ws: Path, policy: Path) -> None:
+        _with_sft(ws, policy)
+        (ws / "data" / "offline").mkdir(parents=True)
+        shutil.copyfile(source, ws / "data" / "offline" / "samples-composite.jsonl")
+
+    return prepare
+
+
 def _stable_and_canary_on(ws: Path, db: Path) -> None:
     registry = Registry(ws)
     registry.register(ws / "models" / "a", stage="stable")
@@ -135,6 +146,15 @@ CASES = [
             ),
         ]
     ],
+    *[
+        (f"offline {name}", _offline_data_with_sft(BAD / name), ["offline"], fragment)
+        for name, fragment in [
+            ("offline-nan-reward.jsonl", "samples-composite.jsonl:2: not valid JSON \\(NaN"),
+            ("offline-no-reward.jsonl", "samples-composite.jsonl:2: 'reward' must be a finite number"),
+            ("offline-truncated.jsonl", "samples-composite.jsonl:2: not valid JSON"),
+            ("offline-prompt-not-text.jsonl", "samples-composite.jsonl:1: 'prompt' must be a string"),
+        ]
+    ],
     ("model empty directory", None, ["eval", "--model", "EMPTY"], "has no config.json"),
     ("model truncated weights", None, ["eval", "--model", BAD / "model-truncated-weights"], "is damaged"),
     ("model garbage weights", None, ["eval", "--model", BAD / "model-garbage-weights"], "is damaged"),
@@ -166,7 +186,12 @@ def test_a_bad_file_is_one_sentence_naming_it(tmp_path, policy, case, prepare, a
     assert re.search(fragment, errors[0]), (fragment, errors[0])
     # the sentence names the bad file: the one given on the command line, else the workspace's own
     given = [Path(a).name for a in args if a.startswith(str(BAD)) or a.startswith("collect.dataset=")]
-    names = [n.split("=")[-1].rsplit("/", 1)[-1] for n in given] or ["registry.json", "responses", "interactions.db"]
+    names = [n.split("=")[-1].rsplit("/", 1)[-1] for n in given] or [
+        "registry.json",
+        "responses",
+        "interactions.db",
+        "samples-composite.jsonl",
+    ]
     assert any(name in errors[0] for name in names) or "--set" in errors[0] or "model" in case, errors[0]
     # nothing half-written: the files that were there are unchanged, no temporary file is left
     after = {p: p.read_bytes() for p in ws.rglob("*") if p.is_file()} if ws.exists() else {}
@@ -174,6 +199,7 @@ def test_a_bad_file_is_one_sentence_naming_it(tmp_path, policy, case, prepare, a
     assert not changed, changed
     assert not [p for p in after if p.name.endswith(".tmp")]
     assert not (ws / "cycles" / "0001" / "responses.jsonl").exists() or "responses" in case
+    assert not (ws / "models" / "offline").exists()
 
 
 def test_an_alias_bomb_is_answered_at_once_in_one_short_sentence():
