@@ -1,8 +1,10 @@
 """Load run of the canary router on loopback: stable + canary servers and the router in this
 process, `--clients` concurrent clients sending `--requests` completions through the router.
 
-Checks: no errors, one interaction record per request in the store (counted), canary share
-within `canary_percent` +- 1 pp; prints p50 / p99 latency and throughput.
+Checks: no errors (a 429 or 503 with Retry-After is the right answer to overload, not an error:
+the client waits min(Retry-After, `--max-backoff-s`) and sends the request again), one interaction
+record per request in the store (counted), canary share within `canary_percent` +- 1 pp; prints
+p50 / p99 latency of the answered requests, how many were refused as busy, and throughput.
 
     python benchmarks/load_router.py --out workspace/bench/load_router.json
 """
@@ -27,28 +29,36 @@ from rlhfops.serving.server import create_app, start_server
 from rlhfops.serving.store import InteractionStore
 
 
-async def drive(url: str, n_requests: int, clients: int, max_tokens: int) -> tuple[list[float], list[str], int]:
+async def drive(
+    url: str, n_requests: int, clients: int, max_tokens: int, max_backoff_s: float
+) -> tuple[list[float], list[str], int, int]:
     latencies: list[float] = []
     arms: list[str] = []
-    errors = 0
+    errors = busy = 0
     counter = iter(range(n_requests))
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
 
         async def worker(k: int) -> None:
-            nonlocal errors
+            nonlocal errors, busy
             for i in counter:
                 body = {"prompt": f"q: {i % 10}+{k % 10}?\n", "max_tokens": max_tokens, "user": f"u{i}"}
-                start = time.perf_counter()
-                r = await client.post("/v1/completions", json=body)
-                latencies.append(time.perf_counter() - start)
+                while True:
+                    start = time.perf_counter()
+                    r = await client.post("/v1/completions", json=body)
+                    retry_after = r.headers.get("retry-after")
+                    if r.status_code not in (429, 503) or retry_after is None:
+                        break
+                    busy += 1  # overload answered as it should be: back off, send it again
+                    await asyncio.sleep(min(float(retry_after), max_backoff_s))
                 if r.status_code != 200:
                     errors += 1
                 else:
+                    latencies.append(time.perf_counter() - start)
                     arms.append(r.json()["rlhfops"]["arm"])
 
         await asyncio.gather(*(worker(k) for k in range(clients)))
-    return latencies, arms, errors
+    return latencies, arms, errors, busy
 
 
 def main() -> None:
@@ -59,6 +69,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=4)
+    ap.add_argument("--max-backoff-s", type=float, default=2.0, help="clients wait min(Retry-After, this) after a 429")
     args = ap.parse_args()
 
     cfg = load_config(args.config)
@@ -76,7 +87,9 @@ def main() -> None:
     )  # fmt: skip
     try:
         start = time.perf_counter()
-        latencies, arms, errors = asyncio.run(drive(router.url, args.requests, args.clients, args.max_tokens))
+        latencies, arms, errors, busy = asyncio.run(
+            drive(router.url, args.requests, args.clients, args.max_tokens, args.max_backoff_s)
+        )
         seconds = time.perf_counter() - start
     finally:
         router.stop()
@@ -93,6 +106,7 @@ def main() -> None:
         "requests": args.requests,
         "clients": args.clients,
         "errors": errors,
+        "busy_with_retry_after": busy,
         "records_in_store": records,
         "lost_records": args.requests - records,
         "canary_percent": cfg.serving.canary_percent,

@@ -2,6 +2,9 @@
 each backend the tiny random-weight Llama on SmolLM2's BPE tokenizer and chat template: every
 parameter the OpenAI surface takes, honoured or refused with a 400 naming it."""
 
+import functools
+import threading
+
 import httpx
 import openai
 import pytest
@@ -150,18 +153,84 @@ def test_chat_content_parts_and_null_assistant_content(client, stack):
 def test_streaming_completions_and_chat(client):
     full = greedy(client)
     chunks = list(client.completions.create(model="rlhfops", prompt=PROMPT, max_tokens=12, temperature=0, stream=True))
-    assert "".join(c.choices[0].text for c in chunks if c.choices) == full.choices[0].text
+    pieces = [c.choices[0].text for c in chunks if c.choices and c.choices[0].text]
+    assert len(pieces) > 1  # token by token, not the finished reply in one piece
+    assert "".join(pieces) == full.choices[0].text
     assert chunks[-1].choices[0].finish_reason == full.choices[0].finish_reason
+    assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
     plain = client.chat.completions.create(model="rlhfops", messages=MESSAGES, max_tokens=8, temperature=0)
     stream = client.chat.completions.create(
         model="rlhfops", messages=MESSAGES, max_tokens=8, temperature=0, stream=True,
         stream_options={"include_usage": True},
     )  # fmt: skip
     chunks = list(stream)
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == plain.choices[0].message.content
+    contents = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(contents) > 1 and "".join(contents) == plain.choices[0].message.content
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == plain.usage.total_tokens
+    assert all(c.usage is None for c in chunks[:-1])
     assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-2].choices[0].finish_reason == plain.choices[0].finish_reason
+
+
+def test_a_streamed_reply_is_stored_under_the_routers_id(client, stack):
+    chunks = list(client.completions.create(model="rlhfops", prompt=PROMPT, max_tokens=6, n=2, stream=True, user="sam"))
+    texts = {i: "".join(c.choices[0].text for c in chunks if c.choices and c.choices[0].index == i) for i in (0, 1)}
+    assert {c.id for c in chunks} == {chunks[0].id}
+    ids = chunks[-1].model_extra["rlhfops"]["interaction_ids"]
+    rows = {r["id"]: r for r in stack.store.interactions()}
+    assert [rows[i]["response"] for i in ids] == [texts[0], texts[1]] and rows[ids[0]]["user"] == "sam"
+
+
+def test_streamed_stop_strings_are_cut_across_chunks(client):
+    full = greedy(client).choices[0].text
+    stop = full[3:6]  # likely spans tokens: the stream must not send its first characters early
+    cut = full[: full.find(stop)]
+    chunks = list(
+        client.completions.create(model="rlhfops", prompt=PROMPT, max_tokens=12, temperature=0, stop=stop, stream=True)
+    )
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == cut
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def hold_the_last_step(stack, steps: int):
+    """Both backends' models block in their `steps`-th forward call (the step that decodes the
+    last token) until `go` is set; `released` records whether it was set (not timed out)."""
+    go, released, originals = threading.Event(), [], []
+    for running in stack.servers.values():
+        model = running.server.config.app.state.worker.model
+        real = model.forward
+        calls = [0]
+
+        @functools.wraps(real)
+        def forward(*args, _real=real, _calls=calls, **kwargs):
+            _calls[0] += 1
+            if _calls[0] == steps:
+                released.append(go.wait(60))
+            return _real(*args, **kwargs)
+
+        model.forward = forward
+        originals.append(model)
+    return go, released, lambda: [m.__dict__.pop("forward") for m in originals]
+
+
+def test_the_first_chunk_arrives_before_the_last_token_is_decoded(client, stack):
+    """The last decoding step is held inside the model until the client has read a content chunk;
+    a server that sent the reply only once decoded would hold it until the timeout."""
+    full = greedy(client).choices[0]
+    steps = full.finish_reason == "length" and 12
+    assert steps, "the greedy reply must run to max_tokens for this test"
+    go, released, restore = hold_the_last_step(stack, steps)
+    try:
+        stream = client.completions.create(model="rlhfops", prompt=PROMPT, max_tokens=12, temperature=0, stream=True)
+        pieces = []
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].text:
+                go.set()
+            pieces += [chunk.choices[0].text] if chunk.choices else []
+    finally:
+        go.set()
+        restore()
+    assert released == [True] and "".join(pieces) == full.text
 
 
 def test_the_sse_stream_ends_with_done(stack):

@@ -1,4 +1,5 @@
 import asyncio
+import functools
 import signal
 import subprocess
 import sys
@@ -301,19 +302,32 @@ def test_a_small_request_does_not_wait_behind_large_ones(model_dir, cfg):
         return real(lane, group)
 
     worker._complete = complete
+
+    def meanwhile(small, big):
+        assert small.status_code == 200 and not big.done()
+        release.set()
+
+    try:
+        assert _small_during_large(app, held, meanwhile).status_code == 200
+    finally:
+        release.set()
+
+
+def _small_during_large(app, reached, meanwhile=lambda small, big: None):
+    """Serve `app`; send a maximum-size request, once `reached` is set a small one; call
+    `meanwhile(small reply, large future)`; returns the large reply."""
     running = start_server(app, "127.0.0.1", 0)
     try:
         large = {"prompt": ["q: 1+1?\n"] * 16, "n": 4, "max_tokens": 64, "temperature": 0}
-        with ThreadPoolExecutor(2) as pool:
+        with ThreadPoolExecutor(1) as pool:
             big = pool.submit(httpx.post, running.url + "/v1/completions", json=large, timeout=300)
-            assert held.wait(60), "the large request never reached the model"
-            small_body = {"prompt": "q: 2+2?\n", "max_tokens": 2}
-            small = httpx.post(running.url + "/v1/completions", json=small_body, timeout=60)
-            assert small.status_code == 200 and not big.done()
-            release.set()
-            assert big.result().status_code == 200
+            assert reached.wait(120), "the large request never reached the model"
+            small = httpx.post(
+                running.url + "/v1/completions", json={"prompt": "q: 2+2?\n", "max_tokens": 2}, timeout=60
+            )
+            meanwhile(small, big)
+            return big.result()
     finally:
-        release.set()
         running.stop()
 
 
@@ -389,3 +403,93 @@ def test_an_unhandled_exception_is_a_500_in_openai_shape_without_a_traceback(cap
     assert wrong_method.status_code == 405 and set(wrong_method.json()["error"]) == {"message", "type", "param", "code"}
     assert seen == [("/boom/{x}", 500), ("/boom/{x}", 405)]
     assert any("RuntimeError: secret internals" in m for m in caplog.messages)  # one log line for the operator
+
+
+def test_settled_text_holds_back_what_more_tokens_could_change():
+    assert server.settled("abcEN", ("END",)) == "abc"  # "EN" may become the stop string
+    assert server.settled("abcE", ("END", "Ex")) == "abc"
+    assert server.settled("abcENx", ("END",)) == "abcENx"
+    assert server.settled("ab\ufffd", ()) == "ab"  # half a UTF-8 character
+    assert server.settled("a ", (), tidy=True) == "a" and server.settled("a \n", ()) == "a \n"
+
+
+def test_a_token_stream_cuts_a_stop_string_that_spans_chunks():
+    loop = asyncio.new_event_loop()
+    try:
+        stream = server.TokenStream(1, ("END",), False, loop)
+        for text in ("ab", "abE", "abEN", "abENx", "abENxE", "abENxEND", "abENxENDmore"):
+            stream.offer(0, text)
+        loop.run_until_complete(asyncio.sleep(0))
+        pieces = [stream.queue.get_nowait()[1] for _ in range(stream.queue.qsize())]
+    finally:
+        loop.close()
+    assert pieces == ["ab", "ENx"] and stream.rest(0, "abENx") == ""
+
+
+def _forwards(model, on_call):
+    """Wrap `model.forward` so that `on_call(n, batch_rows)` runs before its n-th call."""
+    real, calls = model.forward, [0]
+
+    @functools.wraps(real)
+    def forward(*args, **kwargs):
+        calls[0] += 1
+        on_call(calls[0], kwargs["input_ids"].shape[0])
+        return real(*args, **kwargs)
+
+    model.forward = forward
+
+
+def test_a_small_batch_decodes_between_two_steps_of_a_large_one(model_dir, cfg):
+    """The large batch is held in its third decoding step until a small batch waits for the model;
+    then the small batch's steps all run before the large batch's fourth (forced order, no timing)."""
+    app = create_app(model_dir, "v1", _slow_cfg(cfg, max_tokens=64))
+    worker = app.state.worker
+    order, at_third = [], threading.Event()
+
+    def on_call(n, rows):
+        lane = threading.current_thread().name.split("_")[0]  # lane-small / lane-large
+        order.append(lane)
+        if lane == "lane-large" and order.count(lane) == 3:
+            at_third.set()
+            while not worker.turn.small_waiting:
+                time.sleep(0.01)
+
+    _forwards(worker.model, on_call)
+    big = _small_during_large(app, at_third, lambda small, big: small.raise_for_status())
+    assert big.status_code == 200
+    first_small = order.index("lane-small")
+    smalls = order.count("lane-small")
+    assert order[:first_small] == ["lane-large"] * 3
+    assert order[first_small : first_small + smalls] == ["lane-small"] * smalls
+    assert order[first_small + smalls :] and set(order[first_small + smalls :]) == {"lane-large"}
+
+
+def test_a_client_that_leaves_mid_stream_stops_its_decoding(model_dir, cfg, monkeypatch):
+    """The streamed batch (3 rows) is held in its fourth step until the server has dropped the job
+    of the client that closed the stream; no fifth step of that batch runs."""
+    app = create_app(model_dir, "v1", _slow_cfg(cfg, max_tokens=64))
+    worker = app.state.worker
+    steps, at_fourth, dropped = [], threading.Event(), threading.Event()
+    real_drop = server.drop
+    monkeypatch.setattr(server, "drop", lambda job: (real_drop(job), dropped.set()))
+
+    def on_call(n, rows):
+        if rows == 3:
+            steps.append(n)
+            if len(steps) == 4:
+                at_fourth.set()
+                assert dropped.wait(60), "the server never dropped the job of the client that left"
+
+    _forwards(worker.model, on_call)
+    running = start_server(app, "127.0.0.1", 0)
+    try:
+        body = {"prompt": "q: 1+1?\n", "n": 3, "max_tokens": 64, "temperature": 0, "stream": True}
+        with httpx.stream("POST", running.url + "/v1/completions", json=body, timeout=60) as r:
+            assert r.status_code == 200
+            assert at_fourth.wait(60)
+        assert dropped.wait(60)
+        after = httpx.post(running.url + "/v1/completions", json={"prompt": "q\n", "max_tokens": 2}, timeout=60)
+        assert after.status_code == 200
+    finally:
+        running.stop()
+    assert len(steps) == 4

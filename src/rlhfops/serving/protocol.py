@@ -18,7 +18,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import Request
@@ -361,39 +362,81 @@ def record_feedback(store: InteractionStore | None, body: FeedbackRequest) -> di
 
 # ---- server-sent events ---------------------------------------------------------------------------
 
+DONE = "data: [DONE]\n\n"  # the event that ends every stream
+
+
+def sse(data: dict[str, Any]) -> str:
+    """One server-sent event carrying `data` as JSON."""
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+@dataclass
+class Chunks:
+    """The chunks of one streamed reply in OpenAI's shape (`chat.completion.chunk` with a `delta`,
+    or `text_completion` with `text`). With `include_usage` every chunk carries `"usage": null`
+    and a last chunk without choices carries the usage. `extra` (the `rlhfops` field: interaction
+    ids, version) goes on the last chunk before `[DONE]`."""
+
+    id: str
+    created: int
+    model: str
+    chat: bool
+    include_usage: bool
+
+    def event(self, choices: list[dict[str, Any]], usage: Any = None, extra: Any = None) -> str:
+        chunk = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                 "created": self.created, "model": self.model, "choices": choices}  # fmt: skip
+        if self.include_usage:
+            chunk["usage"] = usage
+        if extra is not None:
+            chunk["rlhfops"] = extra
+        return sse(chunk)
+
+    def role(self, index: int) -> str:
+        """A chat choice's first chunk: the assistant role, no content yet."""
+        choice = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                  "finish_reason": None}  # fmt: skip
+        return self.event([choice])
+
+    def text(self, index: int, text: str, logprobs: Any = None) -> str:
+        """A piece of a choice's text."""
+        if self.chat:
+            choice = {"index": index, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": None}
+        else:
+            choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": None}
+        return self.event([choice])
+
+    def finish(self, index: int, reason: str, extra: Any = None) -> str:
+        """A choice's last chunk: no text, its finish reason."""
+        choice = {"index": index, "logprobs": None, "finish_reason": reason}
+        choice.update({"delta": {}} if self.chat else {"text": ""})
+        return self.event([choice], extra=extra)
+
+    def usage(self, usage: dict[str, int], extra: Any = None) -> str:
+        return self.event([], usage, extra)
+
 
 def sse_events(reply: dict[str, Any], include_usage: bool) -> Iterator[str]:
-    """A finished (non-streamed) reply as OpenAI's stream: per choice its text (chat: a role
-    delta first), then its finish reason; a usage chunk when asked; `data: [DONE]`."""
+    """A finished reply as a stream (for what is not streamed token by token: logprobs, best_of):
+    per choice its text (chat: a role chunk first) then its finish reason; usage when asked;
+    `[DONE]`."""
     chat = reply["object"] == "chat.completion"
-    head = {"id": reply["id"], "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": reply["created"], "model": reply["model"]}  # fmt: skip
-    extra = {"rlhfops": reply["rlhfops"]} if "rlhfops" in reply else {}
-
-    def event(choice: dict[str, Any], usage: Any = None) -> str:
-        chunk = {**head, "choices": [choice] if choice else [], **extra}
-        if include_usage:
-            chunk["usage"] = usage
-        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
-
+    chunks = Chunks(reply["id"], reply["created"], reply["model"], chat, include_usage)
+    extra = reply.get("rlhfops")
+    last = len(reply["choices"]) - 1
     for c in reply["choices"]:
         i = c["index"]
         if chat:
-            yield event({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                         "finish_reason": None})  # fmt: skip
-            content = {"content": c["message"]["content"]}
-            yield event({"index": i, "delta": content, "logprobs": c.get("logprobs"), "finish_reason": None})
-            yield event({"index": i, "delta": {}, "logprobs": None, "finish_reason": c["finish_reason"]})
-        else:
-            yield event({"index": i, "text": c["text"], "logprobs": c.get("logprobs"), "finish_reason": None})
-            yield event({"index": i, "text": "", "logprobs": None, "finish_reason": c["finish_reason"]})
+            yield chunks.role(i)
+        yield chunks.text(i, c["message"]["content"] if chat else c["text"], c.get("logprobs"))
+        yield chunks.finish(i, c["finish_reason"], extra if i == last and not include_usage else None)
     if include_usage:
-        yield event({}, reply["usage"])
-    yield "data: [DONE]\n\n"
+        yield chunks.usage(reply["usage"], extra)
+    yield DONE
 
 
-def streaming_response(reply: dict[str, Any], include_usage: bool) -> StreamingResponse:
-    return StreamingResponse(sse_events(reply, include_usage), media_type="text/event-stream")
+def streaming_response(events: Iterator[str] | AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream")
 
 
 # ---- the guard around both apps -------------------------------------------------------------------

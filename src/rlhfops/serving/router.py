@@ -22,21 +22,26 @@ a split request goes to stable, and a full stable (or a named version that is fu
 with Retry-After. A split request the canary fails (5xx, timeout, unreachable, or busy) is retried
 once on stable; the failure is logged as the canary's error. Backend failures reach the client as
 one sentence naming the arm and version, never its address. A request whose client disconnects is
-cancelled at the backend too. `stream: true` is answered as server-sent events from the backend's
-finished reply.
+cancelled at the backend too. `stream: true` is passed to the backend and its events relayed as
+they come under the router's response id; the last chunk before `[DONE]` waits until the reply is
+stored and carries its interaction ids; a stream the backend breaks off is the version's error.
+
+Connections to a backend are spread over small httpx clients (`Pools`): one pool of a hundred
+connections cost the router more CPU than decoding cost the servers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import math
 import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +55,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from rlhfops.config import Config, ServingConfig
 from rlhfops.registry import Registry, RegistryError
 from rlhfops.serving.protocol import (
+    DONE,
     APIError,
     ChatRequest,
     CompletionRequest,
@@ -64,6 +70,7 @@ from rlhfops.serving.protocol import (
     parse,
     read_json,
     record_feedback,
+    sse,
     streaming_response,
 )
 from rlhfops.serving.server import (
@@ -80,6 +87,7 @@ log = logging.getLogger("rlhfops.serving")
 
 ALIAS = "rlhfops"  # the model id the deployment publishes; the canary split applies to it
 LATENCY_TARGET_S = 1.5  # the router keeps a backend's small-request latency near this
+POOL_CONNECTIONS = 8  # connections per httpx client (see Pools)
 
 
 @dataclass(frozen=True)
@@ -173,6 +181,59 @@ class Admission:
             self.limit = min(self.ceiling, self.limit + 1)
 
 
+class Pools:
+    """Connections to one backend, held in httpx clients of at most POOL_CONNECTIONS each: httpx's
+    pool does work quadratic in its size on every request it starts or finishes (each idle
+    connection polled, a list of all built per connection), which with one pool of a hundred
+    connections cost the router more than the model cost the server. A request takes the least
+    busy client."""
+
+    def __init__(self, connections: int, timeout_s: float) -> None:
+        # idle connections are dropped before the backend's keep-alive timeout (30 s) closes them,
+        # so a request never races a server-side close
+        limits = httpx.Limits(
+            max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_CONNECTIONS, keepalive_expiry=20.0
+        )
+        timeout = httpx.Timeout(timeout_s, connect=min(5.0, timeout_s))
+        self.clients = [
+            httpx.AsyncClient(timeout=timeout, limits=limits) for _ in range(math.ceil(connections / POOL_CONNECTIONS))
+        ]
+        self.busy = [0] * len(self.clients)
+
+    async def open(self, method: str, url: str, **kwargs: Any) -> tuple[httpx.Response, Callable[[], Awaitable[None]]]:
+        """A request's response with its body unread, and the call that closes it (the client
+        counts as busy until then)."""
+        i = min(range(len(self.clients)), key=self.busy.__getitem__)
+        self.busy[i] += 1
+        client = self.clients[i]
+        try:
+            r = await client.send(client.build_request(method, url, **kwargs), stream=True)
+        except BaseException:
+            self.busy[i] -= 1
+            raise
+
+        async def close() -> None:
+            try:
+                await r.aclose()
+            finally:
+                self.busy[i] -= 1
+
+        return r, close
+
+    async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """A request's response, read whole."""
+        r, close = await self.open(method, url, **kwargs)
+        try:
+            await r.aread()
+        finally:
+            await close()
+        return r
+
+    async def aclose(self) -> None:
+        for c in self.clients:
+            await c.aclose()
+
+
 @dataclass
 class Outcome:
     """One try at a backend: its status and reply, or `failure` (a sentence without the address)."""
@@ -181,6 +242,8 @@ class Outcome:
     reply: dict[str, Any] | None = None
     failure: str | None = None
     retry_after: str | None = None
+    stream: httpx.Response | None = None  # a 200 stream, its body unread
+    close: Callable[[], Awaitable[None]] | None = None  # closes `stream` and frees its admission slot
 
     @property
     def kind(self) -> str:
@@ -219,19 +282,15 @@ def create_router_app(
     share = Gauge("rlhfops_router_canary_share", "Share of completions the canary served", registry=metrics)
     counts = {"stable": 0, "canary": 0}
 
-    clients: dict[str, httpx.AsyncClient] = {}  # one pool per backend: httpx's pool works linear in its size
+    pools: dict[str, Pools] = {}  # backend url -> its connection pools
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # idle connections are dropped before the backend's keep-alive timeout closes them, so a
-        # request never races a server-side close
-        limits = httpx.Limits(max_connections=limit + 16, max_keepalive_connections=limit, keepalive_expiry=2.0)
-        timeout = httpx.Timeout(cfg.timeout_s, connect=min(5.0, cfg.timeout_s))
         for b in arms.known.values():
-            clients[b.url] = httpx.AsyncClient(timeout=timeout, limits=limits)
+            pools[b.url] = Pools(limit + 16, cfg.timeout_s)
         yield
-        for client in clients.values():
-            await client.aclose()
+        for p in pools.values():
+            await p.aclose()
 
     app = FastAPI(title="rlhfops canary router", lifespan=lifespan)
     install_error_handlers(app)
@@ -243,7 +302,7 @@ def create_router_app(
         status = {}
         for arm, b in {"stable": arms.stable, **({"canary": arms.canary} if arms.canary else {})}.items():
             try:
-                r = await clients[b.url].get(b.url + "/health", timeout=5)
+                r = await pools[b.url].request("GET", b.url + "/health", timeout=5)
                 status[arm] = {"version": b.version, "ok": r.status_code == 200}
             except httpx.HTTPError:
                 status[arm] = {"version": b.version, "ok": False}
@@ -278,21 +337,38 @@ def create_router_app(
     async def call(
         request: Request, arm: str, backend: Backend, path: str, body: dict[str, Any], small: bool
     ) -> Outcome:
+        """One try at `backend`. A streamed 200 comes back unread (`Outcome.stream`); it holds its
+        admission slot until `Outcome.close`."""
         slot = bound(backend.version, small)
         if slot.full():
             full = f"the {arm} backend ({backend.version}) has {slot.in_flight} requests in flight; retry later"
             return Outcome(429, {"error": {"message": full}}, retry_after=str(math.ceil(LATENCY_TARGET_S)))
         headers = {"authorization": request.headers["authorization"]} if "authorization" in request.headers else {}
-        post = asyncio.ensure_future(clients[backend.url].post(backend.url + path, json=body, headers=headers))
+        send = asyncio.ensure_future(pools[backend.url].open("POST", backend.url + path, json=body, headers=headers))
         gone = asyncio.ensure_future(disconnected(request))
         slot.in_flight += 1
         start = time.perf_counter()
+        held = False
         try:
-            await asyncio.wait({post, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if not post.done():  # the client left: closing the connection drops the work at the backend
-                post.cancel()
+            await asyncio.wait({send, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not send.done():  # the client left: closing the connection drops the work at the backend
+                send.cancel()
                 raise APIError(499, "the client disconnected")
-            r = post.result()
+            r, close = send.result()
+            if body.get("stream") and r.status_code == 200:
+                held = True
+
+                async def finish() -> None:
+                    try:
+                        await close()
+                    finally:
+                        slot.in_flight -= 1
+
+                return Outcome(200, stream=r, close=finish)
+            try:
+                await r.aread()
+            finally:
+                await close()
             if r.status_code == 200:
                 slot.observe(time.perf_counter() - start)
             return Outcome(r.status_code, r.json(), retry_after=r.headers.get("retry-after"))
@@ -300,7 +376,8 @@ def create_router_app(
             return Outcome(failure=f"the {arm} backend ({backend.version}) failed: {type(e).__name__}")
         finally:
             gone.cancel()
-            slot.in_flight -= 1
+            if not held:
+                slot.in_flight -= 1
 
     async def forward(request: Request, path: str) -> Any:
         start = time.perf_counter()
@@ -310,35 +387,88 @@ def create_router_app(
         prompt = chat_prompt(body.messages) if isinstance(body, ChatRequest) else raw["prompt"]
         small = is_small(_completions(body), body.max_tokens or cfg.default_max_tokens, cfg)
         arm, backend, named = choose(body.model, body.user, small)
-        sent = {k: v for k, v in raw.items() if k not in ("stream", "stream_options")}
-        outcome = await call(request, arm, backend, path, {**sent, "model": backend.version}, small)
+        outcome = await call(request, arm, backend, path, {**raw, "model": backend.version}, small)
         if arm == "canary" and not named and outcome.kind in ("error", "busy"):
             if outcome.kind == "error":  # the canary's fault: counted against it, then stable answers
                 await log_failure(arm, backend, outcome, prompt, body.user, start)
             arm, backend = "stable", arms.stable
-            outcome = await call(request, arm, backend, path, {**sent, "model": backend.version}, small)
+            outcome = await call(request, arm, backend, path, {**raw, "model": backend.version}, small)
         if outcome.kind != "ok":
             if outcome.kind != "busy":
                 await log_failure(arm, backend, outcome, prompt, body.user, start)
             return failure_response(arm, backend, outcome)
+        rid = f"{'cmpl' if path == '/v1/completions' else 'chatcmpl'}-{uuid.uuid4().hex}"
+        if outcome.stream is not None:
+            return streaming_response(relay(outcome, arm, backend, rid, prompt, body.user, start))
         reply = outcome.reply
+        extra = reply.get("rlhfops", {})
+        texts = [c.get("text", c.get("message", {}).get("content", "")) for c in reply["choices"]]
+        reply["id"] = rid
+        reply["rlhfops"] = await served(arm, backend, rid, extra, texts, prompt, body.user, start)
+        return JSONResponse(reply)
+
+    async def served(
+        arm: str,
+        backend: Backend,
+        rid: str,
+        extra: dict[str, Any],
+        texts: list[str],
+        prompt: Any,
+        user: str | None,
+        start: float,
+    ) -> dict[str, Any]:
+        """Count and store a served reply (its texts: the backend's `responses`, else the choices');
+        its `rlhfops` field."""
         latency_ms = 1000 * (time.perf_counter() - start)
         requests.labels(arm, "ok").inc()
         latency.labels(arm).observe(latency_ms / 1000)
         counts[arm] += 1
         share.set(counts["canary"] / (counts["stable"] + counts["canary"]))
-        extra = reply.get("rlhfops", {})
-        texts = extra.get("responses") or [
-            c.get("text", c.get("message", {}).get("content", "")) for c in reply["choices"]
-        ]
+        texts = extra.get("responses") or texts
         prompts = extra.get("prompts") or [str(prompt)] * len(texts)
-        rid = f"{'cmpl' if path == '/v1/completions' else 'chatcmpl'}-{uuid.uuid4().hex}"
         ids = [rid] if len(texts) == 1 else [f"{rid}:{i}" for i in range(len(texts))]
         rows = [(p, t, ids[i]) for i, (p, t) in enumerate(zip(prompts, texts, strict=True))]
-        await asyncio.to_thread(_log_rows, store, rows, backend.version, latency_ms, body.user)
-        reply["id"] = rid
-        reply["rlhfops"] = {**extra, "arm": arm, "interaction_ids": ids}
-        return streaming_response(reply, body.include_usage) if body.stream else JSONResponse(reply)
+        await asyncio.to_thread(_log_rows, store, rows, backend.version, latency_ms, user)
+        return {**extra, "arm": arm, "interaction_ids": ids}
+
+    async def relay(
+        outcome: Outcome, arm: str, backend: Backend, rid: str, prompt: Any, user: str | None, start: float
+    ) -> AsyncIterator[str]:
+        """The backend's stream passed on chunk by chunk under the router's id; the last chunk
+        before `[DONE]` is held back until the reply is stored, then carries the interaction ids.
+        A stream the backend breaks off is the version's error; a client that leaves closes it."""
+        last: dict[str, Any] | None = None
+        extra: dict[str, Any] = {}
+        texts: dict[int, str] = {}
+        try:
+            async for line in outcome.stream.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                if line == DONE.strip():
+                    break
+                chunk = json.loads(line[len("data: ") :])
+                if "error" in chunk:
+                    raise ValueError(str(chunk["error"].get("message", "")))
+                chunk["id"] = rid
+                extra = chunk.pop("rlhfops", extra)
+                for c in chunk.get("choices", []):
+                    piece = c.get("text") if "text" in c else (c.get("delta") or {}).get("content")
+                    texts[c["index"]] = texts.get(c["index"], "") + (piece or "")
+                if last is not None:
+                    yield sse(last)
+                last = chunk
+            else:
+                raise httpx.RemoteProtocolError("the stream ended before [DONE]")
+            ordered = [texts[i] for i in sorted(texts)]
+            last["rlhfops"] = await served(arm, backend, rid, extra, ordered, prompt, user, start)
+            yield sse(last)
+            yield DONE
+        except (httpx.HTTPError, ValueError) as e:
+            failed = Outcome(failure=f"the {arm} backend ({backend.version}) failed mid-stream: {type(e).__name__}")
+            await log_failure(arm, backend, failed, prompt, user, start)
+            yield sse({"error": {"message": failed.failure, "type": "server_error", "param": None, "code": None}})
+        finally:
+            await outcome.close()
 
     async def log_failure(arm: str, backend: Backend, outcome: Outcome, prompt: Any, user: str | None, start: float):
         latency_ms = 1000 * (time.perf_counter() - start)

@@ -22,23 +22,30 @@ then checked alone against `serving.*` limits and the model's context (every pro
 max_tokens), so nothing that reaches a batch is the client's fault.
 
 Admission: a request waits in one of two lanes, `small` (at most 1/SMALL_SHARE of a full batch's
-tokens, completions x max_tokens) and `large`, each emptied by its own worker thread, so a short
-request never waits behind maximum-size ones. A lane admits a request while it holds at most
-QUEUED_BATCHES x `serving.max_batch` completions waiting and, beyond one full batch waiting,
-expects to start it within MAX_WAIT_S (from its measured batch time); otherwise it answers 429
-with Retry-After (the expected wait). A worker
+tokens, completions x max_tokens) and `large`, each emptied by a thread of its own, so a short
+request never waits behind maximum-size ones. The lanes take turns on the model (`Turn`): a small
+batch runs whole, a large one gives way between two decoding steps whenever a small batch waits,
+so a small request waits at most one step of a large batch and never shares the CPU with it. A
+lane admits a request while it holds at most QUEUED_BATCHES x `serving.max_batch` completions
+waiting and, beyond one full batch waiting, expects to start it within MAX_WAIT_S (from its
+measured batch time); otherwise it answers 429 with Retry-After (the expected wait). A lane
 collects up to `serving.max_batch` completions with the same decoding settings (waiting
 `batch_wait_ms` for more) into one `generate`; a seeded request and Best-of-N run alone, so a seed
 reproduces its sample. If a batch fails its requests are retried one at a time, so a failure fails
-one request. A request whose client has disconnected is dropped before it runs. Shutdown (SIGTERM
-through `wait_for_shutdown_signal`, then `RunningServer.stop`) finishes the requests in flight.
+one request. A request whose client has disconnected is dropped before it runs, and a running
+batch whose clients have all gone stops at its next step. Shutdown (SIGTERM through
+`wait_for_shutdown_signal`, then `RunningServer.stop`) finishes the requests in flight.
 
 `stop` strings end a row in `generate` (the text cut before the first one; requests with other
 stop strings are batched apart); logprobs come from one teacher-forced pass over prompt +
 completion with the decoding's temperature and logits hook.
-`stream: true` sends the finished reply as server-sent events ending in `data: [DONE]`
-(generation is batched, so tokens are not sent as they are sampled). With `$RLHFOPS_API_KEY`
-(`serving.api_key_env`) set, /v1/* and the API docs need `Authorization: Bearer <key>`.
+`stream: true` sends server-sent events as the tokens are decoded: `Steps`, the logits hook
+`generate` calls at every step, hands each streamed row its text so far to a `TokenStream`, which
+sends what more tokens cannot change (a possible start of a stop string, half a UTF-8 character
+held back); the last chunk of a choice carries its finish reason, `stream_options.include_usage`
+adds a usage chunk, and `data: [DONE]` ends it. Best-of-N and logprobs replies are streamed once
+finished. With `$RLHFOPS_API_KEY` (`serving.api_key_env`) set, /v1/* and the API docs need
+`Authorization: Bearer <key>`.
 """
 
 from __future__ import annotations
@@ -53,7 +60,8 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,10 +77,12 @@ from rlhfops.chat import render
 from rlhfops.config import Config, GenerationConfig, ServingConfig
 from rlhfops.generation import Generation, cut_at_stop, generate, token_offsets
 from rlhfops.inference.best_of_n import best_of_n
-from rlhfops.modeling import load_decoder
+from rlhfops.modeling import load_decoder, stop_token_ids
 from rlhfops.serving.protocol import (
+    DONE,
     APIError,
     ChatRequest,
+    Chunks,
     CompletionRequest,
     FeedbackRequest,
     GenerationRequest,
@@ -85,6 +95,8 @@ from rlhfops.serving.protocol import (
     parse,
     read_json,
     record_feedback,
+    sse,
+    sse_events,
     streaming_response,
 )
 from rlhfops.serving.store import InteractionStore
@@ -158,6 +170,13 @@ class Decoding:
         """Seeded and Best-of-N requests run in a batch of their own."""
         return self.seed is not None or self.best_of is not None
 
+    @property
+    def streams_tokens(self) -> bool:
+        """`stream: true` sends tokens as they are decoded, except Best-of-N (the best is known only
+        at the end) and logprobs (a teacher-forced pass after decoding): those stream the finished
+        reply."""
+        return self.best_of is None and self.top_logprobs is None
+
 
 @dataclass
 class Completion:
@@ -169,22 +188,143 @@ class Completion:
     top_logprobs: list[dict[str, float]] | None = None
 
 
+class TokenStream:
+    """What a streamed job has sent so far: per row (choice) the settled text, fed from the lane's
+    thread at every decoding step and read by the response through an asyncio queue of
+    (row, new text) items."""
+
+    def __init__(self, rows: int, stops: tuple[str, ...], tidy: bool, loop: asyncio.AbstractEventLoop) -> None:
+        self.queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+        self.sent = [""] * rows
+        self.ended = [False] * rows  # a stop string was seen: nothing more is sent before the end
+        self.stops, self.tidy, self.loop = stops, tidy, loop
+
+    def offer(self, row: int, text: str) -> None:
+        """(lane thread) The row's decoded text so far: queue what more tokens cannot change."""
+        if self.ended[row]:
+            return
+        cut, hit = cut_at_stop(text, self.stops)
+        self.ended[row] = hit
+        self._send(row, cut if hit else settled(text, self.stops, self.tidy))
+
+    def _send(self, row: int, text: str) -> None:
+        if len(text) > len(self.sent[row]) and text.startswith(self.sent[row]):
+            delta, self.sent[row] = text[len(self.sent[row]) :], text
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (row, delta))
+
+    def rest(self, row: int, final: str) -> str:
+        """(event loop, once decoding is over) The final text's part not yet sent."""
+        if not final.startswith(self.sent[row]):  # a failed batch retried with other samples
+            log.warning("a streamed row's final text does not extend what was sent; the end is sent as is")
+            return ""
+        return final[len(self.sent[row]) :]
+
+
+def settled(text: str, stops: tuple[str, ...], tidy: bool = False) -> str:
+    """The part of a row's text that more tokens cannot change: `text` without a tail that could
+    begin a stop string, an unfinished UTF-8 character (U+FFFD), and with `tidy` (a tokenizer that
+    cleans up tokenization spaces: " ." becomes ".") trailing spaces."""
+    end = len(text)
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                end = min(end, len(text) - k)
+                break
+    return text[:end].rstrip("\ufffd " if tidy else "\ufffd")
+
+
 @dataclass
 class _Job:
     decoding: Decoding
     prompts: list[str]
     future: asyncio.Future
+    stream: TokenStream | None = None
+    gone: bool = False  # its client disconnected (set on the event loop, read by the lane's thread)
+
+
+class Abandoned(Exception):
+    """Every request of the batch being decoded has lost its client."""
+
+
+class Turn:
+    """Which lane decodes on the model now. A small batch runs whole; a large batch holds the model
+    one decoding step at a time and gives way between steps whenever a small batch waits, so a
+    small request waits at most one step of a large batch, and the lanes never split the CPU."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.owner: str | None = None
+        self.small_waiting = False
+
+    def acquire(self, lane: str) -> None:
+        with self.cond:
+            if lane == "small":
+                self.small_waiting = True
+                self.cond.wait_for(lambda: self.owner is None)
+                self.small_waiting = False
+            else:
+                self.cond.wait_for(lambda: self.owner is None and not self.small_waiting)
+            self.owner = lane
+
+    def release(self) -> None:
+        with self.cond:
+            self.owner = None
+            self.cond.notify_all()
+
+    def give_way(self) -> None:
+        """(large lane, between steps) Let a waiting small batch decode first."""
+        if self.small_waiting:
+            self.release()
+            self.acquire("large")
+
+
+class Steps:
+    """The logits hook `generate` calls at every decoding step with the ids so far (B, P + t): it
+    offers each streamed row its text up to the step before, stops decoding once every job of the
+    batch has lost its client, gives the model way to a waiting small batch (large lane), and
+    passes the logits on through the policy's own hook."""
+
+    def __init__(
+        self, jobs: list[_Job], tokenizer: Any, stop_ids: list[int], inner: Any, between: Callable[[], None] | None
+    ) -> None:
+        self.jobs, self.tokenizer, self.inner, self.between = jobs, tokenizer, inner, between
+        self.stop_ids = set(stop_ids)
+        self.needs_hidden = bool(getattr(inner, "needs_hidden", False))
+        self.rows: list[tuple[int, TokenStream, int]] = []  # (batch row, its stream, row in the job)
+        at = 0
+        for job in jobs:
+            if job.stream is not None:
+                self.rows += [(at + k, job.stream, k) for k in range(len(job.prompts))]
+            at += len(job.prompts)
+        self.prompt_width: int | None = None
+
+    def __call__(self, ids: torch.Tensor, logits: torch.Tensor, *hidden: torch.Tensor) -> torch.Tensor:
+        if all(job.gone for job in self.jobs):
+            raise Abandoned
+        if self.prompt_width is None:
+            self.prompt_width = ids.shape[1]
+        elif self.rows:
+            decoded = ids[[r for r, _, _ in self.rows], self.prompt_width :].tolist()  # (S, t)
+            for (_, stream, k), row in zip(self.rows, decoded, strict=True):
+                end = next((i for i, t in enumerate(row) if t in self.stop_ids), len(row))
+                stream.offer(k, self.tokenizer.decode(row[:end], skip_special_tokens=True))
+        if self.between is not None:
+            self.between()
+        return logits if self.inner is None else self.inner(ids, logits, *hidden)
 
 
 @dataclass
 class Lane:
-    """One queue of jobs, the worker thread's own tokenizer and generator (generate sets padding
-    state on its tokenizer, so two threads never share one), and a throughput estimate."""
+    """One queue of jobs, the thread that decodes them with its own tokenizer and generator
+    (generate sets padding state on its tokenizer, so two threads never share one; a thread of its
+    own, not the event loop's shared pool, so the router's store writes never wait for a batch),
+    and a throughput estimate."""
 
     name: str
     limit: int  # completions it may hold waiting
     tokenizer: Any
     generator: torch.Generator
+    thread: ThreadPoolExecutor
     jobs: deque = field(default_factory=deque)
     waiting: int = 0  # completions queued
     batch_seconds: float = 0.0  # moving average of one batch's generation time
@@ -236,6 +376,12 @@ class Lane:
         self.waiting -= len(job.prompts)
 
 
+def drop(job: _Job) -> None:
+    """The job's client has gone: a queued job is skipped, a running batch of only such jobs stops."""
+    job.gone = True
+    job.future.cancel()
+
+
 class ModelWorker:
     """The policy, its tokenizer and the two lanes in front of them."""
 
@@ -246,11 +392,14 @@ class ModelWorker:
         self.scorer = scorer  # CompositeReward when reward models are loaded
         self.logits_hook = logits_hook  # the policy's decoding shift (`modeling.load_decoder`), None: plain
         self.context = getattr(model.config, "max_position_embeddings", None)
+        self.stop_ids = stop_token_ids(tokenizer, model)
+        self.turn = Turn()
         limit = QUEUED_BATCHES * cfg.max_batch
         self.lanes = {
-            name: Lane(name, limit, copy.deepcopy(tokenizer), torch.Generator().manual_seed(seed + i))
+            name: Lane(name, limit, copy.deepcopy(tokenizer), torch.Generator().manual_seed(seed + i),
+                       ThreadPoolExecutor(1, thread_name_prefix=f"lane-{name}"))
             for i, name in enumerate(("small", "large"))
-        }
+        }  # fmt: skip
 
     def lane_for(self, completions: int, max_tokens: int) -> Lane:
         return self.lanes["small" if is_small(completions, max_tokens, self.cfg) else "large"]
@@ -268,14 +417,23 @@ class ModelWorker:
             lengths.append(n)
         return lengths
 
-    async def submit(self, prompts: list[str], decoding: Decoding, request: Request | None = None) -> list[Completion]:
-        """The completions of `prompts` (429 when the lane is full; dropped if the client leaves)."""
+    def enqueue(self, prompts: list[str], decoding: Decoding, stream: bool = False) -> _Job:
+        """Queue `prompts` in their lane (429 when it is full); `stream`: the job feeds a TokenStream."""
         lane = self.lane_for(len(prompts), decoding.max_tokens)
         if not lane.admits(len(prompts), self.cfg.max_batch):
             raise busy(f"the server's {lane.name}-request queue is full ({lane.waiting} completions waiting); "
                        "retry later", lane.retry_after(self.cfg.max_batch))  # fmt: skip
-        job = _Job(decoding, prompts, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        job = _Job(decoding, prompts, loop.create_future())
+        if stream:
+            tidy = bool(getattr(self.tokenizer, "clean_up_tokenization_spaces", False))
+            job.stream = TokenStream(len(prompts), decoding.stops, tidy, loop)
         lane.put(job)
+        return job
+
+    async def submit(self, prompts: list[str], decoding: Decoding, request: Request | None = None) -> list[Completion]:
+        """The completions of `prompts` (429 when the lane is full; dropped if the client leaves)."""
+        job = self.enqueue(prompts, decoding)
         if request is None:
             return await job.future
         watcher = asyncio.ensure_future(disconnected(request))
@@ -284,7 +442,7 @@ class ModelWorker:
         finally:
             watcher.cancel()
         if not job.future.done():
-            job.future.cancel()  # the lane skips it
+            drop(job)
             raise APIError(499, "the client disconnected")
         return job.future.result()
 
@@ -300,7 +458,11 @@ class ModelWorker:
     async def _run(self, lane: Lane, group: list[_Job]) -> None:
         start = time.perf_counter()
         try:
-            results = await asyncio.to_thread(self._complete, lane, group)
+            results = await asyncio.get_running_loop().run_in_executor(lane.thread, self._complete, lane, group)
+        except Abandoned:
+            for job in group:
+                drop(job)
+            return
         except Exception as e:
             if len(group) > 1:  # find the failing request: the others still get their completions
                 for job in group:
@@ -317,6 +479,14 @@ class ModelWorker:
                 job.future.set_result(result)
 
     def _complete(self, lane: Lane, group: list[_Job]) -> list[list[Completion]]:
+        """(the lane's thread) Decode one group, holding the model's turn."""
+        self.turn.acquire(lane.name)
+        try:
+            return self._decode(lane, group)
+        finally:
+            self.turn.release()
+
+    def _decode(self, lane: Lane, group: list[_Job]) -> list[list[Completion]]:
         d = group[0].decoding
         prompts = [p for job in group for p in job.prompts]
         generator = torch.Generator().manual_seed(d.seed) if d.seed is not None else lane.generator
@@ -332,10 +502,12 @@ class ModelWorker:
                 n = len(lane.tokenizer(text, add_special_tokens=False)["input_ids"])
                 done.append(Completion(text, "stop" if stopped or n < d.max_tokens else "length", n))
             return [done]
+        steps = Steps(group, lane.tokenizer, self.stop_ids, self.logits_hook,
+                      self.turn.give_way if lane.name == "large" else None)  # fmt: skip
         out = generate(
             self.model, lane.tokenizer, prompts, d.max_tokens, greedy=d.temperature == 0,
             temperature=max(d.temperature, 1e-6), top_k=d.top_k, generator=generator,
-            logits_hook=self.logits_hook, template=d.template, stop=d.stops,
+            logits_hook=steps, template=d.template, stop=d.stops,
         )  # fmt: skip
         per_job, at = [], 0
         for job in group:
@@ -490,6 +662,8 @@ def create_app(
         yield
         for task in tasks:
             task.cancel()
+        for lane in worker.lanes.values():
+            lane.thread.shutdown(wait=False)
 
     app = FastAPI(title=f"rlhfops {version}", lifespan=lifespan)
     app.state.version, app.state.worker, app.state.metrics = version, worker, metrics
@@ -509,9 +683,10 @@ def create_app(
         check_bearer(request, token)
         return {"object": "list", "data": [{"id": version, "object": "model", "created": 0, "owned_by": "rlhfops"}]}
 
-    async def run(
-        request: Request, body: CompletionRequest | ChatRequest, prompts: list[str], template: bool
-    ) -> tuple[list[Completion], list[int], dict[str, Any]]:
+    def prepare(
+        body: CompletionRequest | ChatRequest, prompts: list[str], template: bool
+    ) -> tuple[Decoding, list[int], list[str]]:
+        """A request checked: its decoding, each prompt's token count, the prompts once per choice."""
         if body.model is not None and body.model != version:
             raise model_not_found(body.model)
         max_tokens = check_limits(body, prompts, cfg.serving)
@@ -522,9 +697,10 @@ def create_app(
             max_tokens, body.temperature, body.top_k, template, tuple(body.stops), body.logprobs_k, body.seed,
             body.best_of if body.best_of and body.best_of > 1 else None,
         )  # fmt: skip
-        lengths = worker.prompt_tokens(prompts, decoding)
-        repeated = [p for p in prompts for _ in range(body.n)]
-        done = await worker.submit(repeated, decoding, request)
+        return decoding, worker.prompt_tokens(prompts, decoding), [p for p in prompts for _ in range(body.n)]
+
+    async def served(done: list[Completion], repeated: list[str], rid: str, start: float, user: str | None):
+        """Metrics and the interaction store for finished completions; the reply's `rlhfops` field."""
         metrics.tokens.inc(sum(c.completion_tokens for c in done))
         extra: dict[str, Any] = {"version": version, "prompts": repeated, "responses": [c.text for c in done]}
         if scorer is not None:
@@ -535,7 +711,8 @@ def create_app(
             spread_sum[1] += len(spreads)
             metrics.spread_mean.set(spread_sum[0] / spread_sum[1])
             extra["reward_spread"] = spreads
-        return done, lengths, extra
+        extra["interaction_ids"] = log_interactions(rid, done, repeated, start, user)
+        return extra
 
     def usage(done: list[Completion], lengths: list[int]) -> dict[str, int]:
         """Prompt tokens once per prompt (not per choice), completion tokens per choice."""
@@ -551,8 +728,88 @@ def create_app(
             store.log(p, c.text, version, latency_ms, "ok", user=user, request_id=ids[i])
         return ids
 
-    def reply(body: GenerationRequest, out: dict[str, Any]) -> Any:
-        return streaming_response(out, body.include_usage) if body.stream else out
+    async def answer(
+        request: Request, body: CompletionRequest | ChatRequest, prompts: list[str], chat: bool, start: float
+    ) -> Any:
+        """The reply to a checked request: JSON, or a stream of chunks when it asks for one."""
+        decoding, lengths, repeated = prepare(body, prompts, template=chat)
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        if body.stream and decoding.streams_tokens:
+            job = worker.enqueue(repeated, decoding, stream=True)  # a full lane is a 429 before the stream starts
+            chunks = Chunks(rid, int(time.time()), version, chat, body.include_usage)
+            echo = repeated if getattr(body, "echo", False) else None
+            return streaming_response(stream_tokens(job, chunks, lengths, repeated, echo, start, body.user))
+        done = await worker.submit(repeated, decoding, request)
+        extra = await served(done, repeated, rid, start, body.user)
+        if chat:
+            choices = [
+                {"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": chat_logprobs(c),
+                 "finish_reason": c.finish_reason}
+                for i, c in enumerate(done)
+            ]  # fmt: skip
+        else:
+            choices = [
+                {"index": i, "text": p + c.text if body.echo else c.text, "logprobs": completion_logprobs(c),
+                 "finish_reason": c.finish_reason}
+                for i, (c, p) in enumerate(zip(done, repeated, strict=True))
+            ]  # fmt: skip
+        out = {
+            "id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+            "model": version, "choices": choices, "usage": usage(done, lengths), "rlhfops": extra,
+        }  # fmt: skip
+        return streaming_response(sse_events(out, body.include_usage)) if body.stream else out
+
+    async def stream_tokens(
+        job: _Job,
+        chunks: Chunks,
+        lengths: list[int],
+        repeated: list[str],
+        echo: list[str] | None,
+        start: float,
+        user: str | None,
+    ) -> AsyncIterator[str]:
+        """A streamed job's chunks as its rows decode: per choice the role (chat) or the echoed prompt,
+        then its text piece by piece; once decoding is over each choice's unsent rest and finish
+        reason, the usage when asked, `[DONE]`. A client that leaves cancels the job."""
+        stream = job.stream
+        try:
+            for i in range(len(repeated)):
+                if chunks.chat:
+                    yield chunks.role(i)
+                elif echo is not None:
+                    yield chunks.text(i, echo[i])
+            while True:
+                if not stream.queue.empty():
+                    row, piece = stream.queue.get_nowait()
+                    yield chunks.text(row, piece)
+                    continue
+                if job.future.done():
+                    break
+                item = asyncio.ensure_future(stream.queue.get())
+                await asyncio.wait({item, job.future}, return_when=asyncio.FIRST_COMPLETED)
+                if item.done():
+                    row, piece = item.result()
+                    yield chunks.text(row, piece)
+                else:
+                    item.cancel()
+            try:
+                done = job.future.result()
+            except APIError as e:
+                yield sse({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}})
+                return
+            for i, c in enumerate(done):
+                if rest := stream.rest(i, c.text):
+                    yield chunks.text(i, rest)
+            extra = await served(done, repeated, chunks.id, start, user)
+            last = len(done) - 1
+            for i, c in enumerate(done):
+                yield chunks.finish(i, c.finish_reason, extra if i == last and not chunks.include_usage else None)
+            if chunks.include_usage:
+                yield chunks.usage(usage(done, lengths), extra)
+            yield DONE
+        finally:
+            if not job.future.done():
+                drop(job)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
@@ -565,38 +822,14 @@ def create_app(
             prompts = token_id_prompts(body.prompt, tokenizer)
         else:
             prompts = list(body.prompt)
-        done, lengths, extra = await run(request, body, prompts, template=False)
-        rid = f"cmpl-{uuid.uuid4().hex}"
-        extra["interaction_ids"] = log_interactions(rid, done, extra["prompts"], start, body.user)
-        choices = []
-        for i, (c, p) in enumerate(zip(done, extra["prompts"], strict=True)):
-            text = p + c.text if body.echo else c.text
-            choices.append({"text": text, "index": i, "logprobs": completion_logprobs(c),
-                            "finish_reason": c.finish_reason})  # fmt: skip
-        out = {
-            "id": rid, "object": "text_completion", "created": int(time.time()), "model": version,
-            "choices": choices, "usage": usage(done, lengths), "rlhfops": extra,
-        }  # fmt: skip
-        return reply(body, out)
+        return await answer(request, body, prompts, chat=False, start=start)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
         start = time.perf_counter()
         check_bearer(request, token)
         body = parse(ChatRequest, await read_json(request, cfg.serving.max_request_bytes))
-        done, lengths, extra = await run(request, body, [chat_prompt(body.messages)], template=True)
-        rid = f"chatcmpl-{uuid.uuid4().hex}"
-        extra["interaction_ids"] = log_interactions(rid, done, extra["prompts"], start, body.user)
-        choices = [
-            {"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": chat_logprobs(c),
-             "finish_reason": c.finish_reason}
-            for i, c in enumerate(done)
-        ]  # fmt: skip
-        out = {
-            "id": rid, "object": "chat.completion", "created": int(time.time()), "model": version,
-            "choices": choices, "usage": usage(done, lengths), "rlhfops": extra,
-        }  # fmt: skip
-        return reply(body, out)
+        return await answer(request, body, [chat_prompt(body.messages)], chat=True, start=start)
 
     @app.post("/v1/feedback")
     async def feedback(request: Request) -> dict[str, Any]:
