@@ -52,13 +52,23 @@ def _members(k, kv_heads=2, seed=0):
     return tok, [LlamaForSequenceClassification(cfg).eval() for _ in range(k)]
 
 
-@pytest.mark.parametrize("kv_heads", [4, 2])
-def test_stacked_scorer_equals_member_by_member(kv_heads):
+TEXTS = ["q: 2+3*4?\n3*4=12\n2+12=14\nanswer: 14<eos>", "q: 1?\nanswer: 1<eos>", "q: 7-2?\nanswer: 5<eos>"]
+
+
+@pytest.mark.parametrize(
+    ("kv_heads", "side", "texts"),
+    [
+        (4, "right", TEXTS),  # packed: the pads are left out of every token-wise op
+        (2, "right", TEXTS),
+        (2, "right", TEXTS[:1]),  # no pads at all
+        (2, "right", [t.removesuffix("<eos>") + "<pad><pad>" for t in TEXTS[1:]]),  # pads the mask keeps
+        (4, "left", TEXTS),  # any other mask: applied as the members apply it
+    ],
+)
+def test_stacked_scorer_equals_member_by_member(kv_heads, side, texts):
     tok, members = _members(3, kv_heads)
-    tok.padding_side = "right"
-    enc = tok(
-        ["q: 2+3*4?\n3*4=12\n2+12=14\nanswer: 14<eos>", "q: 1?\nanswer: 1<eos>"], padding=True, return_tensors="pt"
-    )
+    tok.padding_side = side
+    enc = tok(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         expected = torch.stack([m(**enc).logits[:, 0] for m in members])
     got = StackedLlamaScorer(members)(enc["input_ids"], enc["attention_mask"])

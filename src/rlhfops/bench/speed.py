@@ -34,25 +34,31 @@ def median_seconds(fn, repeats: int, *args) -> float:
 
 
 def ensemble_scoring_speed(cfg: Config, members: int, batches: tuple[int, ...], repeats: int) -> list[ScoringRow]:
-    """Seconds per call of K reward models of the configured architecture scoring the same batch
-    member by member, stacked (`reward/stacked.py`) and as one trunk + K heads (median of repeats)."""
-    from transformers import LlamaForSequenceClassification, LlamaModel
+    """Seconds per call of K random-weight reward models of the configured architecture (the tiny
+    Llama of `model.*`, or `model.name_or_path`'s config) scoring the same batch member by member,
+    stacked (`reward/stacked.py`) and as one trunk + K heads. The three take turns, one call each
+    per repeat after a warm-up, so that a loaded machine slows all three alike; medians of repeats."""
+    from transformers import AutoConfig, LlamaForSequenceClassification, LlamaModel
 
-    from rlhfops.modeling import build_char_tokenizer, tiny_llama_config
+    from rlhfops.modeling import build_char_tokenizer, load_tokenizer, tiny_llama_config
     from rlhfops.reward.ensemble import pooled_last_token
     from rlhfops.reward.stacked import StackedLlamaScorer
     from rlhfops.tasks import make_task
 
-    tok = build_char_tokenizer()
+    if cfg.model.name_or_path:
+        tok = load_tokenizer(cfg.model.name_or_path)
+        llama = AutoConfig.from_pretrained(cfg.model.name_or_path, num_labels=1, pad_token_id=tok.pad_token_id)
+    else:
+        tok = build_char_tokenizer()
+        llama = tiny_llama_config(cfg.model, tok, num_labels=1)
     tok.padding_side = "right"
-    llama = tiny_llama_config(cfg.model, tok, num_labels=1)
     torch.manual_seed(0)
     models = [LlamaForSequenceClassification(llama).eval() for _ in range(members)]
-    stacked = StackedLlamaScorer(models)
     trunk = LlamaModel(llama).eval()
-    heads = torch.randn(members, cfg.model.hidden_size)
+    heads = torch.randn(members, llama.hidden_size)
     examples = make_task(cfg.task).examples("test", max(batches))
     texts = [ex.prompt + ex.reference + tok.eos_token for ex in examples]
+    stacked = StackedLlamaScorer(models)
 
     def member_by_member(ids, mask):
         return [m(input_ids=ids, attention_mask=mask).logits for m in models]
@@ -61,19 +67,22 @@ def ensemble_scoring_speed(cfg: Config, members: int, batches: tuple[int, ...], 
         hidden = trunk(input_ids=ids, attention_mask=mask).last_hidden_state
         return heads @ pooled_last_token(hidden, ids, tok.pad_token_id).T
 
-    rows = []
+    ways = {"member_by_member_s": member_by_member, "stacked_s": stacked, "heads_s": shared_trunk}
+    rows: list[ScoringRow] = []
     with torch.no_grad():
         for b in batches:
             enc = tok(texts[:b], padding=True, return_tensors="pt")
-            ids, mask = enc["input_ids"], enc["attention_mask"]
-            rows.append(
-                {
-                    "batch": b,
-                    "member_by_member_s": median_seconds(member_by_member, repeats, ids, mask),
-                    "stacked_s": median_seconds(stacked, repeats, ids, mask),
-                    "heads_s": median_seconds(shared_trunk, repeats, ids, mask),
-                }
-            )
+            args = enc["input_ids"], enc["attention_mask"]
+            times: dict[str, list[float]] = {key: [] for key in ways}
+            for fn in ways.values():
+                fn(*args)  # warm-up
+            for _ in range(repeats):
+                for key, fn in ways.items():
+                    start = time.perf_counter()
+                    fn(*args)
+                    times[key].append(time.perf_counter() - start)
+            seq, fused, shared = (statistics.median(times[key]) for key in ways)
+            rows.append({"batch": b, "member_by_member_s": seq, "stacked_s": fused, "heads_s": shared})
     return rows
 
 

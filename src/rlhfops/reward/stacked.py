@@ -1,11 +1,25 @@
 """K Llama reward models of one architecture scored in one batched pass.
 
 Member-by-member scoring runs K forward passes of many small ops; on a CPU (and for the small
-batches Best-of-N scores) the per-op overhead dominates. `StackedLlamaScorer` stacks every
-weight along a leading member axis K and runs the same ops once, each K times larger (batched
-matmuls via einsum), reproducing `LlamaForSequenceClassification` exactly (tests compare them).
-`torch.func.vmap` over `functional_call` gives the same numbers but, on this CPU, falls back to a
-per-member loop inside attention and is slower than the plain loop (see benchmarks/).
+batches Best-of-N scores) the per-op overhead dominates, and at large batches the matmuls do.
+`StackedLlamaScorer` stacks every weight along a leading member axis K and runs each layer as a
+few ops over all K members at once, reproducing `LlamaForSequenceClassification` (tests compare
+them to float tolerance):
+
+    RMSNorm     a norm and a multiply; its weight is folded into the projection it feeds
+    q, k, v     one `bmm` over K with the three projections side by side, (K, H, (nh + 2 nkv) d)
+    rotary      q and k together, x cos + roll(x) sin' (sin' carries rotate_half's sign)
+    attention   one SDPA over K * B sequences (grouped kv heads shared, causal kernel when the
+                batch is right-padded)
+    o, down     `baddbmm` over K, the residual added in the same op
+    gate, up    one `bmm` over K, (K, H, 2 I)
+
+It also does less work than the members do, none of which changes a score: a right-padded batch
+runs its token-wise ops on the real tokens only (packed, (K, N, C)), padded back to (K * B, T)
+only inside attention; and the last layer, whose output is only read at the pooled token, runs
+attention queries, o-projection and MLP for that one token per sequence. `torch.func.vmap` over
+`functional_call` gives the same numbers but, on this CPU, falls back to a per-member loop inside
+attention and is slower than the plain loop (see benchmarks/ensemble_scoring.py).
 """
 
 from __future__ import annotations
@@ -44,87 +58,116 @@ class StackedLlamaScorer(nn.Module):
             raise ValueError("members cannot be stacked: they must be Llama sequence classifiers of one shape")
         cfg = models[0].config
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
-        self.head_dim = cfg.hidden_size // cfg.num_attention_heads
+        self.head_dim = models[0].model.layers[0].self_attn.head_dim
         self.eps, self.pad_token_id = cfg.rms_norm_eps, cfg.pad_token_id
 
-        def stack(get, transpose: bool = False) -> nn.Parameter:
-            w = torch.stack([get(m).detach() for m in models])
-            # Projections are stored (K, in, out) so that each is one contiguous batched matmul.
-            return nn.Parameter(w.transpose(1, 2).contiguous() if transpose else w, requires_grad=False)
+        def stack(weights: list[torch.Tensor]) -> nn.Parameter:
+            return nn.Parameter(torch.stack([w.detach() for w in weights]).contiguous(), requires_grad=False)
 
-        self.embed = stack(lambda m: m.model.embed_tokens.weight)  # (K, V, H)
+        def proj(*linears: nn.Linear, norm: nn.Module | None = None) -> torch.Tensor:
+            """The linears' weights side by side as one (in, out) matrix, the RMSNorm weight that
+            feeds them folded into its rows: (x * w) @ W = x @ (w[:, None] * W)."""
+            weight = torch.cat([lin.weight for lin in linears]).T
+            if norm is None:
+                return weight
+            return (norm.weight.float()[:, None] * weight.float()).to(weight.dtype)
+
+        self.embed = stack([m.model.embed_tokens.weight for m in models])  # (K, V, H)
         self.layers = nn.ModuleList()
         for i in range(cfg.num_hidden_layers):
+            blocks = [m.model.layers[i] for m in models]
             layer = nn.Module()
-            for name, get in {
-                "ln1": lambda m, i=i: m.model.layers[i].input_layernorm.weight,  # (K, H)
-                "q": lambda m, i=i: m.model.layers[i].self_attn.q_proj.weight,  # -> (K, H, nh*d)
-                "k": lambda m, i=i: m.model.layers[i].self_attn.k_proj.weight,  # -> (K, H, nkv*d)
-                "v": lambda m, i=i: m.model.layers[i].self_attn.v_proj.weight,
-                "o": lambda m, i=i: m.model.layers[i].self_attn.o_proj.weight,  # -> (K, nh*d, H)
-                "ln2": lambda m, i=i: m.model.layers[i].post_attention_layernorm.weight,
-                "gate": lambda m, i=i: m.model.layers[i].mlp.gate_proj.weight,  # -> (K, H, I)
-                "up": lambda m, i=i: m.model.layers[i].mlp.up_proj.weight,
-                "down": lambda m, i=i: m.model.layers[i].mlp.down_proj.weight,  # -> (K, I, H)
-            }.items():
-                setattr(layer, name, stack(get, transpose=name not in ("ln1", "ln2")))
+            layer.qkv = stack(
+                [
+                    proj(b.self_attn.q_proj, b.self_attn.k_proj, b.self_attn.v_proj, norm=b.input_layernorm)
+                    for b in blocks
+                ]
+            )  # (K, H, (nh + 2 nkv) d)
+            layer.o = stack([proj(b.self_attn.o_proj) for b in blocks])  # (K, nh d, H)
+            layer.gate_up = stack(
+                [proj(b.mlp.gate_proj, b.mlp.up_proj, norm=b.post_attention_layernorm) for b in blocks]
+            )
+            layer.down = stack([proj(b.mlp.down_proj) for b in blocks])  # (K, I, H)
             self.layers.append(layer)
-        self.norm = stack(lambda m: m.model.norm.weight)
-        self.score = stack(lambda m: m.score.weight[0])  # (K, H)
+        self.score = stack([proj(m.score, norm=m.model.norm)[:, 0] for m in models])  # (K, H), final norm folded in
         self.register_buffer("inv_freq", models[0].model.rotary_emb.inv_freq.detach().clone(), persistent=False)
 
-    def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return w[:, None, None, :] * x32.to(x.dtype)
+    def _rotary(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (N,) -> cos, sin' (N, 1, d) with rotate_half(x) sin = roll(x, d/2) sin'."""
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (N, d/2)
+        cos = torch.cat((freqs, freqs), dim=-1).cos()
+        sin = torch.cat((-freqs.sin(), freqs.sin()), dim=-1)
+        return cos.to(dtype)[:, None], sin.to(dtype)[:, None]
 
-    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
+    def _qkv(self, h: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """(K, N, H) -> (K, N, (nh + 2 nkv) d): the projections, q and k rotated in place."""
+        qkv = torch.bmm(h, weight)
+        qk = qkv[..., : (self.n_heads + self.n_kv) * self.head_dim].unflatten(-1, (-1, self.head_dim))
+        rolled = qk.roll(self.head_dim // 2, dims=-1)
+        qk.mul_(cos).addcmul_(rolled, sin)
+        return qkv
 
-    @staticmethod
-    def _mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """(K, B, T, i) @ (K, i, o) -> (K, B, T, o) as one batched matmul."""
-        K, B, T, _ = x.shape
-        return torch.bmm(x.reshape(K, B * T, -1), w).view(K, B, T, -1)
+    def _heads(self, qkv: torch.Tensor, batch: int) -> list[torch.Tensor]:
+        """(K, B * T, (nh + 2 nkv) d) -> q (K B, nh, T, d), k and v (K B, nkv, T, d), as views."""
+        K, BT, _ = qkv.shape
+        heads = qkv.view(K * batch, BT // batch, -1, self.head_dim).transpose(1, 2)
+        return list(heads.split((self.n_heads, self.n_kv, self.n_kv), dim=1))
+
+    def _mlp(self, x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+        """x + down(silu(gate h) * up h), h = rms(x); (K, N, H) -> (K, N, H)."""
+        gate, up = torch.bmm(self._norm(x), layer.gate_up).chunk(2, dim=-1)
+        return torch.baddbmm(x, torch.nn.functional.silu(gate).mul_(up), layer.down)
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        """x / rms(x) in float32, as LlamaRMSNorm computes it (its weight is folded into the next
+        projection); two passes over x, where `rms_norm` on a CPU takes five."""
+        scale = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
+        scale = scale.square_().div_(x.shape[-1]).add_(self.eps).rsqrt_()
+        return (x * scale).to(x.dtype)
 
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids, attention_mask (B, T) -> rewards (K, B), as each member would score them."""
+        sdpa = torch.nn.functional.scaled_dot_product_attention
         B, T = input_ids.shape
-        K = self.embed.shape[0]
-        x = self.embed[:, input_ids]  # (K, B, T, H)
-        pos = torch.arange(T, device=input_ids.device, dtype=torch.float)
-        freqs = pos[:, None] * self.inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)  # (T, d)
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-        allowed = causal[None, None] & attention_mask.bool()[:, None, None, :]  # (B, 1, T, T)
-        bias = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill(~allowed, float("-inf"))
-        group = self.n_heads // self.n_kv
-        for layer in self.layers:
-            h = self._rms(x, layer.ln1)
-            q = self._mm(h, layer.q).view(K, B, T, self.n_heads, self.head_dim)
-            k = self._mm(h, layer.k).view(K, B, T, self.n_kv, self.head_dim)
-            v = self._mm(h, layer.v).view(K, B, T, self.n_kv, self.head_dim)
-            q, k, v = (t.transpose(2, 3) for t in (q, k, v))  # (K, B, heads, T, d)
-            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
-            if group > 1:
-                k, v = k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
-            attn = torch.nn.functional.scaled_dot_product_attention(
-                q.reshape(K * B, self.n_heads, T, self.head_dim),
-                k.reshape(K * B, self.n_heads, T, self.head_dim),
-                v.reshape(K * B, self.n_heads, T, self.head_dim),
-                attn_mask=bias.repeat(K, 1, 1, 1),
-            )
-            attn = attn.view(K, B, self.n_heads, T, self.head_dim).transpose(2, 3).reshape(K, B, T, -1)
-            x = x + self._mm(attn, layer.o)
-            h = self._rms(x, layer.ln2)
-            x = x + self._mm(torch.nn.functional.silu(self._mm(h, layer.gate)) * self._mm(h, layer.up), layer.down)
-        x = self._rms(x, self.norm)
+        K, dev = self.embed.shape[0], input_ids.device
+        keep = attention_mask.bool()
+        lengths, pos = keep.sum(-1), torch.arange(T, device=dev)
         # The rightmost non-pad token, as LlamaForSequenceClassification pools.
-        idx = torch.arange(T, device=x.device)
-        last = (idx * (input_ids != self.pad_token_id)).argmax(-1)  # (B,)
-        pooled = x[:, torch.arange(B, device=x.device), last]  # (K, B, H)
-        return torch.einsum("kbh,kh->kb", pooled, self.score)
+        last = (pos * (input_ids != self.pad_token_id)).argmax(-1)  # (B,)
+        # Right padding (as `RewardEnsemble.encode` pads) with the pooled token among the real ones:
+        # real tokens only attend real tokens under the causal mask, so pads need not be computed.
+        packed = bool(torch.equal(keep, pos < lengths[:, None]) and (last < lengths).all())
+        flat = keep.flatten().nonzero()[:, 0] if packed and not keep.all() else None  # real tokens of (B * T,)
+        starts = lengths.cumsum(0) - lengths if flat is not None else torch.arange(B, device=dev) * T
+        pooled = starts + last  # (B,) rows of the token axis N
+        if packed:
+            mask = None
+        else:  # any other mask as the members apply it: causal and the keys it keeps
+            allowed = pos[None, :] <= pos[:, None]
+            mask = (allowed[None, None] & keep[:, None, None, :]).repeat(K, 1, 1, 1)  # (K B, 1, T, T)
+        group = {"enable_gqa": True} if self.n_heads != self.n_kv else {}
+
+        def padded(t: torch.Tensor) -> torch.Tensor:  # (K, N, C) -> (K, B * T, C), zeros at the pads
+            if flat is None:
+                return t
+            return t.new_zeros(K, B * T, t.shape[-1]).index_copy_(1, flat, t)
+
+        tokens = input_ids.flatten() if flat is None else input_ids.flatten()[flat]  # (N,)
+        x = self.embed[:, tokens]  # (K, N, H)
+        cos, sin = self._rotary(pos.repeat(B) if flat is None else pos.repeat(B)[flat], x.dtype)
+        *inner, final = self.layers
+        for layer in inner:
+            q, k, v = self._heads(padded(self._qkv(self._norm(x), layer.qkv, cos, sin)), B)
+            attn = sdpa(q, k, v, attn_mask=mask, is_causal=mask is None, **group)  # (K B, nh, T, d)
+            attn = attn.transpose(1, 2).reshape(K, B * T, -1)
+            x = torch.baddbmm(x, attn if flat is None else attn[:, flat], layer.o)
+            x = self._mlp(x, layer)
+        # The last layer: keys and values of every token, everything else at the pooled one.
+        qkv = self._qkv(self._norm(x), final.qkv, cos, sin)
+        _, k, v = self._heads(padded(qkv), B)
+        q = qkv[:, pooled, : self.n_heads * self.head_dim].reshape(K * B, 1, self.n_heads, -1).transpose(1, 2)
+        mask = ((pos[None, :] <= last[:, None]) & keep).repeat(K, 1)[:, None, None, :]  # (K B, 1, 1, T)
+        attn = sdpa(q, k, v, attn_mask=mask, **group).transpose(1, 2).reshape(K, B, -1)  # (K, B, nh d)
+        x = self._mlp(torch.baddbmm(x[:, pooled], attn, final.o), final)  # (K, B, H)
+        return torch.bmm(self._norm(x), self.score[:, :, None])[..., 0]
