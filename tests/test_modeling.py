@@ -63,3 +63,60 @@ def test_any_local_causal_lm_loads_through_the_same_function(tmp_path, smoke_cfg
 def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_policy(tmp_path / "nope" / "model")
+
+
+def test_extras_are_written_atomically_and_readable_by_all(tmp_path, smoke_cfg):
+    import json
+
+    from rlhfops.files import FILE_MODE
+
+    tokenizer, model = init_policy(smoke_cfg)
+    out = save_policy(model, tokenizer, smoke_cfg, tmp_path / "policy", extras={"train_log.json": [{"step": 1}]})
+    assert json.loads((out / "train_log.json").read_text()) == [{"step": 1}]
+    assert (out / "train_log.json").stat().st_mode & 0o777 == FILE_MODE
+    assert not list(out.glob(".*.tmp"))
+
+
+def _full_log_probs(model, hidden, targets, temperature=1.0):
+    logp = torch.log_softmax(model.lm_head(hidden).float() / temperature, -1)
+    return logp.gather(-1, targets[..., None]).squeeze(-1), -(logp.exp() * logp).sum(-1)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1000])
+def test_token_log_probs_match_the_full_vocabulary_computation(smoke_cfg, chunk):
+    """Chunked log-probs and entropies from hidden states equal log_softmax over the whole (B, T, V)
+    logits, and so do their gradients (chunks checkpointed)."""
+    from rlhfops.modeling import final_hidden, token_log_probs
+
+    tokenizer, model = init_policy(smoke_cfg)
+    enc = tokenizer(["q: 1+2?\n", "q: 12*3-4?\n"], padding=True, return_tensors="pt")
+    ids, attn = enc["input_ids"], enc["attention_mask"]
+    hidden = final_hidden(model, ids, attn)
+    full_logits = model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0)).logits
+    torch.testing.assert_close(model.lm_head(hidden), full_logits)  # the trunk's state is what the head reads
+    targets = ids[:, 1:]
+    logp, ent = token_log_probs(model, hidden[:, :-1], targets, temperature=0.7, chunk=chunk, entropy=True)
+    ref_logp, ref_ent = _full_log_probs(model, hidden[:, :-1], targets, temperature=0.7)
+    assert logp.shape == targets.shape and ent.shape == targets.shape
+    torch.testing.assert_close(logp, ref_logp)
+    torch.testing.assert_close(ent, ref_ent)
+
+    grads = []
+    for fn in (
+        lambda: token_log_probs(model, hidden[:, :-1], targets, chunk=chunk),
+        lambda: _full_log_probs(model, hidden[:, :-1], targets)[0],
+    ):
+        model.zero_grad()
+        (fn() * attn[:, 1:]).sum().backward(retain_graph=True)
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_token_log_probs_of_nothing_is_empty(smoke_cfg):
+    from rlhfops.modeling import token_log_probs
+
+    _, model = init_policy(smoke_cfg)
+    hidden = torch.zeros(2, 0, model.config.hidden_size)
+    assert token_log_probs(model, hidden, torch.zeros(2, 0, dtype=torch.long)).shape == (2, 0)

@@ -22,7 +22,6 @@ and goes to `default_device()` (the CUDA device when there is one). Trainers pla
 from __future__ import annotations
 
 import copy
-import json
 import re
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,6 +30,7 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -42,7 +42,7 @@ from transformers import (
 )
 
 from rlhfops.config import Config, ModelConfig
-from rlhfops.files import atomic_directory
+from rlhfops.files import atomic_directory, atomic_write_json
 from rlhfops.workspace import ILQL_HEADS
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -178,12 +178,87 @@ def save_policy(
         tokenizer.save_pretrained(tmp)
         cfg.save(tmp)
         for name, data in (extras or {}).items():
-            (tmp / name).write_text(json.dumps(data, indent=2) + "\n")
+            atomic_write_json(tmp / name, data)
     return Path(out_dir)
 
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# ---- log-probs from hidden states, a chunk of positions at a time --------------------------------
+
+# Elements of one (positions, V) float32 block: 64 MiB, 341 positions of SmolLM2's 49,152-token
+# vocabulary. A whole (B, L, V) tensor is what made Best-of-N and offline RL on a 135M model peak
+# at 10-11 GB (issue 19); a chunk of it is alive at a time instead, forward and backward.
+CHUNK_ELEMENTS = 1 << 24
+
+
+def final_hidden(model: PreTrainedModel, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    """The trunk's last hidden state (after its final norm: what the LM head reads), (B, L) -> (B, L, H),
+    without the LM head's (B, L, V) logits; positions count real tokens only (left or right padding)."""
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    return model.base_model(input_ids=ids, attention_mask=attn, position_ids=pos).last_hidden_state
+
+
+def output_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head on hidden states as the model's forward applies it, float32: (..., H) -> (..., V)
+    (with Gemma-style final logit soft-capping where the config has it)."""
+    logits = model.get_output_embeddings()(hidden).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def positions_per_chunk(model: PreTrainedModel) -> int:
+    """How many positions' full-vocabulary rows make one `CHUNK_ELEMENTS` block."""
+    return max(1, CHUNK_ELEMENTS // model.get_output_embeddings().weight.shape[0])
+
+
+def map_chunks(fn, *tensors: torch.Tensor, chunk: int):
+    """`fn` over slices of `chunk` rows of `tensors` (dim 0), outputs (a tensor or a tuple of them)
+    concatenated on dim 0. Under autograd each slice is checkpointed (recomputed in backward), so
+    only one slice's intermediates, e.g. its (chunk, V) logits, are alive at a time either way."""
+    outs = []
+    for i in range(0, tensors[0].shape[0], chunk):
+        parts = [t[i : i + chunk] for t in tensors]
+        if torch.is_grad_enabled():
+            outs.append(checkpoint(fn, *parts, use_reentrant=False, preserve_rng_state=False))
+        else:
+            outs.append(fn(*parts))
+    if isinstance(outs[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))
+    return torch.cat(outs)
+
+
+def token_log_probs(
+    model: PreTrainedModel,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk: int | None = None,
+    entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """log softmax(logits / temperature)[target] at every position, from the trunk's hidden states
+    (`final_hidden`) through the model's LM head, `chunk` positions at a time (None:
+    `positions_per_chunk`), never the whole (..., V) tensor; differentiable (chunks checkpointed).
+
+    hidden (..., H), targets (...) long -> log-probs (...) float32, and with `entropy` the entropy
+    of each position's distribution (...) as well.
+    """
+    shape = targets.shape
+    flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    if flat_t.numel() == 0:
+        empty = torch.zeros(shape, device=hidden.device)
+        return (empty, empty.clone()) if entropy else empty
+
+    def per_chunk(h: torch.Tensor, t: torch.Tensor):
+        logp_all = torch.log_softmax(output_logits(model, h) / temperature, -1)  # (n, V)
+        logp = logp_all.gather(-1, t[:, None]).squeeze(-1)
+        return (logp, -(logp_all.exp() * logp_all).sum(-1)) if entropy else logp
+
+    out = map_chunks(per_chunk, flat_h, flat_t, chunk=chunk or positions_per_chunk(model))
+    return tuple(o.reshape(shape) for o in out) if entropy else out.reshape(shape)
 
 
 # ---- decoding a saved policy --------------------------------------------------------------------
@@ -228,6 +303,16 @@ class ILQLHeads(nn.Module):
         """min(Q'_1, Q'_2) over the vocabulary, from the target heads: (..., H) -> (..., V)."""
         with torch.no_grad():
             return torch.minimum(self.target_q1(hidden), self.target_q2(hidden))
+
+    @staticmethod
+    def at(layer: nn.Linear, hidden: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """layer(hidden)[action] per row without the (N, V) output: (N, H), (N,) -> (N,)."""
+        return (hidden * layer.weight[actions]).sum(-1) + layer.bias[actions]
+
+    def qhat_at(self, hidden: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """min(Q'_1, Q'_2) of the taken action only: (N, H), (N,) -> (N,), no grad."""
+        with torch.no_grad():
+            return torch.minimum(self.at(self.target_q1, hidden, actions), self.at(self.target_q2, hidden, actions))
 
     def update_targets(self, polyak: float) -> None:
         polyak_update(self.target_q1, self.q1, polyak)

@@ -136,37 +136,52 @@ def best_of_n(
     """The best of n samples for every prompt, in prompt order. With a `cache`, a prompt already
     stored under (prompt, policy_version, reward_version, n) is served from it, not regenerated.
     `template=False` samples from prompts as raw text (`/v1/completions`)."""
+    results, keys = cached(prompts, n, cache, policy_version, reward_version)
+    uncached = [i for i, r in enumerate(results) if r is None]
+    if uncached:
+        kwargs = {"generation": generation, "generator": generator, "batch_size": batch_size}
+        candidates = sample(
+            model, tokenizer, [prompts[i] for i in uncached], n, **kwargs, logits_hook=logits_hook, template=template
+        )
+        rank(results, keys, prompts, uncached, candidates, score_fn, cache)
+    return results  # type: ignore[return-value]  # every slot is filled by rank
+
+
+def cached(
+    prompts: list[str], n: int, cache: BoNCache | None, policy_version: str, reward_version: str
+) -> tuple[list[BoNResult | None], list[str]]:
+    """Per prompt its stored result under (prompt, policy_version, reward_version, n), None where
+    there is none (or no cache), and the keys (empty without a cache)."""
     if n < 1:
         raise ValueError(f"Best-of-N needs n >= 1, got {n}")
     if cache is not None and not (policy_version and reward_version):
         raise ValueError("a Best-of-N cache needs both a policy_version and a reward_version to key its entries")
     results: list[BoNResult | None] = [None] * len(prompts)
     keys = [cache_key(p, policy_version, reward_version, n) for p in prompts] if cache is not None else []
-    if cache is not None:
-        for i, key in enumerate(keys):
-            hit = cache.get(key)
-            if hit is not None:
-                results[i] = BoNResult(**hit)
-    uncached = [i for i, r in enumerate(results) if r is None]
-    if uncached:
-        uncached_prompts = [prompts[i] for i in uncached]
-        candidates = sample(
-            model,
-            tokenizer,
-            uncached_prompts,
-            n,
-            generation=generation,
-            generator=generator,
-            batch_size=batch_size,
-            logits_hook=logits_hook,
-            template=template,
-        )
-        scores = score_candidates(score_fn, uncached_prompts, candidates)
-        for i, prompt, cs, ss in zip(uncached, uncached_prompts, candidates, scores, strict=True):
-            results[i] = select(prompt, cs, ss)
-            if cache is not None:
-                cache.put(keys[i], asdict(results[i]))
-    return results  # type: ignore[return-value]  # every slot is filled above
+    for i, key in enumerate(keys):
+        hit = cache.get(key)
+        if hit is not None:
+            results[i] = BoNResult(**hit)
+    return results, keys
+
+
+def rank(
+    results: list[BoNResult | None],
+    keys: list[str],
+    prompts: list[str],
+    uncached: list[int],
+    candidates: list[list[str]],
+    score_fn: ScoreFn,
+    cache: BoNCache | None,
+) -> None:
+    """Score the candidates drawn for prompts[i], i in `uncached`, fill results[i] with the best,
+    and store each in the cache (when there is one)."""
+    uncached_prompts = [prompts[i] for i in uncached]
+    scores = score_candidates(score_fn, uncached_prompts, candidates)
+    for i, prompt, cs, ss in zip(uncached, uncached_prompts, candidates, scores, strict=True):
+        results[i] = select(prompt, cs, ss)
+        if cache is not None:
+            cache.put(keys[i], asdict(results[i]))
 
 
 # ---- adaptive N ----------------------------------------------------------------------------------
@@ -237,6 +252,14 @@ def _policy_version(cfg: Config, policy_dir: Path) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+def _draw(cfg: Config, policy_dir: str | Path, prompts: list[str], n: int) -> list[list[str]]:
+    """n candidates per prompt from the policy in `policy_dir` (loaded here and freed on return),
+    seeded by `cfg.seed`, as `sample` draws them."""
+    tokenizer, model, hook = load_decoder(cfg, policy_dir)
+    kwargs = {"generation": cfg.generation, "generator": torch.Generator().manual_seed(cfg.seed)}
+    return sample(model, tokenizer, prompts, n, **kwargs, batch_size=cfg.best_of_n.batch_size, logits_hook=hook)
+
+
 def evaluate_best_of_n(
     cfg: Config,
     policy_dir: str | Path,
@@ -260,29 +283,24 @@ def evaluate_best_of_n(
     task = make_task(cfg.task, seed=cfg.seed)
     examples = task.examples("test", bon.n_prompts)
     prompts = [ex.prompt for ex in examples]
-    tokenizer, model, hook = load_decoder(cfg, policy_dir)
+    n_max = max(bon.n_values)
+    n_draw = max(n_max, bon.n)  # adaptive N reads its candidates off the same draws
+    cache = BoNCache(cache_dir, int(bon.cache_max_mb * 2**20)) if cache_dir is not None else None
+    versions = (
+        (_policy_version(cfg, Path(policy_dir)), _reward_version(cfg, rm_dir, prm_dir))
+        if cache is not None
+        else ("", "")
+    )
+    results, keys = cached(prompts, n_draw, cache, *versions)
+    uncached = [i for i, r in enumerate(results) if r is None]
+    candidates = _draw(cfg, policy_dir, [prompts[i] for i in uncached], n_draw) if uncached else []
+    # the reward models load once the policy is gone: the two are never in memory together
     ensembles = load_ensembles(rm_dir, cfg.reward.objectives)
     prm = ProcessRewardModel.load(prm_dir) if prm_dir is not None else None
     scorer = best_of_n_scorer(cfg, ensembles, prm)
     composite = composite_reward(cfg, ensembles=ensembles, prm=prm, prm_dir=prm_dir)
-
-    n_max = max(bon.n_values)
-    n_draw = max(n_max, bon.n)  # adaptive N reads its candidates off the same draws
-    cache = BoNCache(cache_dir, int(bon.cache_max_mb * 2**20)) if cache_dir is not None else None
-    results = best_of_n(
-        model,
-        tokenizer,
-        prompts,
-        n_draw,
-        scorer,
-        generation=cfg.generation,
-        generator=torch.Generator().manual_seed(cfg.seed),
-        batch_size=bon.batch_size,
-        cache=cache,
-        policy_version=_policy_version(cfg, Path(policy_dir)) if cache is not None else "",
-        reward_version=_reward_version(cfg, rm_dir, prm_dir) if cache is not None else "",
-        logits_hook=hook,
-    )
+    if uncached:
+        rank(results, keys, prompts, uncached, candidates, scorer, cache)
     # graded by the evaluation judges (`eval.judges`), as evaluation and the gate grade
     flat_prompts = [r.prompt for r in results for _ in r.candidates]
     judged = eval_judges(cfg, task)(flat_prompts, [c for r in results for c in r.candidates])

@@ -49,7 +49,19 @@ from rlhfops.chat import render
 from rlhfops.config import Config
 from rlhfops.files import atomic_directory, read_jsonl, write_jsonl
 from rlhfops.generation import sample_texts
-from rlhfops.modeling import ILQLHeads, default_device, ilql_shift_hook, load_decoder, load_policy, save_policy
+from rlhfops.modeling import (
+    ILQLHeads,
+    default_device,
+    final_hidden,
+    ilql_decoding_shift,
+    ilql_shift_hook,
+    load_decoder,
+    load_policy,
+    map_chunks,
+    output_logits,
+    positions_per_chunk,
+    save_policy,
+)
 from rlhfops.rl.losses import (
     awac_weights,
     cql_loss,
@@ -133,7 +145,8 @@ def collate(rows: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.T
 
 
 def trunk_forward(model, ids: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """LM logits (B, L, V) and last hidden state (B, L, H), float32."""
+    """LM logits (B, L, V) and last hidden state (B, L, H), float32 (for checks on small batches;
+    training reads `modeling.final_hidden` and the vocabulary a chunk at a time)."""
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=attn, position_ids=pos, output_hidden_states=True)
     return out.logits.float(), out.hidden_states[-1].float()
@@ -143,8 +156,21 @@ def trunk_forward(model, ids: torch.Tensor, attn: torch.Tensor) -> tuple[torch.T
 def hidden_norm(model, batch: dict[str, torch.Tensor]) -> float:
     """The mean L2 norm of the trunk's last hidden state over a batch's real tokens (the scale the
     untrained Q heads are initialised against, `ILQLHeads`)."""
-    _, hidden = trunk_forward(model, batch["ids"], batch["attn"])
+    hidden = final_hidden(model, batch["ids"], batch["attn"]).float()
     return hidden[batch["attn"].bool()].norm(dim=-1).mean().item()
+
+
+def response_states(hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The states and actions of a batch's response tokens only, packed: hidden (B, L, H), ids (B, L),
+    mask (B, L-1) -> states (N, H), actions (N,) with N = mask.sum(). Everything over the vocabulary
+    is computed on these N rows (a chunk at a time), not on all B x (L-1) positions."""
+    at = mask.bool()
+    return hidden[:, :-1][at], ids[:, 1:][at]
+
+
+def unpack(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(N,) values of the response positions back to (B, L-1), 0 elsewhere (differentiable)."""
+    return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask.bool(), values)
 
 
 def method_coefficients(cfg: Config) -> tuple[float, float]:
@@ -167,27 +193,45 @@ def ilql_losses(model, heads: ILQLHeads, batch: dict[str, torch.Tensor], scores:
     oc = cfg.offline
     tau, alpha = method_coefficients(cfg)
     ids, mask = batch["ids"], batch["mask"]
-    logits, hidden = trunk_forward(model, ids, batch["attn"])
+    hidden = final_hidden(model, ids, batch["attn"]).float()  # (B, L, H); no (B, L, V) logits
     # Measured on tiny (benchmarks/offline_vs_ppo.py, composite-scored SFT samples, seed 0): every
     # setting that trained the trunk (heads' gradients and/or the LM term on the policy's own samples)
     # lost gold score against SFT (0.80-0.83 vs 0.845); heads on the frozen trunk, lm_coef 0, targets
     # that track (polyak 0.2) and a beta-2 decoding shift gained (0.873). That is the default.
-    if not oc.heads_train_trunk:
-        hidden = hidden.detach()
-    hidden_s = hidden[:, :-1]  # (B, L-1, H) states s_t
-    actions = ids[:, 1:]  # (B, L-1) a_t
-    q_all = (heads.q1(hidden_s), heads.q2(hidden_s))  # (B, L-1, V) each
-    q_taken = tuple(q.gather(-1, actions[..., None]).squeeze(-1) for q in q_all)
-    qhat = heads.qhat(hidden_s).gather(-1, actions[..., None]).squeeze(-1)  # (B, L-1), no grad
-    values = heads.v(hidden).squeeze(-1)  # (B, L)
+    trunk = hidden if oc.heads_train_trunk else hidden.detach()
+    states, actions = response_states(trunk, ids, mask)  # (N, H), (N,): s_t and a_t of response tokens
+    q_taken = tuple(unpack(ILQLHeads.at(q, states, actions), mask) for q in (heads.q1, heads.q2))  # (B, L-1)
+    qhat = unpack(heads.qhat_at(states, actions), mask)  # (B, L-1), no grad
+    values = heads.v(trunk).squeeze(-1)  # (B, L)
     v, v_next = values[:, :-1], values[:, 1:]
 
     rewards, dones = terminal_rewards(scores, mask)
     lq, qinfo = q_loss(q_taken, rewards, v_next, dones, mask, oc.gamma)
     lv = expectile_loss(qhat - v, tau, mask)
-    lcql = cql_loss(q_all, actions, mask) if alpha > 0 else torch.zeros((), device=ids.device)
+    n, chunk = len(actions), positions_per_chunk(model)
+    ones = torch.ones(1, 1, device=ids.device)
+
+    def cql_sum(h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:  # (n, H), (n,) -> (1,): n x the chunk's mean
+        return (cql_loss((heads.q1(h)[None], heads.q2(h)[None]), a[None], ones.expand(1, len(a))) * len(a))[None]
+
+    lcql = torch.zeros((), device=ids.device)
+    if alpha > 0 and n:
+        lcql = map_chunks(cql_sum, states, actions, chunk=chunk).sum() / n
     weights = awac_weights(qhat, v, oc.awac_beta, oc.awac_max_weight)
-    llm = weighted_lm_loss(logits[:, :-1], actions, weights, mask)
+    lm_states, _ = response_states(hidden, ids, mask)  # not detached: the LM term trains the trunk
+
+    def lm_sum(h: torch.Tensor, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return (weighted_lm_loss(output_logits(model, h)[None], a[None], w[None], ones.expand(1, len(a))) * len(a))[
+            None
+        ]
+
+    with torch.set_grad_enabled(torch.is_grad_enabled() and oc.lm_coef > 0):  # else a logged number only
+        w = weights[mask.bool()]
+        llm = (
+            map_chunks(lm_sum, lm_states, actions, w, chunk=chunk).sum() / n
+            if n
+            else torch.zeros((), device=ids.device)
+        )
     total = lq + lv + alpha * lcql + oc.lm_coef * llm
     stats = {
         "losses/q": lq.item(),
@@ -279,6 +323,8 @@ def train_offline(
             }
             log.append(row)
             bar.update(bar_task, advance=1, description=f"{oc.method.upper()} loss {stats['losses/total']:.3f}")
+    del optimizer  # the heads' AdamW moments (2 x 2 H V floats) are not needed to extract
+    heads.zero_grad(set_to_none=True)
     model.eval()
     heads.eval()
     if shifted_dir is not None:
@@ -291,14 +337,21 @@ def train_offline(
 # ---- extraction ---------------------------------------------------------------------------------
 
 
+@torch.no_grad()
+def shifted_states_log_probs(model, heads: ILQLHeads, states: torch.Tensor, beta: float) -> torch.Tensor:
+    """log pi_beta(. | s) at states given by their final hidden states, (N, H) -> (N, V): the
+    decoding shift (`modeling.ilql_decoding_shift`), normalised."""
+    shifted = ilql_decoding_shift(output_logits(model, states), heads.qhat(states), heads.v(states), beta)
+    return torch.log_softmax(shifted, -1)
+
+
 def shifted_log_probs(model, heads: ILQLHeads, batch: dict[str, torch.Tensor], beta: float) -> torch.Tensor:
-    """log pi_beta(. | s_t) at every state s_t of a batch, (B, L-1, V): the decoding shift
-    (`modeling.ilql_decoding_shift`) over whole sequences, normalised."""
+    """log pi_beta(. | s_t) at every state s_t of a batch, (B, L-1, V) (for tests and small batches:
+    training reads `shifted_states_log_probs` a chunk of response states at a time)."""
     with torch.no_grad():
-        logits, hidden = trunk_forward(model, batch["ids"], batch["attn"])
-        hidden_s = hidden[:, :-1]  # (B, L-1, H)
-        shifted = torch.log_softmax(logits[:, :-1], -1) + beta * (heads.qhat(hidden_s) - heads.v(hidden_s))
-        return torch.log_softmax(shifted, -1)
+        hidden = final_hidden(model, batch["ids"], batch["attn"])[:, :-1]  # (B, L-1, H)
+        flat = shifted_states_log_probs(model, heads, hidden.reshape(-1, hidden.shape[-1]), beta)
+        return flat.reshape(*hidden.shape[:2], -1)
 
 
 def distill_kl(student_logits: torch.Tensor, teacher_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -363,6 +416,13 @@ def extract_policy(
     generator = torch.Generator().manual_seed(cfg.seed)
     n = len(rows)
     steps = max(1, math.ceil(oc.distill_epochs * n / oc.batch_size))
+
+    def kl_sum(h: torch.Tensor) -> torch.Tensor:  # (n, H) -> (1,): n x the chunk's mean KL
+        teacher_logp = shifted_states_log_probs(model, heads, h, oc.decode_beta)[None]  # (1, n, V)
+        return (
+            distill_kl(output_logits(student, h)[None], teacher_logp, torch.ones(1, len(h), device=h.device)) * len(h)
+        )[None]
+
     log: list[dict[str, Any]] = []
     order: list[int] = []
     with _progress(not progress) as bar:
@@ -373,9 +433,12 @@ def extract_policy(
                 order = torch.randperm(n, generator=generator).tolist()
             idx, order = order[: oc.batch_size], order[oc.batch_size :]
             batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx], tokenizer.pad_token_id).items()}
-            teacher_logp = shifted_log_probs(model, heads, batch, oc.decode_beta)  # (B, L-1, V)
-            logits, _ = trunk_forward(student, batch["ids"], batch["attn"])
-            loss = distill_kl(logits[:, :-1], teacher_logp, batch["mask"])
+            # The student's trunk is the teacher's, frozen: one trunk pass gives both their states.
+            with torch.no_grad():
+                states, _ = response_states(
+                    final_hidden(model, batch["ids"], batch["attn"]), batch["ids"], batch["mask"]
+                )
+            loss = map_chunks(kl_sum, states, chunk=positions_per_chunk(model)).sum() / max(len(states), 1)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"policy extraction stopped at step {step}: the KL is not finite ({loss.item()})")
             optimizer.zero_grad(set_to_none=True)
