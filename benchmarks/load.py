@@ -7,7 +7,8 @@ registry.
 
 Checks (`ok`): every reply is 200, or 429 / 503 with Retry-After; none other 5xx; small-request p99
 under `--small-p99-s` while large ones run; every 200's interaction ids in the store; no request sent
-after the rollback returned is answered by the old canary.
+after the rollback returned is answered by the old canary. Also printed: the clients' own event-loop
+lag (on a loaded machine part of every latency they measure is theirs).
 
     python benchmarks/load.py --out workspace/bench/load.json
 """
@@ -60,7 +61,7 @@ def pct(xs: list[float], q: int) -> float | None:
     return quantiles(xs, n=100)[q - 1]
 
 
-async def drive(url: str, args: argparse.Namespace, cfg, ws: Path) -> tuple[list[dict], float, float]:
+async def drive(url: str, args: argparse.Namespace, cfg, ws: Path) -> tuple[list[dict], float, float, list[float]]:
     sc = cfg.serving
     # the longest prompt that leaves room for max_tokens in the context: "q: 1+1+...+1?\n" plus <bos>
     large_prompt = "q: " + "1+" * ((cfg.model.max_position_embeddings - sc.max_tokens - 7) // 2) + "1?\n"
@@ -99,12 +100,19 @@ async def drive(url: str, args: argparse.Namespace, cfg, ws: Path) -> tuple[list
                 if status in (429, 503):
                     await asyncio.sleep(min(float(headers.get("retry-after", 1)), args.max_backoff_s))
 
+        async def clients_lag() -> None:
+            while len(results) < total:  # how late a 10 ms sleep wakes: the clients' own event-loop lag
+                start = time.perf_counter()
+                await asyncio.sleep(0.01)
+                lags.append(time.perf_counter() - start - 0.01)
+
+        lags: list[float] = []
         began = time.perf_counter()
-        await asyncio.gather(roll_back_halfway(), *(one_client(k) for k in range(args.clients)))
+        await asyncio.gather(clients_lag(), roll_back_halfway(), *(one_client(k) for k in range(args.clients)))
     finally:
         for pool in pools:
             await pool.aclose()
-    return results, rollback_at[0] - began if rollback_at else float("nan"), began
+    return results, rollback_at[0] - began if rollback_at else float("nan"), began, lags
 
 
 def main() -> None:
@@ -129,7 +137,7 @@ def main() -> None:
     proc, url = spawn(STACK, args.config, str(ws))
     try:
         wall = time.perf_counter()
-        results, rollback_s, began = asyncio.run(drive(url, args, cfg, ws))
+        results, rollback_s, began, lags = asyncio.run(drive(url, args, cfg, ws))
         seconds = time.perf_counter() - wall
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -169,6 +177,7 @@ def main() -> None:
         "requests_sent_after_rollback": len(after),
         "canary_replies_sent_after_rollback": sum(r["model"] == canary for r in after),
         "drained_on_sigterm": drained,
+        "clients_loop_lag_p99_s": pct(lags, 99),
         "seconds": seconds,
     }
     result["ok"] = (
