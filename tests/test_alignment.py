@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from rlhfops.config import load_config
+from rlhfops.generation import generate
 from rlhfops.modeling import ILQLHeads, init_policy, save_policy
 from rlhfops.rl.ilql import collate, encode, ilql_losses
 from rlhfops.rl.losses import masked_whiten
-from rlhfops.rl.ppo import Critic
+from rlhfops.rl.ppo import Critic, RolloutStates
 from rlhfops.rl.ppo import forward as ppo_forward
 
 ATOL = 2e-5
@@ -112,6 +113,30 @@ def test_ppo_logprobs_and_values_match_one_prefix_at_a_time(policy, kind):
                 torch.testing.assert_close(out["values"][i, t], value, atol=ATOL, rtol=1e-4)
                 checked += 1
         assert checked == int(b["mask"].sum())
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_rollout_logprobs_and_values_are_the_forward_pass_ones(policy, temperature):
+    """PPO takes the old log-probs and (value head) values off the rollout's own sampling passes
+    (`RolloutStates`), not a second pass: they must equal `forward` on the sampled sequences."""
+    tokenizer, actor, path = policy
+    torch.manual_seed(0)
+    critic = Critic("value_head", actor.config.hidden_size, path).eval()
+    torch.nn.init.normal_(critic.head.weight, std=1.0)
+    states = RolloutStates()
+    prompts = ["q: 12+7?", "q: 3*4-1?", "q: 5/0?"]
+    gen = generate(actor, tokenizer, prompts, 12, temperature=temperature, generator=torch.Generator().manual_seed(1),
+                   logits_hook=states)  # fmt: skip
+    ids = torch.cat([gen.prompt_ids, gen.completion_ids], 1)
+    attn = torch.cat([gen.prompt_mask, gen.completion_mask], 1)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    P, T = gen.prompt_ids.shape[1], gen.completion_ids.shape[1]
+    mask = gen.completion_mask.bool()
+    with torch.no_grad():
+        out = ppo_forward(actor, critic, ids, attn, pos, P, temperature)
+        rollout_values = critic(states.stacked(T), ids, attn, pos, P)
+    torch.testing.assert_close(gen.logprobs[mask], out["logprobs"][mask], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(rollout_values[mask], out["values"][mask], atol=1e-4, rtol=1e-4)
 
 
 # ---- ILQL ---------------------------------------------------------------------------------------

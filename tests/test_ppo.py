@@ -9,7 +9,7 @@ import torch
 from rlhfops.config import load_config
 from rlhfops.modeling import init_policy, load_policy, save_policy
 from rlhfops.reward.prm import response_step_tokens
-from rlhfops.rl.ppo import TRAIN_LOG, VALUE_HEAD, roles, train_ppo
+from rlhfops.rl.ppo import TRAIN_LOG, VALUE_HEAD, RewardGuard, roles, train_ppo
 from rlhfops.sft import run_sft
 
 SYNTHETIC = [
@@ -138,3 +138,60 @@ def test_ppo_with_dense_prm_rewards_runs(init_dir, tmp_path):
     assert all("reward/dense_prm" in row for row in _log(out))
     with pytest.raises(ValueError, match="needs a trained process reward model"):
         train_ppo(cfg, init_dir, tmp_path / "ppo2", progress=False, reward_fn=ends_with_7)
+
+
+def test_reward_guard_normalises_by_the_first_rollout_then_clips():
+    guard = RewardGuard(normalize=True, clip=1.5, max_spread_growth=None)
+    first = guard(torch.tensor([1.0, 3.0]))  # mean 2, std 1
+    torch.testing.assert_close(first, torch.tensor([-1.0, 1.0]))
+    later = guard(torch.tensor([2.0, 6.0, -2.0]))  # the first rollout's statistics, then the clip
+    torch.testing.assert_close(later, torch.tensor([0.0, 1.5, -1.5]))
+    assert guard.mean == 2.0 and guard.std == 1.0
+    raw = RewardGuard(normalize=False, clip=10.0, max_spread_growth=None)
+    torch.testing.assert_close(raw(torch.tensor([0.5, 20.0])), torch.tensor([0.5, 10.0]))
+
+
+def test_reward_guard_stops_on_spread_growth_from_the_first_rollout_or_on_kl():
+    guard = RewardGuard(normalize=False, clip=10.0, max_spread_growth=1.5, max_kl=2.0)
+    assert guard.spread_growth(None) is None and guard.stop_reason(None, 0.5) is None
+    assert guard.spread_growth(torch.tensor([0.1, 0.3])) == pytest.approx(1.0)
+    assert guard.stop_reason(guard.spread_growth(torch.tensor([0.2, 0.3])), 0.5) is None  # 1.25x: within
+    assert "spread 2.00x" in guard.stop_reason(guard.spread_growth(torch.tensor([0.4, 0.4])), 0.5)
+    assert "KL to the reference 2.50 > 2.0" in guard.stop_reason(1.0, 2.5)
+    assert RewardGuard(False, 10.0, None, None).stop_reason(100.0, 100.0) is None  # no bounds: never
+
+
+class GrowingDisagreement:
+    """A composite-like reward (`vectors`): scores reward ending in 7; the ensembles' spread doubles
+    from the third call on, as if the policy had left what the reward models agree on."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def vectors(self, prompts, completions):
+        self.calls += 1
+        spread = 0.1 if self.calls < 3 else 0.2
+        return {
+            "total": torch.tensor(ends_with_7(prompts, completions)),
+            "spreads": torch.full((len(completions), 2), spread),
+        }
+
+
+def test_ppo_stops_when_the_reward_models_disagree_past_the_bound(init_dir, tmp_path):
+    cfg = load_config("smoke", [*SYNTHETIC, "policy.steps=6", "policy.max_spread_growth=1.5"])
+    reward = GrowingDisagreement()
+    out = train_ppo(cfg, init_dir, tmp_path / "ppo", progress=False, reward_fn=reward)
+    log = _log(out)
+    assert [row["update"] for row in log] == [1, 2, 3] and reward.calls == 3
+    assert "stopped" in log[-1] and "stopped" not in log[-2]
+    assert log[-1]["reward/spread_growth"] == pytest.approx(2.0)
+    assert "losses/policy" not in log[-1] and "gold/composite" in log[-1]  # no update on that batch, evaluated
+    # the KL bound: a synthetic reward at this step size leaves the reference fast
+    cfg = load_config("smoke", [*SYNTHETIC, "policy.steps=30", "policy.kl_coef=0.05", "policy.max_kl=0.5"])
+    log = _log(train_ppo(cfg, init_dir, tmp_path / "kl", progress=False, reward_fn=ends_with_7))
+    assert len(log) < 30 and "KL to the reference" in log[-1]["stopped"] and log[-1]["kl/sequence"] > 0.5
+    assert f"kept the policy of update {len(log) - 1}" in log[-1]["stopped"]
+    assert all(row["kl/sequence"] <= 0.5 for row in log[:-1])
+    # without the bounds the same reward trains every update
+    cfg = load_config("smoke", [*SYNTHETIC, "policy.steps=4"])
+    assert len(_log(train_ppo(cfg, init_dir, tmp_path / "all", progress=False, reward_fn=GrowingDisagreement()))) == 4

@@ -393,7 +393,24 @@ class PolicyConfig(Section):
         0.05, gt=0, description="stop an update's epochs when approx KL exceeds this; None: never"
     )
     whiten_rewards: bool = False
-    reward_clip: float = Field(10.0, gt=0)
+    normalize_reward: bool = Field(
+        False,
+        description="PPO: scores minus the first rollout's mean, over its std, before the clip: the reward keeps "
+        "the scale the KL penalty was weighed against",
+    )
+    reward_clip: float = Field(10.0, gt=0, description="PPO: scores (normalised, when they are) clipped to +-this")
+    max_kl: float | None = Field(
+        None,
+        gt=0,
+        description="PPO: stop once a rollout's mean sequence KL to the reference (nats) exceeds this: a learned "
+        "reward is only right near the data it was trained on; None: never",
+    )
+    max_spread_growth: float | None = Field(
+        None,
+        gt=1,
+        description="PPO on the reward models' composite: stop once their ensembles' mean spread on a rollout "
+        "exceeds this multiple of the first rollout's (the policy has left what they agree on); None: never",
+    )
     dense_prm: bool = Field(False, description="PPO: add PRM step rewards at the step-separator tokens")
     prm_step_coef: float = Field(0.1, ge=0, description="weight of each dense PRM step reward")
     critic: Literal["value_head", "value_model"] = Field(
@@ -432,7 +449,10 @@ PPO_ONLY = (
     "minibatches",
     "early_stop_kl",
     "whiten_rewards",
+    "normalize_reward",
     "reward_clip",
+    "max_kl",
+    "max_spread_growth",
     "dense_prm",
     "prm_step_coef",
     "critic",

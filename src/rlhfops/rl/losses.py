@@ -127,12 +127,6 @@ def value_loss(
     return loss, {"value_clip_frac": frac}
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """H = logsumexp(z) - sum softmax(z) z; (B, T, V) -> (B, T)."""
-    probs = torch.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
-
-
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
     """1 - Var[R - V] / Var[R] over masked entries (nan when Var[R] is 0)."""
     var_r = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
