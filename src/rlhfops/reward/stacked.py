@@ -12,7 +12,7 @@ them to float tolerance):
     attention   one SDPA over K * B sequences (grouped kv heads shared, causal kernel when the
                 batch is right-padded)
     o, down     `baddbmm` over K, the residual added in the same op
-    gate, up    one `bmm` over K, (K, H, 2 I)
+    gate, up    a `bmm` over K each
 
 It also does less work than the members do, none of which changes a score: a right-padded batch
 runs its token-wise ops on the real tokens only (packed, (K, N, C)), padded back to (K * B, T)
@@ -84,9 +84,8 @@ class StackedLlamaScorer(nn.Module):
                 ]
             )  # (K, H, (nh + 2 nkv) d)
             layer.o = stack([proj(b.self_attn.o_proj) for b in blocks])  # (K, nh d, H)
-            layer.gate_up = stack(
-                [proj(b.mlp.gate_proj, b.mlp.up_proj, norm=b.post_attention_layernorm) for b in blocks]
-            )
+            layer.gate = stack([proj(b.mlp.gate_proj, norm=b.post_attention_layernorm) for b in blocks])  # (K, H, I)
+            layer.up = stack([proj(b.mlp.up_proj, norm=b.post_attention_layernorm) for b in blocks])
             layer.down = stack([proj(b.mlp.down_proj) for b in blocks])  # (K, I, H)
             self.layers.append(layer)
         self.score = stack([proj(m.score, norm=m.model.norm)[:, 0] for m in models])  # (K, H), final norm folded in
@@ -115,8 +114,10 @@ class StackedLlamaScorer(nn.Module):
 
     def _mlp(self, x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
         """x + down(silu(gate h) * up h), h = rms(x); (K, N, H) -> (K, N, H)."""
-        gate, up = torch.bmm(self._norm(x), layer.gate_up).chunk(2, dim=-1)
-        return torch.baddbmm(x, torch.nn.functional.silu(gate).mul_(up), layer.down)
+        h = self._norm(x)
+        # two products rather than one of (K, H, 2 I): silu is several times slower on a strided half
+        act = torch.nn.functional.silu(torch.bmm(h, layer.gate)).mul_(torch.bmm(h, layer.up))
+        return torch.baddbmm(x, act, layer.down)
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         """x / rms(x) in float32, as LlamaRMSNorm computes it (its weight is folded into the next
@@ -148,26 +149,30 @@ class StackedLlamaScorer(nn.Module):
             mask = (allowed[None, None] & keep[:, None, None, :]).repeat(K, 1, 1, 1)  # (K B, 1, T, T)
         group = {"enable_gqa": True} if self.n_heads != self.n_kv else {}
 
+        buffer = None if flat is None else self.embed.new_zeros(K, B * T, self.layers[0].qkv.shape[-1])
+
         def padded(t: torch.Tensor) -> torch.Tensor:  # (K, N, C) -> (K, B * T, C), zeros at the pads
-            if flat is None:
-                return t
-            return t.new_zeros(K, B * T, t.shape[-1]).index_copy_(1, flat, t)
+            return t if buffer is None else buffer.index_copy_(1, flat, t)  # one buffer: pads stay zero
 
         tokens = input_ids.flatten() if flat is None else input_ids.flatten()[flat]  # (N,)
-        x = self.embed[:, tokens]  # (K, N, H)
+        x = self.embed.index_select(1, tokens)  # (K, N, H)
         cos, sin = self._rotary(pos.repeat(B) if flat is None else pos.repeat(B)[flat], x.dtype)
         *inner, final = self.layers
         for layer in inner:
             q, k, v = self._heads(padded(self._qkv(self._norm(x), layer.qkv, cos, sin)), B)
             attn = sdpa(q, k, v, attn_mask=mask, is_causal=mask is None, **group)  # (K B, nh, T, d)
             attn = attn.transpose(1, 2).reshape(K, B * T, -1)
-            x = torch.baddbmm(x, attn if flat is None else attn[:, flat], layer.o)
+            x = torch.baddbmm(x, attn if flat is None else attn.index_select(1, flat), layer.o)
             x = self._mlp(x, layer)
         # The last layer: keys and values of every token, everything else at the pooled one.
         qkv = self._qkv(self._norm(x), final.qkv, cos, sin)
         _, k, v = self._heads(padded(qkv), B)
-        q = qkv[:, pooled, : self.n_heads * self.head_dim].reshape(K * B, 1, self.n_heads, -1).transpose(1, 2)
+        q = (
+            qkv.index_select(1, pooled)[..., : self.n_heads * self.head_dim]
+            .reshape(K * B, 1, self.n_heads, -1)
+            .transpose(1, 2)
+        )
         mask = ((pos[None, :] <= last[:, None]) & keep).repeat(K, 1)[:, None, None, :]  # (K B, 1, 1, T)
         attn = sdpa(q, k, v, attn_mask=mask, **group).transpose(1, 2).reshape(K, B, -1)  # (K, B, nh d)
-        x = self._mlp(torch.baddbmm(x[:, pooled], attn, final.o), final)  # (K, B, H)
+        x = self._mlp(torch.baddbmm(x.index_select(1, pooled), attn, final.o), final)  # (K, B, H)
         return torch.bmm(self._norm(x), self.score[:, :, None])[..., 0]
