@@ -249,3 +249,22 @@ def test_dense_prm_rewards_land_on_the_tokens_that_end_each_line(tmp_path, newli
         expected[0, t] += 2 * p - 1
     torch.testing.assert_close(dense, expected)
     assert dense[0, [t for t in range(ids.shape[1]) if t not in positions[0]]].eq(0).all()
+
+
+def test_a_cycle_prm_trains_on_its_step_labels_and_with_join_cycles_the_task_built_ones(trained, tmp_path):
+    from rlhfops.annotation.steps import read_step_data
+    from rlhfops.reward.prm import TASK_TRAIN, train_prm_on_task
+    from rlhfops.workspace import STEPS, Workspace
+
+    _, init, _ = trained
+    ws = Workspace(tmp_path / "ws")
+    write_step_data([RECORD], ws.cycle_dir(1) / STEPS)
+    small = ["prm.max_steps=2", "prm.n_prompts=20", "prm.n_val_prompts=8", "generation.max_new_tokens=8"]
+    data = tmp_path / "steps"
+    train_prm_on_task(load_config("smoke", small), init, data, tmp_path / "prm", progress=False, workspace=ws)
+    assert read_step_data(data / "train.jsonl") == [RECORD] and not (data / TASK_TRAIN).exists()
+    joined = load_config("smoke", [*small, "prm.join_cycles=true"])
+    metrics = train_prm_on_task(joined, init, data, tmp_path / "prm2", progress=False, workspace=ws)
+    built = read_step_data(data / TASK_TRAIN)
+    assert read_step_data(data / "train.jsonl") == [RECORD, *built] and len(built) >= 20
+    assert metrics["n_train_records"] == 1 + len(built)

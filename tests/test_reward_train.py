@@ -6,13 +6,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from rlhfops.annotation.pairs import build_preference_data, read_pairs, select_pair
+from rlhfops.annotation.pairs import build_preference_data, read_pairs, select_pair, select_pairs
 from rlhfops.cli import app
 from rlhfops.config import load_config
 from rlhfops.modeling import init_policy, load_decoder, save_policy
 from rlhfops.reward.ensemble import MANIFEST, RewardEnsemble
 from rlhfops.reward.functions import CompositeReward, EnsembleReward, load_ensembles
-from rlhfops.reward.train import SUMMARY, bootstrap, train_heads, train_reward_models
+from rlhfops.reward.train import SUMMARY, bootstrap, prepare_preference_data, train_heads, train_reward_models
+from rlhfops.workspace import Workspace, pairs_file
 
 OVERRIDES = [
     "reward.objectives=[helpfulness, honesty]",
@@ -32,6 +33,18 @@ def test_select_pair_rules():
     assert select_pair([1.0, 1.0], "max_min", random.Random(0)) is None
     chosen, rejected = select_pair([0.2, 1.0, 0.0, 0.5], "max_random", random.Random(3))
     assert chosen == 1 and rejected in (0, 2, 3)
+
+
+def test_select_pairs_adds_distinct_ordered_pairs_after_the_selections_own():
+    import random
+
+    scores, texts = [1.0, 0.0, 1.0, 0.0, 0.5], ["a", "b", "c", "b", "d"]
+    picked = select_pairs(scores, texts, "max_min", 10, random.Random(0))
+    assert picked[0] == select_pair(scores, "max_min", random.Random(0)) == (0, 1)
+    assert all(scores[c] > scores[r] for c, r in picked)
+    assert len({(texts[c], texts[r]) for c, r in picked}) == len(picked) == 5  # a>b a>d c>b c>d d>b
+    assert select_pairs(scores, texts, "max_min", 1, random.Random(0)) == [(0, 1)]
+    assert select_pairs([1.0, 1.0], ["a", "b"], "max_min", 4, random.Random(0)) == []
 
 
 def test_bootstrap_is_a_seeded_resample():
@@ -68,6 +81,42 @@ def test_preference_data_in_trl_fields(workspace):
         assert pairs and set(pairs[0]) == {"prompt", "chosen", "rejected"}
         assert stats["train"][obj]["pairs"] == len(pairs)
         assert stats["val"][obj]["flipped"] == 0
+
+
+def test_more_pairs_per_prompt_from_the_same_responses(tmp_path):
+    stats = {}
+    for per_prompt in (1, 4):
+        cfg = load_config("smoke", [*OVERRIDES, f"reward.data.pairs_per_prompt={per_prompt}"])
+        build_preference_data(cfg, tmp_path / str(per_prompt), policy=None)  # teacher responses only: fast
+        stats[per_prompt] = json.loads((tmp_path / str(per_prompt) / "stats.json").read_text())
+        assert stats[per_prompt]["data"] == cfg.reward.data.model_dump()
+    assert stats[4]["train"]["helpfulness"]["pairs"] > stats[1]["train"]["helpfulness"]["pairs"]
+    assert stats[4]["val"] == stats[1]["val"]  # validation: one pair per prompt
+    pairs = read_pairs(tmp_path / "4" / "train" / "helpfulness.jsonl")
+    assert len({(r["prompt"], r["chosen"], r["rejected"]) for r in pairs}) == len(pairs)
+
+
+def test_a_cycle_trains_on_its_annotated_pairs_and_with_join_cycles_the_exactly_labelled_ones(workspace, tmp_path):
+    root, _ = workspace
+    ws = Workspace(tmp_path / "ws")
+    annotated = {"prompt": "q: 1+2?\n", "chosen": "1+2=3\nanswer: 3", "rejected": "answer: 4"}
+    cfg = load_config("smoke", [*OVERRIDES, "reward.data.n_prompts=40", "reward.data.n_val_prompts=16"])
+    for obj in cfg.reward.objectives:
+        path = ws.cycle_dir(1) / pairs_file(obj)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(annotated) + "\n")
+    data = tmp_path / "prefs"
+    assert prepare_preference_data(cfg, ws, data, root / "models" / "sft") == "cycles"
+    assert read_pairs(data / "train" / "helpfulness.jsonl") == [annotated] and not (data / "auto").exists()
+    joined = load_config("smoke", [*OVERRIDES, "reward.data.n_prompts=40", "reward.data.join_cycles=true"])
+    prepare_preference_data(joined, ws, data, root / "models" / "sft")
+    stats = json.loads((data / "stats.json").read_text())
+    for obj in cfg.reward.objectives:
+        train = read_pairs(data / "train" / f"{obj}.jsonl")
+        assert train[0] == annotated and len(train) == 1 + stats["train"][obj]["auto"] > 1
+    built = (data / "auto" / "stats.json").stat().st_mtime_ns
+    prepare_preference_data(joined, ws, data, root / "models" / "sft")  # built once
+    assert (data / "auto" / "stats.json").stat().st_mtime_ns == built
 
 
 @pytest.mark.parametrize("kind", ["full", "heads"])

@@ -248,13 +248,19 @@ OBJECTIVES = ("helpfulness", "harmlessness", "honesty", "conciseness")
 class PreferenceConfig(Section):
     """Preference pairs for reward models: k responses per prompt judged per objective."""
 
-    n_prompts: int = Field(1500, ge=1, description="train prompts to build pairs from")
+    n_prompts: int = Field(1500, ge=1, description="train prompts to build pairs from (the task's exact judges)")
+    join_cycles: bool = Field(
+        False, description="in a cycle, the n_prompts pairs (built once) join the cycles' annotated pairs"
+    )
     n_val_prompts: int = Field(640, ge=1, description="validation prompts (clean labels) for RM accuracy")
     responses_per_prompt: int = Field(4, ge=2, description="k: half noisy-teacher responses, half policy samples")
     selection: Literal["max_min", "max_random"] = Field(
         "max_min", description="chosen = a best response; rejected = a worst one, or a random worse one"
     )
     label_noise: float = Field(0.1, ge=0, lt=0.5, description="AI-judge label noise: chosen/rejected swapped")
+    pairs_per_prompt: int = Field(
+        1, ge=1, description="train pairs per prompt and objective: the selection's pair, then other ordered pairs"
+    )
 
 
 class RewardConfig(Section):
@@ -308,7 +314,10 @@ class PRMConfig(Section):
     max_steps: int = Field(-1, description="if > 0, overrides epochs")
     batch_size: int = Field(32, ge=1)
     max_length: int = Field(96, ge=8)
-    n_prompts: int = Field(1500, ge=1, description="train prompts whose responses are step-labelled")
+    n_prompts: int = Field(1500, ge=1, description="train prompts whose responses are step-labelled exactly")
+    join_cycles: bool = Field(
+        False, description="in a cycle, the n_prompts step labels (built once) join the cycles' step labels"
+    )
     wrong_step_rate: float = Field(
         0.35, ge=0, le=1, description="teacher rate of wrong steps in PRM data: the negatives a PRM learns from"
     )

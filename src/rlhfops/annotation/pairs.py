@@ -43,6 +43,32 @@ def select_pair(scores: list[float], selection: str, rng: random.Random) -> tupl
     raise ValueError(f"unknown pair selection '{selection}'; expected max_min or max_random")
 
 
+def select_pairs(
+    scores: list[float], texts: list[str], selection: str, limit: int, rng: random.Random
+) -> list[tuple[int, int]]:
+    """Up to `limit` index pairs (chosen, rejected) among k scored responses: `select_pair`'s pair
+    first, then further strictly ordered pairs in random order (right vs wrong among the policy's
+    own samples, the reference vs a near miss), never two with the same pair of texts.
+
+    >>> select_pairs([1.0, 0.0, 1.0, 0.0], ["a", "b", "c", "b"], "max_min", 3, random.Random(0))
+    [(0, 1), (2, 1)]
+    """
+    first = select_pair(scores, selection, rng)
+    if first is None:
+        return []
+    picked, seen = [first], {(texts[first[0]], texts[first[1]])}
+    if limit > 1:
+        ordered = [(i, j) for i in range(len(scores)) for j in range(len(scores)) if scores[i] > scores[j]]
+        rng.shuffle(ordered)
+        for i, j in ordered:
+            if len(picked) == limit:
+                break
+            if (texts[i], texts[j]) not in seen:
+                seen.add((texts[i], texts[j]))
+                picked.append((i, j))
+    return picked
+
+
 def collect_responses(
     task: Task, examples: list[Example], k: int, seed: int, cfg: Config, policy=None
 ) -> list[list[str]]:
@@ -72,22 +98,22 @@ def preference_pairs(
     selection: str,
     label_noise: float,
     seed: int,
+    pairs_per_prompt: int = 1,
 ) -> tuple[dict[str, list[dict[str, str]]], dict[str, int]]:
-    """Pairs per objective judged by the task's gold judges, and how many labels the noise flipped."""
+    """Up to `pairs_per_prompt` pairs per prompt and objective (`select_pairs`) judged by the task's
+    gold judges, and how many labels the noise flipped."""
     rng = random.Random(seed)
     pairs: dict[str, list[dict[str, str]]] = {obj: [] for obj in objectives}
     flipped = dict.fromkeys(objectives, 0)
     for ex, candidates in zip(examples, responses, strict=True):
         judged = [task.judge(ex, r) for r in candidates]
         for obj in objectives:
-            picked = select_pair([j[obj] for j in judged], selection, rng)
-            if picked is None:
-                continue
-            chosen, rejected = candidates[picked[0]], candidates[picked[1]]
-            if rng.random() < label_noise:
-                chosen, rejected = rejected, chosen
-                flipped[obj] += 1
-            pairs[obj].append({"prompt": ex.prompt, "chosen": chosen, "rejected": rejected})
+            for c, r in select_pairs([j[obj] for j in judged], candidates, selection, pairs_per_prompt, rng):
+                chosen, rejected = candidates[c], candidates[r]
+                if rng.random() < label_noise:
+                    chosen, rejected = rejected, chosen
+                    flipped[obj] += 1
+                pairs[obj].append({"prompt": ex.prompt, "chosen": chosen, "rejected": rejected})
     return pairs, flipped
 
 
@@ -159,18 +185,22 @@ def build_preference_data(
     check_objectives(cfg.reward.objectives, task)
     data = cfg.reward.data
     stats: dict[str, Any] = {}
-    for split, n, noise in (("train", data.n_prompts, data.label_noise), ("val", data.n_val_prompts, 0.0)):
+    for split, n, noise, per_prompt in (
+        ("train", data.n_prompts, data.label_noise, data.pairs_per_prompt),
+        ("val", data.n_val_prompts, 0.0, 1),
+    ):
         if split not in splits:
             continue
         examples = task.examples(split, n)
         responses = collect_responses(task, examples, data.responses_per_prompt, cfg.seed, cfg, policy)
         pairs, flipped = preference_pairs(
-            task, examples, responses, cfg.reward.objectives, data.selection, noise, cfg.seed
+            task, examples, responses, cfg.reward.objectives, data.selection, noise, cfg.seed, per_prompt
         )
         for obj, records in pairs.items():
             if not records:
                 raise ValueError(f"no {split} preference pairs for '{obj}': every response scored the same")
             write_jsonl(out_dir / split / f"{obj}.jsonl", records)
         stats[split] = {obj: {"pairs": len(pairs[obj]), "flipped": flipped[obj]} for obj in pairs}
+    stats["data"] = data.model_dump()
     atomic_write_json(out_dir / PAIR_STATS, stats)
     return out_dir

@@ -55,6 +55,7 @@ GRAD_CLIP = 1.0
 LOG_POINTS = 50  # about this many rows in train_log.json
 SCORE_BATCH_SIZE = 64
 AGGREGATIONS = ("min", "product", "last")
+TASK_TRAIN = "task-train.jsonl"  # step labels built from the task once (train-prm's data dir)
 
 
 # ---- tokenization ------------------------------------------------------------------------------
@@ -422,14 +423,15 @@ def train_prm_on_task(
     workspace=None,
 ) -> dict[str, Any]:
     """The `train-prm` stage on the built-in task: exact step labels for noisy-teacher responses
-    (at `prm.wrong_step_rate` / `prm.skipped_step_rate`) and policy samples (built into `data_dir`
-    unless already there), a PRM from the policy, and its
-    validation metrics including how often it ranks a reference above the same solution with one
-    wrong step. Returns the metrics written to `<out_dir>/metrics.json`.
+    (at `prm.wrong_step_rate` / `prm.skipped_step_rate`) and policy samples to `prm.n_prompts`
+    train prompts (built into `<data_dir>/task-train.jsonl` unless already there), a PRM from the
+    policy, and its validation metrics including how often it ranks a reference above the same
+    solution with one wrong step. Returns the metrics written to `<out_dir>/metrics.json`.
 
     With a `workspace` (`rlhfops.workspace.Workspace`) that has cycle step labels, the training
-    records are the union of its cycles 1..n instead (rewritten each time); validation is built
-    from the task as above."""
+    records are the union of its cycles 1..n (`<data_dir>/train.jsonl`, rewritten each time), and
+    with `prm.join_cycles` the task records as well (exact labels cost only sampling); validation
+    is built from the task as above."""
     from rlhfops.annotation.steps import build_step_data, write_step_data
     from rlhfops.files import atomic_write_json
 
@@ -438,10 +440,8 @@ def train_prm_on_task(
         return {"skipped": f"task '{task.name}' has no step structure, so there is no process reward model to train"}
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     union, cycles = union_cycle_steps(workspace) if workspace is not None else ([], [])
-    if cycles:
-        if not union:
-            raise ValueError(f"the workspace's cycles {cycles} hold no step labels")
-        write_step_data(union, data_dir / "train.jsonl")
+    if cycles and not union:
+        raise ValueError(f"the workspace's cycles {cycles} hold no step labels")
     # The teacher writes more wrong and skipped steps for PRM data than for SFT data: the PRM
     # learns what a bad step looks like from them (measured: ranking rate 0.52 -> 0.60 on tiny).
     noise = cfg.task.noise.model_copy(
@@ -449,11 +449,14 @@ def train_prm_on_task(
     )
     data_task = make_task(cfg.task.model_copy(update={"noise": noise}), seed=cfg.seed)
     policy = None
+    built = {"train": data_dir / TASK_TRAIN, "val": data_dir / "val.jsonl"}
+    from_task = not cycles or cfg.prm.join_cycles
     for split, n, seed in (("train", cfg.prm.n_prompts, cfg.seed), ("val", cfg.prm.n_val_prompts, cfg.seed + 1)):
-        if not (data_dir / f"{split}.jsonl").exists():
+        if (split == "val" or from_task) and not built[split].exists():
             policy = policy or load_decoder(cfg, policy_dir)
             records = build_step_data(data_task, policy, split, n, seed, generation=cfg.generation)
-            write_step_data(records, data_dir / f"{split}.jsonl")
+            write_step_data(records, built[split])
+    write_step_data(union + (read_step_data(built["train"]) if from_task else []), data_dir / "train.jsonl")
     out = train_prm(cfg, data_dir / "train.jsonl", data_dir / "val.jsonl", policy_dir, out_dir, progress)
     metrics = json.loads((out / METRICS).read_text())
     prm = ProcessRewardModel.load(out)

@@ -293,10 +293,21 @@ def union_cycle_pairs(ws: Workspace, objective: str) -> tuple[list[dict[str, str
     return records, cycles
 
 
+AUTO = "auto"  # the automatically labelled pairs that join the cycles' pairs, built once
+
+
+def built_from(data_dir: Path, cfg: Config) -> bool:
+    """Whether `data_dir` holds pairs built with the `reward.data` settings of `cfg`."""
+    path = data_dir / PAIR_STATS
+    return path.exists() and json.loads(path.read_text()).get("data") == cfg.reward.data.model_dump()
+
+
 def prepare_preference_data(cfg: Config, ws: Workspace, data_dir: str | Path, policy_dir: str | Path) -> str:
     """Training pairs in `data_dir`: the union of the workspace's cycles 1..n when it has cycle
-    data (clean validation pairs built from the task once), else pairs sampled from the policy as
-    before (built once). Returns "cycles" or "policy"."""
+    data, with `reward.data.join_cycles` plus the `reward.data` pairs built from the task once into
+    `<data_dir>/auto` (labelled by the task's exact judges, so they cost sampling only), and clean
+    validation pairs built from the task once; else pairs sampled from the policy as before (built
+    once). Returns "cycles" or "policy"."""
     from rlhfops.modeling import load_decoder
 
     data_dir = Path(data_dir)
@@ -305,13 +316,19 @@ def prepare_preference_data(cfg: Config, ws: Workspace, data_dir: str | Path, po
         if not (data_dir / PAIR_STATS).exists():
             build_preference_data(cfg, data_dir, policy=load_decoder(cfg, policy_dir))
         return "policy"
+    auto = data_dir / AUTO
+    join = cfg.reward.data.join_cycles
+    if join and not built_from(auto, cfg):
+        build_preference_data(cfg, auto, policy=load_decoder(cfg, policy_dir), splits=("train",))
+    stats: dict[str, Any] = {"source": "cycles", "train": {}}
     for obj, (records, cycles) in unions.items():
         if not records:
             raise ValueError(f"the workspace's cycles {cycles or ws.cycle_numbers()} hold no '{obj}' preference pairs")
-        write_jsonl(data_dir / "train" / f"{obj}.jsonl", records)
+        labelled = read_pairs(auto / "train" / f"{obj}.jsonl") if join else []
+        write_jsonl(data_dir / "train" / f"{obj}.jsonl", records + labelled)
+        stats["train"][obj] = {"pairs": len(records) + len(labelled), "cycles": cycles, "auto": len(labelled)}
     if not all((data_dir / "val" / f"{obj}.jsonl").exists() for obj in cfg.reward.objectives):
         build_preference_data(cfg, data_dir, policy=load_decoder(cfg, policy_dir), splits=("val",))
-    stats = {"source": "cycles", "train": {o: {"pairs": len(r), "cycles": c} for o, (r, c) in unions.items()}}
     atomic_write_json(data_dir / PAIR_STATS, stats)
     return "cycles"
 
