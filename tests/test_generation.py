@@ -125,3 +125,31 @@ def test_the_kv_cache_goes_by_the_name_transformers_keeps(smoke_cfg):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         generate(model, tokenizer, PROMPTS, 4, generator=torch.Generator().manual_seed(0))
+
+
+def test_only_the_last_position_reaches_the_lm_head(smoke_cfg):
+    """No (B, P, V) logits over the prompt: every LM-head call sees one position per row, with or
+    without a hook that needs the hidden state; the returned tensors own their memory."""
+    tokenizer, model = _policy(smoke_cfg)
+    seen = []
+    handle = model.lm_head.register_forward_hook(lambda _m, args, _out: seen.append(tuple(args[0].shape)))
+
+    def hook(ids, logits, last):
+        assert last.shape == (len(PROMPTS), model.config.hidden_size)
+        return logits
+
+    hook.needs_hidden = True
+    try:
+        for logits_hook in (None, hook):
+            seen.clear()
+            gen = generate(
+                model, tokenizer, PROMPTS, 6, generator=torch.Generator().manual_seed(0), logits_hook=logits_hook
+            )
+            assert len(seen) == gen.completion_ids.shape[1]
+            assert all(
+                s[-2:] in ((1, model.config.hidden_size),) or s == (len(PROMPTS), model.config.hidden_size)
+                for s in seen
+            )
+            assert gen.completion_ids.is_contiguous() and gen.logprobs.is_contiguous()
+    finally:
+        handle.remove()

@@ -3,8 +3,10 @@
 Prompts are task prompts, rendered for the model by `chat.render` (its chat template when the
 tokenizer has one; `template=False` takes them as raw text, as `/v1/completions` does), and
 left-padded so every row's next token sits in the last column; the KV cache is
-reused between steps (passed as `cache=`, the name transformers keeps after 5.40, to models whose
-forward takes it). A row stops at any of the model's stop tokens (`modeling.stop_token_ids`: the
+reused between steps (`new_cache`: static, preallocated for the whole run, where the architecture
+supports one; passed as `cache=`, the name transformers keeps after 5.40, to models whose forward
+takes it), and only the last position's logits are computed, never the prompt's (B, P, V).
+A row stops at any of the model's stop tokens (`modeling.stop_token_ids`: the
 tokenizer's eos and every eos id of `generation_config`; kept, masked in) or once its text holds
 one of the `stop` strings (cut before it), and pads after. Sampling runs on the model's device: a
 generator on another device (a CPU `torch.Generator` with a model on CUDA) seeds one there with a
@@ -21,11 +23,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 
 from rlhfops.chat import render_all
 from rlhfops.config import GenerationConfig
-from rlhfops.modeling import model_device, stop_token_ids
+from rlhfops.modeling import model_device, output_logits, stop_token_ids
 
 # (input_ids so far (B, P+t), logits (B, V)) -> logits (B, V); e.g. ILQL's beta * (Q - V) shift.
 LogitsHook = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -57,6 +59,16 @@ def cache_argument(model: PreTrainedModel) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def new_cache(model: PreTrainedModel, max_len: int) -> DynamicCache | StaticCache:
+    """A KV cache for `max_len` positions: static (preallocated, written in place) where the
+    architecture supports one, else dynamic. A dynamic cache concatenates every layer's keys and
+    values at every step; on SmolLM2-135M the static one took 1.7x less CPU time for the same
+    samples (45.8 vs 77.4 CPU s, 16 rows x 32 tokens, one run on a loaded 2-core machine)."""
+    if getattr(model, "_can_compile_fullgraph", False):
+        return StaticCache(config=model.config, max_cache_len=max_len)
+    return DynamicCache()
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """`text` cut before its first stop string, and whether one was found."""
     hits = [text.find(s) for s in stop if s and s in text]
@@ -71,7 +83,6 @@ def token_offsets(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[tu
     return [(ends[k - 1] if k else 0, end) for k, end in enumerate(ends)]
 
 
-@torch.no_grad()
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -91,42 +102,75 @@ def generate(
         raise ValueError("generate needs at least one prompt")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    device = model_device(model)
-    generator = generator_on(generator, device)
     tokenizer.padding_side = "left"
     rendered = render_all(tokenizer, prompts) if template else prompts
-    enc = tokenizer(rendered, padding=True, return_tensors="pt").to(device)
-    prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]
-    batch = prompt_ids.shape[0]
-    stop_ids, pad = stop_token_ids(tokenizer, model), tokenizer.pad_token_id
-    stop_tensor = torch.tensor(stop_ids, device=device)
-    cache_name = cache_argument(model)
     was_training = model.training
     model.eval()
+    try:
+        # no_grad, not inference_mode: a hook may keep the ids and logits it is handed and train on them
+        with torch.no_grad():
+            out = _decode(model, tokenizer, rendered, max_new_tokens, greedy, temperature, top_k, generator,
+                          logits_hook, stop)  # fmt: skip
+    finally:
+        if was_training:
+            model.train()
+    prompt_ids, prompt_mask, completion_ids, completion_mask, logprobs = out
+    stop_ids = stop_token_ids(tokenizer, model)
+    texts, stopped = decode_completions(tokenizer, completion_ids, completion_mask, stop_ids, stop)
+    return Generation(texts, prompt_ids, prompt_mask, completion_ids, completion_mask, logprobs, stopped)
 
-    ids = prompt_ids
-    attention_mask = prompt_mask
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at 0
-    cache = DynamicCache()
-    step_input, step_positions = ids, position_ids
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    tokens, logps, masks = [], [], []
+
+def _decode(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rendered: list[str],
+    max_new_tokens: int,
+    greedy: bool,
+    temperature: float,
+    top_k: int,
+    generator: torch.Generator | None,
+    logits_hook: LogitsHook | None,
+    stop: Sequence[str],
+) -> tuple[torch.Tensor, ...]:
+    """The sampling loop: (prompt ids, prompt mask, completion ids, completion mask, log-probs).
+
+    Buffers for the whole run are allocated once (ids and attention (B, P + T), tokens, masks and
+    log-probs (B, T)); each step reads a view of them. Only the last position's logits are computed
+    (`logits_to_keep=1`, or the LM head on the last hidden state when a hook needs it), never the
+    prompt's (B, P, V)."""
+    device = model_device(model)
+    generator = generator_on(generator, device)
+    enc = tokenizer(rendered, padding=True, return_tensors="pt").to(device)
+    prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]
+    (batch, P), T = prompt_ids.shape, max_new_tokens
+    stop_tensor = torch.tensor(stop_token_ids(tokenizer, model), device=device)
+    pad = tokenizer.pad_token_id
+    forward_kwargs = {"use_cache": True, cache_argument(model): new_cache(model, P + T)}
     # A hook with `needs_hidden = True` also gets the last position's final hidden state (B, H).
     needs_hidden = bool(getattr(logits_hook, "needs_hidden", False))
-    for _ in range(max_new_tokens):
-        out = model(
-            input_ids=step_input,
-            attention_mask=attention_mask,
-            position_ids=step_positions,
-            use_cache=True,
-            output_hidden_states=needs_hidden,
-            **{cache_name: cache},
-        )
-        logits = out.logits[:, -1, :].float()  # (B, V)
+    if not needs_hidden and "logits_to_keep" in inspect.signature(model.forward).parameters:
+        forward_kwargs["logits_to_keep"] = 1
+
+    ids = torch.full((batch, P + T), pad, dtype=prompt_ids.dtype, device=device)
+    ids[:, :P] = prompt_ids
+    attention = torch.ones((batch, P + T), dtype=prompt_mask.dtype, device=device)
+    attention[:, :P] = prompt_mask
+    tokens = torch.full((batch, T), pad, dtype=prompt_ids.dtype, device=device)
+    masks = torch.zeros((batch, T), dtype=torch.long, device=device)
+    logps = torch.zeros((batch, T), dtype=torch.float32, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    step_input = prompt_ids
+    step_positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at 0
+    steps = T
+    for t in range(T):
+        step = {"input_ids": step_input, "attention_mask": attention[:, : P + t], "position_ids": step_positions}
         if needs_hidden:
-            logits = logits_hook(ids, logits, out.hidden_states[-1][:, -1].float())
-        elif logits_hook is not None:
-            logits = logits_hook(ids, logits)
+            last = model.base_model(**step, **forward_kwargs).last_hidden_state[:, -1]  # (B, H)
+            logits = logits_hook(ids[:, : P + t], output_logits(model, last), last.float())
+        else:
+            logits = model(**step, **forward_kwargs).logits[:, -1, :].float()  # (B, V)
+            if logits_hook is not None:
+                logits = logits_hook(ids[:, : P + t], logits)
         if greedy:
             logp = torch.log_softmax(logits, dim=-1)
             token = logits.argmax(dim=-1)
@@ -138,29 +182,20 @@ def generate(
                 sample_logits = logp.masked_fill(logp < kth, float("-inf"))
             probs = torch.softmax(sample_logits, dim=-1)
             token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        token_logp = logp.gather(-1, token[:, None]).squeeze(-1)
         alive = ~done
-        token = torch.where(alive, token, torch.full_like(token, pad))
-        tokens.append(token)
-        logps.append(torch.where(alive, token_logp, torch.zeros_like(token_logp)))
-        masks.append(alive.long())
-        done = done | torch.isin(token, stop_tensor)
+        tokens[:, t] = torch.where(alive, token, pad)
+        logps[:, t] = torch.where(alive, logp.gather(-1, token[:, None]).squeeze(-1), 0.0)
+        masks[:, t] = alive
+        done |= torch.isin(tokens[:, t], stop_tensor)
         if stop:
-            done = done | _holds_stop(tokenizer, torch.stack(tokens, 1), torch.stack(masks, 1), alive, stop)
+            done |= _holds_stop(tokenizer, tokens[:, : t + 1], masks[:, : t + 1], alive, stop)
         if bool(done.all()):
+            steps = t + 1
             break
-        ids = torch.cat([ids, token[:, None]], dim=1)
-        attention_mask = torch.cat([attention_mask, torch.ones_like(token)[:, None]], dim=1)
-        step_input = token[:, None]
+        ids[:, P + t] = tokens[:, t]
+        step_input = tokens[:, t : t + 1]
         step_positions = step_positions[:, -1:] + 1
-
-    if was_training:
-        model.train()
-    completion_ids = torch.stack(tokens, dim=1)
-    completion_mask = torch.stack(masks, dim=1)
-    texts, stopped = decode_completions(tokenizer, completion_ids, completion_mask, stop_ids, stop)
-    logprobs = torch.stack(logps, dim=1)
-    return Generation(texts, prompt_ids, prompt_mask, completion_ids, completion_mask, logprobs, stopped)
+    return prompt_ids, prompt_mask, *(t[:, :steps].contiguous() for t in (tokens, masks, logps))
 
 
 def _holds_stop(

@@ -83,14 +83,19 @@ def build_offline_data(cfg: Config, policy_dir: str | Path, out_path: str | Path
     {"prompt", "response", "reward"}."""
     oc = cfg.offline
     task = make_task(cfg.task, seed=cfg.seed)
-    tokenizer, model, hook = load_decoder(cfg, policy_dir)
     prompts = [ex.prompt for ex in task.examples("train", oc.n_prompts) for _ in range(oc.samples_per_prompt)]
-    responses = sample_texts(model, tokenizer, prompts, cfg.generation, cfg.seed, logits_hook=hook)
-    rewards = reward_fn(prompts, responses)
+    responses = _policy_samples(cfg, policy_dir, prompts)
+    rewards = reward_fn(prompts, responses)  # the policy is freed by now
     for i, r in enumerate(rewards):
         if r is None or not math.isfinite(r):
             raise ValueError(f"the reward function gave {r!r} for sample {i} (prompt {prompts[i]!r})")
     return write_offline_data(out_path, prompts, responses, rewards)
+
+
+def _policy_samples(cfg: Config, policy_dir: str | Path, prompts: list[str]) -> list[str]:
+    """One seeded sample per prompt from the policy in `policy_dir`, loaded here and freed on return."""
+    tokenizer, model, hook = load_decoder(cfg, policy_dir)
+    return sample_texts(model, tokenizer, prompts, cfg.generation, cfg.seed, logits_hook=hook)
 
 
 def write_offline_data(path: str | Path, prompts: list[str], responses: list[str], rewards) -> Path:
@@ -369,8 +374,11 @@ def linear_extraction(model, heads: ILQLHeads, beta: float):
 
     Since log_softmax and V(s) only move every token's logit at a state by the same amount, this
     decodes softmax(logits + beta * Q'(s, .)) with Q' the mean target head without its bias: the
-    shift up to min(Q'_1, Q'_2) vs their mean and the biases, which `extract_policy` then fits."""
-    student = copy.deepcopy(model).requires_grad_(False)
+    shift up to min(Q'_1, Q'_2) vs their mean and the biases, which `extract_policy` then fits.
+
+    The copy shares `model`'s parameter tensors (its trunk is `model`'s, unchanged; a second 135M
+    trunk would be 0.5 GB more): only the new output layer is its own."""
+    student = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
     lm = student.get_output_embeddings()
     with torch.no_grad():
         q = (heads.target_q1.weight + heads.target_q2.weight) / 2  # (V, H)
