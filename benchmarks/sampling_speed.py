@@ -7,8 +7,9 @@ The baseline is `src/rlhfops/generation.py` as it was at git revision REV (defau
 issue 19's buffers and last-position logits), loaded from `git show` as a module of its own beside
 the current one; both run on the same model, prompts and seed, alternately, `--repeats` times per
 batch size, and the best time of each counts (the least disturbed by other load). Tokens/s counts
-generated tokens (the completion mask). The texts of both are compared: the same seed should give
-the same samples. Models: the tiny Llama of configs/tiny.yaml (random weights: it rarely stops
+generated tokens (the completion mask), per wall second and per CPU second of the process (on a
+machine shared with other jobs the second is the steadier measure). The texts of both are
+compared: the same seed should give the same samples. Models: the tiny Llama of configs/tiny.yaml (random weights: it rarely stops
 early, so every batch runs close to max_new_tokens) and SmolLM2-135M-Instruct
 (`rlhfops.real_model`), in their checkpoint's dtype on the CPU, prompts from the built-in task.
 """
@@ -57,10 +58,11 @@ def load(name: str):
     return load_policy(prepare_real_model(), train=False)
 
 
-def timed(fn, model, tokenizer, prompts, max_new_tokens) -> tuple[float, int, list[str]]:
-    start = time.perf_counter()
+def timed(fn, model, tokenizer, prompts, max_new_tokens) -> tuple[float, float, int, list[str]]:
+    """(wall s, CPU s of this process, generated tokens, texts) of one seeded call."""
+    start, cpu = time.perf_counter(), time.process_time()
     gen = fn(model, tokenizer, prompts, max_new_tokens, generator=torch.Generator().manual_seed(0))
-    return time.perf_counter() - start, int(gen.completion_mask.sum()), gen.texts
+    return time.perf_counter() - start, time.process_time() - cpu, int(gen.completion_mask.sum()), gen.texts
 
 
 def main() -> None:
@@ -78,15 +80,17 @@ def main() -> None:
     prompts = [ex.prompt for ex in task.examples("test", max(args.batches))]
     rows: list[dict[str, Any]] = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'model':5s} {'batch':>5s} {'tokens':>6s} {args.baseline + ' tok/s':>14s} {'now tok/s':>10s} speed-up same")
+    print(f"{'model':5s} {'batch':>5s} {'tokens':>6s} {args.baseline + ' tok/s':>14s} {'now tok/s':>10s} speed-up "
+          f"{'tok/CPU-s before':>16s} {'now':>6s} same")  # fmt: skip
     for name in args.models:
         tokenizer, model = load(name)
         for batch in args.batches:
-            best = {"before": float("inf"), "now": float("inf")}
+            best = {"before": float("inf"), "now": float("inf"), "before_cpu": float("inf"), "now_cpu": float("inf")}
             for _ in range(args.repeats):
-                s0, n0, t0 = timed(before, model, tokenizer, prompts[:batch], args.max_new_tokens)
-                s1, n1, t1 = timed(generate, model, tokenizer, prompts[:batch], args.max_new_tokens)
-                best = {"before": min(best["before"], s0), "now": min(best["now"], s1)}
+                s0, c0, n0, t0 = timed(before, model, tokenizer, prompts[:batch], args.max_new_tokens)
+                s1, c1, n1, t1 = timed(generate, model, tokenizer, prompts[:batch], args.max_new_tokens)
+                for key, value in (("before", s0), ("now", s1), ("before_cpu", c0), ("now_cpu", c1)):
+                    best[key] = min(best[key], value)
             row = {
                 "model": name,
                 "batch": batch,
@@ -95,11 +99,14 @@ def main() -> None:
                 "before_tokens_per_s": n0 / best["before"],
                 "now_tokens_per_s": n1 / best["now"],
                 "speedup": (n1 / best["now"]) / (n0 / best["before"]),
+                "before_tokens_per_cpu_s": n0 / best["before_cpu"],
+                "now_tokens_per_cpu_s": n1 / best["now_cpu"],
                 "same_texts": t0 == t1,
             }
             rows.append(row)
             print(f"{name:5s} {batch:5d} {n1:6d} {row['before_tokens_per_s']:14.1f} {row['now_tokens_per_s']:10.1f} "
-                  f"{row['speedup']:7.2f}x {row['same_texts']}", flush=True)  # fmt: skip
+                  f"{row['speedup']:7.2f}x {row['before_tokens_per_cpu_s']:16.1f} {row['now_tokens_per_cpu_s']:6.1f} "
+                  f"{row['same_texts']}", flush=True)  # fmt: skip
     if args.out:
         atomic_write_json(args.out, {"baseline": args.baseline, "load_average": os.getloadavg()[0], "rows": rows})
         print(f"wrote {args.out}")
