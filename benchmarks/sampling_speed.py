@@ -9,9 +9,10 @@ the current one; both run on the same model, prompts and seed, alternately, `--r
 batch size, and the best time of each counts (the least disturbed by other load). Tokens/s counts
 generated tokens (the completion mask), per wall second and per CPU second of the process (on a
 machine shared with other jobs the second is the steadier measure). The texts of both are
-compared: the same seed should give the same samples. Models: the tiny Llama of configs/tiny.yaml (random weights: it rarely stops
-early, so every batch runs close to max_new_tokens) and SmolLM2-135M-Instruct
-(`rlhfops.real_model`), in their checkpoint's dtype on the CPU, prompts from the built-in task.
+compared: the same seed should give the same samples. Models: the tiny Llama of
+configs/tiny.yaml (random weights: it rarely stops early, so every batch runs close to
+max_new_tokens) and SmolLM2-135M-Instruct (`rlhfops.real_model`), in their checkpoint's dtype on
+the CPU, prompts from the built-in task.
 """
 
 from __future__ import annotations
