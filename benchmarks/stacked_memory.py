@@ -1,10 +1,10 @@
 """What the stacked reward scorer costs in memory (issue 20, item 6).
 
 `StackedLlamaScorer` copies every member weight into (K, ...) stacks. A `RewardEnsemble` builds it
-only when a batch takes the stacked path (on a CPU: batches of `CPU_STACK_MAX_BATCH` or fewer; on a
-GPU: every batch, and the members are then let go). Prints the bytes of weights an ensemble of K
-full members holds after loading, after a large batch and after a small one, on this machine's
-default device (`modeling.default_device()`).
+when the first batch is scored, never at load time, and then lets the members go. Prints the bytes
+of weights an ensemble of K full members holds after loading, after a first batch and after a
+second one, on this machine's default device (`modeling.default_device()`), and the process's
+peak resident memory.
 
     python benchmarks/stacked_memory.py                 # tiny BPE-vocabulary members, K=4
     python benchmarks/stacked_memory.py --real --members 2   # SmolLM2-135M-shaped members (random weights)
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import tempfile
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 from transformers import AutoConfig, LlamaForSequenceClassification
 
 from rlhfops.modeling import load_tokenizer, tiny_llama_config
-from rlhfops.reward.ensemble import CPU_STACK_MAX_BATCH, RewardEnsemble
+from rlhfops.reward.ensemble import RewardEnsemble
 from rlhfops.workspace import RM_MANIFEST
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -70,10 +71,12 @@ def main() -> None:
         prompts, texts = ["q: 1+2?"] * 8, ["1+2=3\nanswer: 3"] * 8
         ensemble.raw_rewards(prompts, texts)
         rows.append(("after a batch of 8", held_bytes(ensemble)))
-        ensemble.raw_rewards(prompts[:CPU_STACK_MAX_BATCH], texts[:CPU_STACK_MAX_BATCH])
-        rows.append((f"after a batch of {CPU_STACK_MAX_BATCH}", held_bytes(ensemble)))
+        ensemble.raw_rewards(prompts[:2], texts[:2])
+        rows.append(("after a batch of 2", held_bytes(ensemble)))
         for label, (members, stacked) in rows:
             print(f"  {label:<20} {members / GIB:7.3f} + {stacked / GIB:7.3f} = {(members + stacked) / GIB:7.3f}")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+        print(f"  peak resident memory of this process: {peak / GIB:.3f} GiB")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ std of its scores on the validation responses before aggregating: otherwise the 
 members would measure offsets, not disagreement.
 
 An ensemble is loaded in its checkpoints' dtype on `modeling.default_device()` (the GPU when there
-is one). Full members of one Llama shape may be scored in one stacked pass (`reward/stacked.py`),
-which holds a second copy of every weight: it is built the first time a batch takes it (on a GPU
-every batch, and the members are then let go; on a CPU only batches of `CPU_STACK_MAX_BATCH` or
-fewer, next to the members), never at load time.
+is one). Full members of one Llama shape are scored in one stacked pass (`reward/stacked.py`): on
+a CPU it is faster than member by member at every batch size measured (1 to 64,
+benchmarks/ensemble_scoring.py), and on a GPU. It copies every weight, so it is built the first
+time a batch is scored, never at load time, and the members are then let go: the weights are held
+once, apart from that one build. `fused="never"` keeps member-by-member scoring.
 """
 
 from __future__ import annotations
@@ -34,9 +35,6 @@ from rlhfops.workspace import RM_HEADS as HEADS
 from rlhfops.workspace import RM_MANIFEST as MANIFEST
 
 AGGREGATIONS = ("mean", "weighted", "min", "uwo")
-# On a CPU the stacked pass only beats member-by-member scoring for very small batches
-# (benchmarks/ensemble_scoring.py); on a GPU it wins up to saturation.
-CPU_STACK_MAX_BATCH = 4
 
 
 def aggregate(
@@ -88,13 +86,12 @@ class RewardEnsemble:
         self.objective: str = self.manifest["objective"]
         self.kind: str = self.manifest["kind"]
         self.max_length: int = self.manifest["max_length"]
-        self.fused = fused
         members = self.manifest["members"]
         self.names = [m["name"] for m in members]
         self.accuracies = torch.tensor([m.get("val_accuracy") or 1.0 for m in members])
         self.offsets = torch.tensor([m.get("reward_mean", 0.0) for m in members])[:, None]
         self.scales = torch.tensor([m.get("reward_std", 1.0) for m in members])[:, None]
-        self.stacked: StackedLlamaScorer | None = None  # built by the first batch that takes it
+        self.stacked: StackedLlamaScorer | None = None  # built by the first batch scored
         if self.kind == "full":
             self.models = [
                 load_weights(AutoModelForSequenceClassification, self.path / n, train=False, device=self.device).eval()
@@ -132,25 +129,17 @@ class RewardEnsemble:
                 hidden = self.trunk(input_ids=ids, attention_mask=mask).last_hidden_state
                 pooled = pooled_last_token(hidden, ids, self.tokenizer.pad_token_id)  # (B, H)
                 out.append(self.head_weight.to(pooled) @ pooled.T + self.head_bias.to(pooled)[:, None])
-            elif self._stack(ids.shape[0]):
+            elif self.stackable:
                 out.append(self._stacked()(ids, mask))
             else:
                 out.append(torch.stack([m(input_ids=ids, attention_mask=mask).logits[:, 0] for m in self.models]))
         return torch.cat(out, dim=1).float().cpu()
 
-    def _stack(self, batch: int) -> bool:
-        """Whether a batch of `batch` sequences is scored in one stacked pass (module docstring)."""
-        if not self.stackable:
-            return False
-        return self.fused == "always" or self.device.type != "cpu" or batch <= CPU_STACK_MAX_BATCH
-
     def _stacked(self) -> StackedLlamaScorer:
-        """The stacked scorer, built on first use; off the CPU it replaces the members (only the
-        stacked pass runs there), so the weights are held once."""
+        """The stacked scorer, built on first use; it replaces the members, so the weights are held once."""
         if self.stacked is None:
             self.stacked = StackedLlamaScorer(self.models).to(self.device)
-            if self.device.type != "cpu":
-                self.models = []
+            self.models = []
         return self.stacked
 
     def member_rewards(self, prompts: list[str], completions: list[str], batch_size: int = 64) -> torch.Tensor:
