@@ -131,9 +131,10 @@ def run(args: argparse.Namespace, root: Path) -> int:
         ws = Workspace(root / "ws")
         train_reward_models(cfg, root / "prefs", paths["sft"], paths["rm"], progress=False, workspace=ws)
         for ensemble in load_ensembles(paths["rm"], cfg.reward.objectives).values():
-            model = ensemble.models[0] if ensemble.kind == "full" else ensemble.trunk
-            if ensemble.kind == "full" and not ensemble.models:  # off the CPU the stacked scorer replaces them
-                model = ensemble.stacked
+            if ensemble.kind == "heads":
+                model = ensemble.trunk
+            else:  # once a batch is scored, the stacked scorer replaces the members
+                model = ensemble.models[0] if ensemble.models else ensemble.stacked
             on_device(model, f"the {ensemble.objective} ensemble")
 
     def prm():

@@ -87,19 +87,16 @@ def _ensemble(path, members: int):
     return path
 
 
-def test_the_stacked_scorer_is_built_only_by_a_batch_that_takes_it(tmp_path):
-    """It holds a second copy of every member weight: not at load time, not for a large CPU batch;
-    a small CPU batch builds it and scores as the members do."""
+def test_the_stacked_scorer_is_built_by_the_first_batch_and_replaces_the_members(tmp_path):
+    """It copies every member weight: not at load time; the first batch builds it and the members are let go."""
     path = _ensemble(tmp_path / "rm", members=3)
-    ensemble = RewardEnsemble(path)
     prompts, texts = ["q: 1+2?\n"] * 6, ["answer: 3", "1+2=3\nanswer: 3", "answer: 4", "", "x", "answer: refuse"]
-    assert ensemble.stacked is None
-    members = ensemble.raw_rewards(prompts, texts)  # one batch of 6 > CPU_STACK_MAX_BATCH
-    assert ensemble.stacked is None
-    stacked = ensemble.raw_rewards(prompts[:2], texts[:2])
-    assert ensemble.stacked is not None and len(ensemble.models) == 3  # on a CPU both paths stay
-    torch.testing.assert_close(stacked, members[:, :2], atol=1e-5, rtol=1e-5)
-    assert RewardEnsemble(path, fused="never").stackable is False
+    ensemble, members = RewardEnsemble(path), RewardEnsemble(path, fused="never")
+    assert ensemble.stacked is None and len(ensemble.models) == 3
+    stacked = ensemble.raw_rewards(prompts, texts)
+    assert ensemble.stacked is not None and ensemble.models == []
+    torch.testing.assert_close(stacked, members.raw_rewards(prompts, texts), atol=1e-5, rtol=1e-5)
+    assert members.stackable is False and members.stacked is None
 
 
 def test_a_generator_on_another_device_seeds_one_on_the_models(monkeypatch):
