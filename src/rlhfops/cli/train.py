@@ -344,9 +344,10 @@ def offline(
     data = ws.data_dir("offline") / f"samples-{cfg.offline.reward}.jsonl"
     out = ws.model_dir("offline")
     with user_errors():
-        if not data.exists():
-            reward = reward_fn(cfg, cfg.offline.reward, ws.model_dir("reward"), trained_model(ws, "prm"))
-            build_offline_data(cfg, policy, data, reward)
+        if not data.exists():  # the reward models are let go before training (no local keeps them alive)
+            build_offline_data(
+                cfg, policy, data, reward_fn(cfg, cfg.offline.reward, ws.model_dir("reward"), trained_model(ws, "prm"))
+            )
         train_offline(cfg, policy, data, out, progress=not json_out)
     results = {
         "sft": evaluate_to_workspace(cfg, ws, policy, "sft"),
