@@ -15,7 +15,6 @@ the speed-up over member by member as the median over runs with its range, min-m
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 
 from rlhfops.bench.speed import ensemble_scoring_speed
 from rlhfops.config import Config
+from rlhfops.files import atomic_write_json
 
 
 def main() -> None:
@@ -54,9 +54,8 @@ def main() -> None:
             spread = f"{statistics.median(ratios):5.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]"
             print(f"{b:>6} {seq:>19.4f} {fused:>10.4f} {spread:>21} {shared:>9.4f} {seq / shared:>5.2f}x")
 
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"threads": torch.get_num_threads(), "model": name, "runs": results}))
+    if args.out:  # `make readme` renders it (report.benchmark_blocks.scoring_block)
+        atomic_write_json(args.out, {"threads": torch.get_num_threads(), "model": name, "runs": results})
 
 
 if __name__ == "__main__":

@@ -77,8 +77,9 @@ def test_reward_scoring_and_kinds_blocks(tmp_path):
     }
     (ws.model_dir("prm") / "metrics.json").write_text(json.dumps(prm))
     (ws.root / "bench").mkdir()
-    rows = [{"batch": 1, "member_by_member_s": 0.03, "stacked_s": 0.01, "heads_s": 0.006}]
-    (ws.root / "bench" / "ensemble_scoring.json").write_text(json.dumps({"members": 5, "threads": 2, "rows": rows}))
+    runs = [[{"batch": 1, "member_by_member_s": 0.03, "stacked_s": s, "heads_s": 0.006}] for s in (0.01, 0.015, 0.0075)]
+    scoring = {"threads": 2, "model": "tiny Llama", "runs": {"5": runs}}
+    (ws.root / "bench" / "ensemble_scoring.json").write_text(json.dumps(scoring))
     kinds = {
         k: {"train_s": 10.0, "score_val_s": 1.0, "objectives": {"helpfulness": {"mean_member": 0.7, "ensemble": 0.72}}}
         for k in ("full", "heads")
@@ -88,7 +89,7 @@ def test_reward_scoring_and_kinds_blocks(tmp_path):
         "reward"
     ](ws)
     assert "min 0.600 of 50 cases" in BLOCKS["reward"](ws)
-    assert "| 1 | 0.0300 | 0.0100 | 3.00x | 0.0060 | 5.00x |" in BLOCKS["scoring"](ws)
+    assert "| 5 | 1 | 0.0300 | 0.0100 | 3.00x [2.00-4.00] | 0.0060 | 5.00x [5.00-5.00] |" in BLOCKS["scoring"](ws)
     assert "| heads | 10.0 | 1.00 | 0.700 / 0.720 |" in BLOCKS["kinds"](ws)
     weights = {
         "best_weights": {"helpfulness": 0.75, "honesty": 0.25},

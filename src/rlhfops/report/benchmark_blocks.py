@@ -3,27 +3,34 @@
 
 from __future__ import annotations
 
-from statistics import fmean, pstdev
+from statistics import fmean, median, pstdev
 
 from rlhfops.report.blocks import read_json
 from rlhfops.workspace import Workspace
 
 
 def scoring_block(ws: Workspace) -> str:
+    """`benchmarks/ensemble_scoring.py --out`: per K, per batch, medians over runs of the seconds per
+    call, and the speed-ups as the median over runs with their range."""
     bench = read_json(ws.root / "bench" / "ensemble_scoring.json", "make bench-scoring")
+    some_k = next(iter(bench["runs"].values()))
     lines = [
-        f"K={bench['members']} members of the tiny Llama, {bench['threads']} torch threads; seconds per call "
-        "and speed-up over member-by-member scoring:",
+        f"K members of the {bench['model']}, {bench['threads']} torch threads, {len(some_k)} runs (each builds "
+        "the members afresh); seconds per call (median over runs) and speed-up over member-by-member scoring "
+        "(median over runs [min-max]):",
         "",
-        "| batch | member by member (s) | stacked (s) | speed-up | shared trunk + heads (s) | speed-up |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| K | batch | member by member (s) | stacked (s) | speed-up | shared trunk + heads (s) | speed-up |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for r in bench["rows"]:
-        seq = r["member_by_member_s"]
-        lines.append(
-            f"| {r['batch']} | {seq:.4f} | {r['stacked_s']:.4f} | {seq / r['stacked_s']:.2f}x | "
-            f"{r['heads_s']:.4f} | {seq / r['heads_s']:.2f}x |"
-        )
+    for k, runs in bench["runs"].items():
+        for i, row in enumerate(runs[0]):
+            rows = [run[i] for run in runs]
+            seq, fused, heads = (median(r[key] for r in rows) for key in ("member_by_member_s", "stacked_s", "heads_s"))
+            cells = []
+            for key in ("stacked_s", "heads_s"):
+                ratios = [r["member_by_member_s"] / r[key] for r in rows]
+                cells.append(f"{median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]")
+            lines.append(f"| {k} | {row['batch']} | {seq:.4f} | {fused:.4f} | {cells[0]} | {heads:.4f} | {cells[1]} |")
     return "\n".join(lines)
 
 
