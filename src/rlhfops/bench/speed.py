@@ -22,17 +22,6 @@ from rlhfops.bench.records import BatchingSpeed, PPOvsRLOO, ScoringRow, SpeedRat
 from rlhfops.config import Config, load_config
 
 
-def median_seconds(fn, repeats: int, *args) -> float:
-    """Median seconds of `repeats` timed calls of fn(*args), after one untimed warm-up call."""
-    fn(*args)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def ensemble_scoring_speed(cfg: Config, members: int, batches: tuple[int, ...], repeats: int) -> list[ScoringRow]:
     """Seconds per call of K random-weight reward models of the configured architecture (the tiny
     Llama of `model.*`, or `model.name_or_path`'s config) scoring the same batch member by member,

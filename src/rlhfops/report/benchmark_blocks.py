@@ -9,6 +9,12 @@ from rlhfops.report.blocks import read_json
 from rlhfops.workspace import Workspace
 
 
+def speedup(rows: list[dict], key: str) -> str:
+    """Member-by-member seconds over `key`'s, per run: the median and its range, as `2.50x [2.42-2.55]`."""
+    ratios = [r["member_by_member_s"] / r[key] for r in rows]
+    return f"{median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]"
+
+
 def scoring_block(ws: Workspace) -> str:
     """`benchmarks/ensemble_scoring.py --out`: per K, per batch, medians over runs of the seconds per
     call, and the speed-ups as the median over runs with their range."""
@@ -26,10 +32,7 @@ def scoring_block(ws: Workspace) -> str:
         for i, row in enumerate(runs[0]):
             rows = [run[i] for run in runs]
             seq, fused, heads = (median(r[key] for r in rows) for key in ("member_by_member_s", "stacked_s", "heads_s"))
-            cells = []
-            for key in ("stacked_s", "heads_s"):
-                ratios = [r["member_by_member_s"] / r[key] for r in rows]
-                cells.append(f"{median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]")
+            cells = [speedup(rows, key) for key in ("stacked_s", "heads_s")]
             lines.append(f"| {k} | {row['batch']} | {seq:.4f} | {fused:.4f} | {cells[0]} | {heads:.4f} | {cells[1]} |")
     return "\n".join(lines)
 
