@@ -280,6 +280,12 @@ class RewardConfig(Section):
         description="per-member model path (any HF sequence-classification or causal LM; a leading ~ is your "
         "home); empty: the policy",
     )
+    train_tasks: int = Field(
+        2,
+        ge=0,
+        description="how many tasks the reward members are trained in; 0 = one task per objective x member "
+        "(the cluster default, every member its own pod)",
+    )
 
     @field_validator("member_init")
     @classmethod

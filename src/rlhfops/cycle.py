@@ -10,7 +10,7 @@ graph, `dvc.yaml` and `run_in_process` follow):
     collect            <ws>/cycles/NNNN/responses.jsonl   (annotation.collect)
     annotate           <ws>/cycles/NNNN/pairs-*.jsonl, steps.jsonl, review.json   (annotation.annotate)
     version_data       git + DVC commit of cycles/NNNN, tag cycle-NNNN   (versioning)
-    reward_member      one objective x member of the reward ensembles (trained on cycles 1..n)
+    reward_member      a share of the reward ensembles' objective x members (trained on cycles 1..n)
     reward_finish      each objective's manifest, normalisation and validation from its members
     prm                the process reward model on every cycle's step labels so far
     policy             the configured optimiser (PPO / GRPO / RLOO) from the stable policy
@@ -238,32 +238,61 @@ def version_data(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
 
 def reward_plan(cfg: Config, ws: Workspace, cycle: int) -> list[str]:
     """Prepare the reward-model training pairs (the union of cycles 1..n) once, then the fan-out:
-    "<cycle>/<objective>/<member>" for objectives x members (`kind: full`), "<cycle>/<objective>/-1"
-    per objective (`kind: heads`: one task trains all its heads)."""
+    `reward_specs`, one spec per training task."""
     from rlhfops.reward.train import prepare_preference_data
 
     prepare_preference_data(cfg, ws, ws.data_dir("preferences"), Path(stable_or_register_sft(cfg, ws)["path"]))
-    rc = cfg.reward
-    members = range(rc.members) if rc.kind == "full" else [-1]
+    return reward_specs(cfg, cycle)
+
+
+def reward_units(cfg: Config) -> list[tuple[str, int]]:
+    """Every (objective, member) the reward ensembles train, in the one order the tasks deal them
+    out: objective by objective, member by member (`kind: heads`: member -1, all heads in one unit)."""
+    members = range(cfg.reward.members) if cfg.reward.kind == "full" else [-1]
+    return [(o, k) for o in cfg.reward.objectives for k in members]
+
+
+def reward_specs(cfg: Config, cycle: int) -> list[str]:
+    """One spec per reward training task, "<cycle>/<objective>/<member>[,<objective>/<member>...]":
+    the units dealt round-robin over `reward.train_tasks` tasks (their counts differ by at most one);
+    0, or more tasks than units, gives one task per unit, so no task is empty."""
+    units = reward_units(cfg)
+    n = min(cfg.reward.train_tasks or len(units), len(units))
     # The cycle rides in the item: kfp.local 2.17 hands a loop item to the wrong parameter when a
     # task inside ParallelFor also takes an upstream task's output.
-    return [f"{cycle}/{o}/{k}" for o in rc.objectives for k in members]
+    return [f"{cycle}/" + ",".join(f"{o}/{k}" for o, k in units[i::n]) for i in range(n)]
+
+
+def spec_units(spec: str, cycle: int) -> list[tuple[str, int]]:
+    """The (objective, member) units of a `reward_specs` spec, which must belong to `cycle`."""
+    spec_cycle, _, units = spec.partition("/")
+    pairs = [unit.split("/") for unit in units.split(",")]
+    if not spec_cycle.isdigit() or any(len(p) != 2 or not p[1].lstrip("-").isdigit() for p in pairs):
+        raise ValueError(f"reward spec '{spec}' is not '<cycle>/<objective>/<member>[,<objective>/<member>...]'")
+    if int(spec_cycle) != cycle:
+        raise ValueError(f"reward spec '{spec}' belongs to cycle {spec_cycle}, not {cycle}")
+    return [(o, int(k)) for o, k in pairs]
 
 
 def reward_member(cfg: Config, ws: Workspace, cycle: int, spec: str) -> dict[str, Any]:
-    """One item of `reward_plan`."""
+    """One item of `reward_plan`: its units trained one after another in this process, each into
+    `<models>/reward/<objective>.parts/` (`train_ensemble_member`). Returns {"spec", "units":
+    {"<objective>/<member>": {"n_train", "seconds"}} in training order} (numbers the run logs per unit)."""
     from rlhfops.reward.train import train_ensemble_member
 
-    if threads := os.environ.get(PARALLEL_THREADS_ENV):  # set by the local run: two members train at once
+    units = spec_units(spec, cycle)
+    if threads := os.environ.get(PARALLEL_THREADS_ENV):  # set by the local run: two tasks train at once
         import torch
 
         torch.set_num_threads(int(threads))
-    spec_cycle, objective, member = spec.split("/")
-    if int(spec_cycle) != cycle:
-        raise ValueError(f"reward member '{spec}' belongs to cycle {spec_cycle}, not {cycle}")
     policy = Path(stable_or_register_sft(cfg, ws)["path"])
     out = cycle_models(ws, cycle) / "reward"
-    return train_ensemble_member(cfg, objective, int(member), ws.data_dir("preferences"), policy, out)
+    trained = {}
+    for objective, member in units:
+        start = time.perf_counter()
+        result = train_ensemble_member(cfg, objective, member, ws.data_dir("preferences"), policy, out)
+        trained[f"{objective}/{member}"] = {"n_train": result["n_train"], "seconds": time.perf_counter() - start}
+    return {"spec": spec, "units": trained}
 
 
 def reward_finish(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
