@@ -260,7 +260,7 @@ def stage(
         if fanned_out is not None:  # one call per item of the plan, here one after another (KFP: in parallel)
             for spec in result:
                 run_stage(fanned_out, str(ws.root), config or "", overrides, cycle, f"stage-{name}", spec=spec)
-            result = {"members": len(result)}
+            result = {"tasks": len(result), "units": sum(len(spec.split(",")) for spec in result)}
     numbers = scalars(result) if isinstance(result, dict) else {}
     if metrics is not None:
         atomic_write_json(metrics, numbers)

@@ -11,6 +11,7 @@ import io
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,16 +34,18 @@ class ProgressStream(io.TextIOBase):
         self.started: dict[str, list[float]] = {}  # ParallelFor runs two iterations of a task at once
         self.buffer = ""
         self.status, self.failure = "", ""
+        self.lock = threading.Lock()  # kfp.local writes from one thread per ParallelFor iteration
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
-        self.log_file.write(text)
-        self.buffer += text
-        *lines, self.buffer = self.buffer.split("\n")
-        for line in lines:
-            self._line(ANSI.sub("", line))
+        with self.lock:
+            self.log_file.write(text)
+            self.buffer += text
+            *lines, self.buffer = self.buffer.split("\n")
+            for line in lines:
+                self._line(ANSI.sub("", line))
         return len(text)
 
     def _line(self, line: str) -> None:
