@@ -149,16 +149,17 @@ def test_conversation_prompts_from_a_dataset_on_the_bpe_model(policy, tmp_path):
     assert result["n"] == 8 and set(result["gold"]) == {"helpfulness", "conciseness"}
 
 
-def test_prm_separators_follow_the_rendered_prompt_on_the_bpe_tokenizer(policy):
-    """Each line's label sits on the token holding its newline, after the whole chat-template prompt."""
+def test_prm_labels_follow_the_rendered_prompt_on_the_bpe_tokenizer(policy):
+    """Each line's label sits on the token holding its last character (an empty line's: its newline),
+    after the whole chat-template prompt."""
     from rlhfops.chat import render
     from rlhfops.modeling import load_tokenizer
-    from rlhfops.reward.prm import separator_positions
+    from rlhfops.reward.prm import label_positions
 
     tokenizer = load_tokenizer(policy)
     lines = ["2+3=5", "", "answer: 5"]
-    ids, positions = separator_positions(tokenizer, "q: 2+3?\n", lines, 512)
+    ids, positions = label_positions(tokenizer, "q: 2+3?\n", lines, 512)
     prompt_len = len(tokenizer(render(tokenizer, "q: 2+3?\n"))["input_ids"])
     assert all(p is not None and p >= prompt_len for p in positions)
-    assert all("\n" in tokenizer.decode([ids[p]]) for p in positions)
+    assert [tokenizer.decode([ids[p]])[-1:] for p in positions] == ["5", "\n", "5"]
     assert positions == sorted(positions) and len(set(positions)) == 3

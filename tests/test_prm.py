@@ -40,17 +40,25 @@ def labelled(encoded):
     return [(i, label) for i, label in enumerate(encoded["labels"]) if label != IGNORE]
 
 
-def test_each_label_sits_on_the_separator_after_its_line():
+def test_each_label_sits_on_the_last_token_of_its_line():
     enc = encode_record(CHAR, RECORD, max_length=96)
     text = "q: 2+3*4?\n3*4=12\n2+12=15\nanswer: 15\n"
     assert CHAR.decode(enc["input_ids"], skip_special_tokens=True) == text
     marks = labelled(enc)
     assert [label for _, label in marks] == [1.0, 0.0, 0.0]
     for (pos, _), line in zip(marks, RECORD["completions"], strict=True):
-        assert CHAR.decode(enc["input_ids"][pos]) == "\n"
-        assert CHAR.decode(enc["input_ids"][: pos + 1], skip_special_tokens=True).endswith(line + "\n")
-    assert marks[-1][0] == len(enc["input_ids"]) - 1  # the extra "\n" closes the answer line
+        # the token that completes the line carries its label: everything of the line is before it or on it
+        assert CHAR.decode(enc["input_ids"][: pos + 1], skip_special_tokens=True).endswith(line)
+        assert CHAR.decode(enc["input_ids"][pos + 1]) == "\n"
+    assert marks[-1][0] == len(enc["input_ids"]) - 2  # the answer line's last digit, before the closing "\n"
     assert sum(label != IGNORE for label in enc["labels"]) == 3  # and nothing else is labelled
+
+
+def test_an_empty_line_is_labelled_on_its_separator():
+    record = {"prompt": "q: 2+3?\n", "completions": ["2+3=5", "", "answer: 5"], "labels": [True, False, True]}
+    enc = encode_record(CHAR, record, max_length=96)
+    tokens = [CHAR.decode(i) for i in enc["input_ids"]]
+    assert [(tokens[pos], label) for pos, label in labelled(enc)] == [("5", 1.0), ("\n", 0.0), ("5", 1.0)]
 
 
 def word_tokenizer() -> PreTrainedTokenizerFast:
@@ -61,24 +69,24 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
 
 
-def test_separators_are_found_by_offsets_for_multi_character_tokens():
+def test_labels_are_found_by_offsets_for_multi_character_tokens():
     tok = word_tokenizer()
     enc = encode_record(tok, RECORD, max_length=96)
     tokens = tok.convert_ids_to_tokens(enc["input_ids"])
     assert len(tokens) < len("q: 2+3*4?\n3*4=12\n2+12=15\nanswer: 15\n")
     marks = labelled(enc)
-    assert [tokens[pos] for pos, _ in marks] == ["\n", "\n", "\n"]
-    assert [tokens[pos - 1] for pos, _ in marks] == ["12", "15", "15"]
+    assert [tokens[pos] for pos, _ in marks] == ["12", "15", "15"]  # the whole number holding each line's end
+    assert [tokens[pos + 1] for pos, _ in marks] == ["\n", "\n", "\n"]
     assert [label for _, label in marks] == [1.0, 0.0, 0.0]
 
 
 def test_truncation_drops_labels_past_max_length():
     full = encode_record(CHAR, RECORD, max_length=96)
-    second_separator = labelled(full)[1][0]
-    cut = encode_record(CHAR, RECORD, max_length=second_separator)  # keeps tokens [0, second_separator)
-    assert cut["input_ids"] == full["input_ids"][:second_separator]
+    second_label = labelled(full)[1][0]
+    cut = encode_record(CHAR, RECORD, max_length=second_label)  # keeps tokens [0, second_label)
+    assert cut["input_ids"] == full["input_ids"][:second_label]
     assert labelled(cut) == labelled(full)[:1]
-    assert encode_record(CHAR, RECORD, max_length=second_separator + 1)["labels"][-1] == 0.0
+    assert encode_record(CHAR, RECORD, max_length=second_label + 1)["labels"][-1] == 0.0
 
 
 def test_collate_pads_on_the_right():
@@ -193,7 +201,7 @@ def test_loaded_prm_scores_one_probability_per_line(trained):
 def test_over_long_lines_score_zero(trained):
     _, _, out = trained
     prm = ProcessRewardModel.load(out)
-    prm.max_length = 16  # "<bos>q: 2+3*4?\n" is 11 tokens; the first step's separator is token 17
+    prm.max_length = 16  # "<bos>q: 2+3*4?\n" is 11 tokens; the first step's label ("2" of "=12") is token 16
     assert prm.step_scores(["q: 2+3*4?\n"], ["3*4=12\nanswer: 12"])[0] == [0.0, 0.0]
 
 

@@ -5,17 +5,21 @@ directory (the policy's trunk, a new linear head `score`) or from any Hugging Fa
 Data is stepwise records (`rlhfops.annotation.steps`). A record is tokenized as
 
     text   = render(prompt) + completions[0] + "\\n" + ... + completions[-1] + "\\n"
-    labels = 1.0 (good) / 0.0 (bad) on the token holding the "\\n" after line i; -100 elsewhere
+    labels = 1.0 (good) / 0.0 (bad) on the token holding the last character of line i (of an
+             empty line: the "\\n" after it); -100 elsewhere
 
-so the last line gets one extra "\\n" to carry its label (`render` is `chat.render`: the prompt as the
-policy reads it, an instruct model's chat template). Separator tokens are found from the
-tokenizer's character offsets, which works for any fast tokenizer, not just one token per
-character; if a tokenizer merges two separators into one token, that token carries the later
-line's label. Sequences are cut at `prm.max_length` tokens and labels that fall off are dropped.
+(`render` is `chat.render`: the prompt as the policy reads it, an instruct model's chat template).
+The label sits on the line's own last token, not on the separator after it: a causal model's state
+at the separator is about what comes next, and on the tiny model a PRM labelled there learned
+to ignore the line (the same probability for `3*2=6` and `3*2=9`; benchmarks/reward_accuracy.py
+measures both). Label tokens are found from the tokenizer's character offsets, which works for
+any fast tokenizer, not just one token per character; if a tokenizer puts two lines' label
+characters in one token, that token carries the later line's label. Sequences are cut at
+`prm.max_length` tokens and labels that fall off are dropped.
 
 Training: AdamW without weight decay, linear warmup over the first 5% of steps then cosine decay
 to zero, gradient norm clipped at 1; the loss is BCE-with-logits over labelled tokens only.
-Scoring: a line's score is sigmoid(logit) at its separator, and a solution's score aggregates the
+Scoring: a line's score is sigmoid(logit) at its label token, and a solution's score aggregates the
 line scores (`aggregate_steps`: min, product or last).
 """
 
@@ -49,7 +53,7 @@ from rlhfops.tasks import STEP_SEPARATOR, Example, Task, make_task, steps_of
 from rlhfops.workspace import PRM_METRICS as METRICS
 from rlhfops.workspace import STEPS, TRAIN_LOG
 
-IGNORE = -100  # label of a token that is not a step separator
+IGNORE = -100  # label of a token that carries no line's label
 WARMUP_RATIO = 0.05
 GRAD_CLIP = 1.0
 LOG_POINTS = 50  # about this many rows in train_log.json
@@ -82,20 +86,27 @@ def covering_tokens(offsets: Sequence[tuple[int, int]], chars: list[int]) -> lis
     return [owner.get(char) for char in chars]
 
 
-def separator_positions(
+def label_chars(lines: list[str], start: int = 0) -> list[int]:
+    """The character index that carries each line's label in `line + "\\n"` pieces written from
+    character `start` on: the line's last character, or its separator when the line is empty."""
+    return [at - 1 if line else at for at, line in zip(separator_chars(lines, start), lines, strict=True)]
+
+
+def label_positions(
     tokenizer: PreTrainedTokenizerBase, prompt: str, lines: list[str], max_length: int
 ) -> tuple[list[int], list[int | None]]:
     """Token ids of `render(prompt) + lines[0] + "\\n" + ... + lines[-1] + "\\n"`, cut at `max_length`, and
-    per line the index of the token holding its separator (None when it was cut off)."""
+    per line the index of the token holding its label character (`label_chars`; None when it was
+    cut off)."""
     rendered = render(tokenizer, prompt)
     text = rendered + "".join(line + STEP_SEPARATOR for line in lines)
     enc = tokenizer(text, return_offsets_mapping=True)
     ids = enc["input_ids"][:max_length]
     positions: list[int | None] = []
-    chars = separator_chars(lines, len(rendered))
+    chars = label_chars(lines, len(rendered))
     for at, token in zip(chars, covering_tokens(enc["offset_mapping"], chars), strict=True):
         if token is None:
-            raise ValueError(f"the tokenizer keeps no token for the step separator at character {at} of {text!r}")
+            raise ValueError(f"the tokenizer keeps no token for the step label at character {at} of {text!r}")
         positions.append(token if token < max_length else None)
     return ids, positions
 
@@ -126,7 +137,7 @@ def response_step_tokens(
 
 def encode_record(tokenizer: PreTrainedTokenizerBase, record: dict[str, Any], max_length: int) -> dict[str, list]:
     """A stepwise record -> {"input_ids": list[int], "labels": list[float]} of equal length (<= max_length)."""
-    ids, positions = separator_positions(tokenizer, record["prompt"], record["completions"], max_length)
+    ids, positions = label_positions(tokenizer, record["prompt"], record["completions"], max_length)
     labels: list[float] = [IGNORE] * len(ids)
     for position, good in zip(positions, record["labels"], strict=True):
         if position is not None and good is not None:  # None: a masked (sparse) label
@@ -239,7 +250,7 @@ class ProcessRewardModel:
         out: list[list[float | None]] = []
         for i in range(0, len(prompts), self.batch_size):
             encoded = [
-                separator_positions(self.tokenizer, p, ls, self.max_length)
+                label_positions(self.tokenizer, p, ls, self.max_length)
                 for p, ls in zip(prompts[i : i + self.batch_size], lines[i : i + self.batch_size], strict=True)
             ]
             ids = pad_right([e[0] for e in encoded], self.tokenizer.pad_token_id, torch.long).to(device)
