@@ -315,7 +315,7 @@ class RewardConfig(Section):
 class PRMConfig(Section):
     """Process reward model: a probability per step, trained with binary cross-entropy."""
 
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(3e-4, gt=0, description="lower than a reward member's: the policy's arithmetic is worth keeping")
     epochs: float = Field(4.0, gt=0)
     max_steps: int = Field(-1, description="if > 0, overrides epochs")
     batch_size: int = Field(32, ge=1)
