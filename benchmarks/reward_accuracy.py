@@ -16,8 +16,9 @@ reward side is trained as its stages do (`build_preference_data` -> the helpfuln
     recall        PRM recall of bad lines at the threshold that keeps 0.90 of good lines, on the
                   exactly labelled lines (sound step rule) of the 16 policy samples of every prompt
     recall teach  the same on the PRM's own validation records (noisy teacher + policy samples)
-    BoN first / RM / PRM   solve accuracy of the first sample, and of Best-of-16 reranked by the
-                  outcome RM (helpfulness ensemble) and by the PRM (`prm.aggregation`)
+    BoN first / member / RM / RM min / RM uwo / PRM   solve accuracy of the first sample, and of
+                  Best-of-16 reranked by one member of the helpfulness ensemble, by the ensemble
+                  (mean, min, uwo of its normalised members) and by the PRM (`prm.aggregation`)
 
 and the seconds to build the data and to train the ensemble and the PRM.
 """
@@ -40,7 +41,7 @@ from rlhfops.config import Config, load_config
 from rlhfops.files import write_jsonl
 from rlhfops.generation import sample_texts
 from rlhfops.modeling import load_decoder
-from rlhfops.reward.ensemble import RewardEnsemble
+from rlhfops.reward.ensemble import RewardEnsemble, aggregate
 from rlhfops.reward.prm import ProcessRewardModel, train_prm_on_task
 from rlhfops.reward.train import train_reward_ensemble
 from rlhfops.tasks import make_task, steps_of
@@ -48,7 +49,18 @@ from rlhfops.workspace import Workspace
 
 N = 16
 KEEP_GOOD = 0.90
-METRICS = ("pairs_val", "pairs_policy", "recall", "recall_teacher", "bon_first", "bon_rm", "bon_prm")
+METRICS = (
+    "pairs_val",
+    "pairs_policy",
+    "recall",
+    "recall_teacher",
+    "bon_first",
+    "bon_member",
+    "bon_rm",
+    "bon_rm_min",
+    "bon_rm_uwo",
+    "bon_prm",
+)
 
 
 class CachedSampling:
@@ -121,7 +133,9 @@ def measure_rm(draw: dict, ensemble: RewardEnsemble) -> dict:
         [r["prompt"] for r in val] * 2, [r["chosen"] for r in val] + [r["rejected"] for r in val]
     ).mean(0)
     correct, solve = correct_of(draw)
-    rm = ensemble.member_rewards(*flat_draw(draw)).mean(0).view(correct.shape)
+    members = ensemble.member_rewards(*flat_draw(draw))  # (K, P * N), normalised
+    rm = members.mean(0).view(correct.shape)
+    by = {how: aggregate(members, how, ensemble.accuracies)[0].view(correct.shape) for how in ("min", "uwo")}
     hits, total = 0, 0
     for i in solve.nonzero()[:, 0].tolist():
         right, wrong = rm[i][correct[i]], rm[i][~correct[i]]
@@ -132,6 +146,9 @@ def measure_rm(draw: dict, ensemble: RewardEnsemble) -> dict:
         "pairs_policy": hits / total,
         "bon_first": correct[solve][:, 0].float().mean().item(),
         "bon_rm": best_of_n(correct, solve, rm),
+        "bon_rm_min": best_of_n(correct, solve, by["min"]),
+        "bon_rm_uwo": best_of_n(correct, solve, by["uwo"]),
+        "bon_member": best_of_n(correct, solve, members[0].view(correct.shape)),
         "n_policy_pairs": total,
         "n_val_pairs": len(val),
         "n_solve_prompts": int(solve.sum()),
@@ -243,7 +260,10 @@ def main() -> None:
         "recall",
         "recall teach",
         "BoN first",
+        "BoN member",
         "BoN RM",
+        "BoN RM min",
+        "BoN RM uwo",
         "BoN PRM",
         "data s",
         "RM s",

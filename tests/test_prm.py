@@ -276,3 +276,27 @@ def test_a_cycle_prm_trains_on_its_step_labels_and_with_join_cycles_the_task_bui
     built = read_step_data(data / TASK_TRAIN)
     assert read_step_data(data / "train.jsonl") == [RECORD, *built] and len(built) >= 20
     assert metrics["n_train_records"] == 1 + len(built)
+
+
+def test_prm_init_starts_the_prm_from_another_model_while_the_policy_samples_its_data(trained, tmp_path):
+    """`prm.init`: a PRM larger (here: smaller) than the policy; the step data is still the policy's."""
+    from rlhfops.reward.prm import train_prm_on_task
+
+    _, init, _ = trained
+    other_cfg = load_config("smoke", ["model.hidden_size=16", "model.intermediate_size=32"])
+    tokenizer, model = init_policy(other_cfg)
+    other = save_policy(model, tokenizer, other_cfg, tmp_path / "other")
+    small = ["prm.max_steps=2", "prm.n_prompts=8", "prm.n_val_prompts=4", "generation.max_new_tokens=8"]
+    cfg = load_config("smoke", [*small, f"prm.init={other}"])
+    train_prm_on_task(cfg, init, tmp_path / "steps", tmp_path / "prm", progress=False)
+    saved = json.loads((tmp_path / "prm" / "config.json").read_text())
+    assert saved["hidden_size"] == 16 != load_config("smoke").model.hidden_size
+    with pytest.raises(FileNotFoundError, match="cannot load model"):
+        train_prm_on_task(
+            load_config("smoke", [*small, f"prm.init={tmp_path / 'missing'}"]),
+            init,
+            tmp_path / "steps",
+            tmp_path / "prm3",
+            progress=False,
+        )
+    assert not (tmp_path / "prm3").exists()

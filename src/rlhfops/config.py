@@ -315,6 +315,11 @@ class RewardConfig(Section):
 class PRMConfig(Section):
     """Process reward model: a probability per step, trained with binary cross-entropy."""
 
+    init: str | None = Field(
+        None,
+        description="model the PRM starts from (any HF causal LM or token classifier; a leading ~ is your home); "
+        "null: the policy. The policy still samples the PRM's data",
+    )
     lr: float = Field(3e-4, gt=0, description="lower than a reward member's: the policy's arithmetic is worth keeping")
     epochs: float = Field(4.0, gt=0)
     max_steps: int = Field(-1, description="if > 0, overrides epochs")
@@ -330,6 +335,11 @@ class PRMConfig(Section):
     skipped_step_rate: float = Field(0.1, ge=0, le=1, description="teacher rate of skipped steps in PRM data")
     n_val_prompts: int = Field(256, ge=1)
     aggregation: Literal["min", "product", "last"] = Field("min", description="step probabilities -> solution")
+
+    @field_validator("init")
+    @classmethod
+    def _expand_home(cls, path: str | None) -> str | None:
+        return expand_home(path)
 
 
 class ScalarisationConfig(Section):

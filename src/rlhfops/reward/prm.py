@@ -436,7 +436,7 @@ def train_prm_on_task(
     """The `train-prm` stage on the built-in task: exact step labels for noisy-teacher responses
     (at `prm.wrong_step_rate` / `prm.skipped_step_rate`) and policy samples to `prm.n_prompts`
     train prompts (built into `<data_dir>/task-train.jsonl` unless already there), a PRM from the
-    policy, and its validation metrics including how often it ranks a reference above the same
+    policy (or from `prm.init`), and its validation metrics including how often it ranks a reference above the same
     solution with one wrong step. Returns the metrics written to `<out_dir>/metrics.json`.
 
     With a `workspace` (`rlhfops.workspace.Workspace`) that has cycle step labels, the training
@@ -468,7 +468,8 @@ def train_prm_on_task(
             records = build_step_data(data_task, policy, split, n, seed, generation=cfg.generation)
             write_step_data(records, built[split])
     write_step_data(union + (read_step_data(built["train"]) if from_task else []), data_dir / "train.jsonl")
-    out = train_prm(cfg, data_dir / "train.jsonl", data_dir / "val.jsonl", policy_dir, out_dir, progress)
+    init = cfg.prm.init or policy_dir
+    out = train_prm(cfg, data_dir / "train.jsonl", data_dir / "val.jsonl", init, out_dir, progress)
     metrics = json.loads((out / METRICS).read_text())
     prm = ProcessRewardModel.load(out)
     examples = task.examples("val", cfg.prm.n_val_prompts)
