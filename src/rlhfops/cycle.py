@@ -437,8 +437,7 @@ def gate_candidate(cfg: GateConfig, results: dict[str, dict[str, Any]], best: st
     """The pre-deploy gate on `best` against stable: the per-prompt composites both have a labelled
     score for, alpha split over every candidate evaluated (`serving.gate`: the pick is the best of
     them on these same scores)."""
-    from rlhfops.evaluation import paired
-    from rlhfops.serving.gate import compare_scores
+    from rlhfops.serving.gate import compare_scores, paired  # no torch: the gate is arithmetic on two lists
 
     stable, candidate = paired(results["stable"]["per_prompt"], results[best]["per_prompt"])
     return compare_scores(stable, candidate, cfg, candidates=sum(name != "stable" for name in results))

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rlhfops.annotation.judges import Judge, VerifierJudge, eval_judges, labelled_mean
 from rlhfops.config import Config
 from rlhfops.generation import sample_texts
+from rlhfops.serving.gate import paired
 from rlhfops.tasks import Example, Task, make_task
 
 N_SAMPLES_KEPT = 12
@@ -80,14 +81,6 @@ def per_prompt_composite(rows: list[Row]) -> list[float | None]:
         if composite is not None:
             by_prompt[ex.prompt].append(composite)
     return [fmean(v) if v else None for v in by_prompt.values()]
-
-
-def paired(stable: list[float | None], candidate: list[float | None]) -> tuple[list[float], list[float]]:
-    """The per-prompt composites of two policies on the same prompts, keeping the prompts both have."""
-    if len(stable) != len(candidate):
-        raise ValueError(f"paired scores need the same prompts, got {len(stable)} and {len(candidate)}")
-    kept = [(s, c) for s, c in zip(stable, candidate, strict=True) if s is not None and c is not None]
-    return [s for s, _ in kept], [c for _, c in kept]
 
 
 def win_rate(stable: list[float | None], candidate: list[float | None]) -> float | None:

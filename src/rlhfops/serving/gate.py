@@ -63,6 +63,14 @@ class GateDecision:
         return asdict(self)
 
 
+def paired(stable: list[float | None], candidate: list[float | None]) -> tuple[list[float], list[float]]:
+    """The per-prompt composites of two policies on the same prompts, keeping the prompts both have."""
+    if len(stable) != len(candidate):
+        raise ValueError(f"paired scores need the same prompts, got {len(stable)} and {len(candidate)}")
+    kept = [(s, c) for s, c in zip(stable, candidate, strict=True) if s is not None and c is not None]
+    return [s for s, _ in kept], [c for _, c in kept]
+
+
 def _betainc_cf(a: float, b: float, x: float) -> float:
     """The continued fraction of the regularized incomplete beta I_x(a, b) (modified Lentz; Numerical
     Recipes 6.4), converging fast for x < (a + 1) / (a + b + 2)."""
