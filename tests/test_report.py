@@ -138,7 +138,22 @@ def test_throughput_block(tmp_path):
     (ws.root / "bench" / "ppo_vs_rloo.json").write_text(
         json.dumps({"steps": 3, "completions": 8, "ppo": 50.0, "rloo": 100.0})
     )
-    assert "ratio 0.50x" in BLOCKS["throughput"](ws)
+    assert "ratio 0.50x" in BLOCKS["throughput"](ws) and "per update" not in BLOCKS["throughput"](ws)
+    (ws.root / "bench" / "ppo_vs_rloo.json").write_text(
+        json.dumps(
+            {
+                "steps": 3,
+                "completions": 8,
+                "ppo": 50.0,
+                "rloo": 100.0,
+                "ppo_update_s": 0.3,
+                "ppo_one_epoch_update_s": 0.2,
+            }
+        )
+    )
+    block = BLOCKS["throughput"](ws)
+    assert "2 epochs x 2 minibatches 0.300" in block and "1 epoch x 1 minibatch 0.200" in block
+    assert "RLOO 0.080" in block  # 8 completions at 100 a second
 
 
 def test_dense_prm_block(tmp_path):

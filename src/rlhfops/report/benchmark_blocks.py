@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from statistics import fmean, median, pstdev
 
+from rlhfops.config import Config
 from rlhfops.report.blocks import read_json
 from rlhfops.workspace import Workspace
 
@@ -52,11 +53,20 @@ def kinds_block(ws: Workspace) -> str:
 
 def throughput_block(ws: Workspace) -> str:
     bench = read_json(ws.root / "bench" / "ppo_vs_rloo.json", "make bench-ppo")
-    return (
+    text = (
         f"{bench['steps']} updates x {bench['completions']} completions from the SFT policy: PPO "
         f"{bench['ppo']:.1f} completions/s, TRL RLOOTrainer {bench['rloo']:.1f} completions/s, "
         f"ratio {bench['ppo'] / bench['rloo']:.2f}x."
     )
+    if "ppo_one_epoch_update_s" in bench:  # written by benchmarks/ppo_vs_rloo.py since it measures them
+        pc = Config().policy
+        text += (
+            f" Seconds per update (median, sampling to optimiser step): PPO with its {pc.ppo_epochs} epochs x "
+            f"{pc.minibatches} minibatches {bench['ppo_update_s']:.3f}, PPO with RLOO's 1 epoch x 1 minibatch "
+            f"{bench['ppo_one_epoch_update_s']:.3f}; RLOO {bench['completions'] / bench['rloo']:.3f} "
+            "(its whole call over its updates, loading included)."
+        )
+    return text
 
 
 def dense_prm_block(ws: Workspace) -> str:
