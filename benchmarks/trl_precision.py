@@ -23,10 +23,10 @@ from rlhfops.modeling import init_policy, save_policy
 from rlhfops.training import trl_run_args
 
 SETTINGS = {
-    "TRL defaults (bf16 + checkpointing)": {"bf16": True, "gradient_checkpointing": True},
-    "bf16 only": {"bf16": True, "gradient_checkpointing": False},
-    "checkpointing only": {"bf16": False, "gradient_checkpointing": True},
-    "fp32, no checkpointing (ours)": {"bf16": False, "gradient_checkpointing": False},
+    "TRL defaults (bf16 + checkpointing)": {"bf16": True, "activation_checkpointing": True},
+    "bf16 only": {"bf16": True, "activation_checkpointing": False},
+    "checkpointing only": {"bf16": False, "activation_checkpointing": True},
+    "fp32, no checkpointing (ours)": {"bf16": False, "activation_checkpointing": False},
 }
 
 

@@ -23,7 +23,7 @@ def trl_run_args(seed: int) -> dict[str, Any]:
         # without (20 steps, quiet 2-core machine: 6.8 s vs 2.1 s, `python benchmarks/trl_precision.py`);
         # the weights stay fp32 either way (modeling.load_weights), so on a GPU bf16 is mixed precision.
         "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-        "gradient_checkpointing": False,
+        "activation_checkpointing": False,  # transformers' name; `gradient_checkpointing` is its deprecated alias
         "dataloader_num_workers": 0,
         "disable_tqdm": True,
     }

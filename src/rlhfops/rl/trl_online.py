@@ -79,7 +79,6 @@ def trainer_args(cfg: Config, config_cls, output_dir: str, reward_weights: list[
         max_steps=pc.steps,
         logging_steps=max(1, min(10, pc.steps // 10)),
         use_vllm=False,
-        activation_checkpointing=False,  # precision and gradient checkpointing: training.trl_run_args
         **trl_run_args(cfg.seed),
     )
 
