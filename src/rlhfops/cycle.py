@@ -263,15 +263,21 @@ def reward_specs(cfg: Config, cycle: int) -> list[str]:
     return [f"{cycle}/" + ",".join(f"{o}/{k}" for o, k in units[i::n]) for i in range(n)]
 
 
-def spec_units(spec: str, cycle: int) -> list[tuple[str, int]]:
-    """The (objective, member) units of a `reward_specs` spec, which must belong to `cycle`."""
+def parse_spec(spec: str) -> tuple[int, list[tuple[str, int]]]:
+    """The cycle and the (objective, member) units of a `reward_specs` spec."""
     spec_cycle, _, units = spec.partition("/")
     pairs = [unit.split("/") for unit in units.split(",")]
     if not spec_cycle.isdigit() or any(len(p) != 2 or not p[1].lstrip("-").isdigit() for p in pairs):
         raise ValueError(f"reward spec '{spec}' is not '<cycle>/<objective>/<member>[,<objective>/<member>...]'")
-    if int(spec_cycle) != cycle:
+    return int(spec_cycle), [(o, int(k)) for o, k in pairs]
+
+
+def spec_units(spec: str, cycle: int) -> list[tuple[str, int]]:
+    """The (objective, member) units of a `reward_specs` spec, which must belong to `cycle`."""
+    spec_cycle, units = parse_spec(spec)
+    if spec_cycle != cycle:
         raise ValueError(f"reward spec '{spec}' belongs to cycle {spec_cycle}, not {cycle}")
-    return [(o, int(k)) for o, k in pairs]
+    return units
 
 
 def reward_member(cfg: Config, ws: Workspace, cycle: int, spec: str) -> dict[str, Any]:

@@ -242,7 +242,7 @@ def stage(
     ] = None,
 ) -> None:
     """Run one stage of a cycle on its own: the same library function a KFP component calls (dvc.yaml uses this)."""
-    from rlhfops.cycle import FAN_OUT, STAGES, run_stage, scalars, stable_or_register_sft
+    from rlhfops.cycle import FAN_OUT, STAGES, parse_spec, run_stage, scalars, stable_or_register_sft
     from rlhfops.files import atomic_write_json
 
     if name not in STAGES:
@@ -260,7 +260,7 @@ def stage(
         if fanned_out is not None:  # one call per item of the plan, here one after another (KFP: in parallel)
             for spec in result:
                 run_stage(fanned_out, str(ws.root), config or "", overrides, cycle, f"stage-{name}", spec=spec)
-            result = {"tasks": len(result), "units": sum(len(spec.split(",")) for spec in result)}
+            result = {"tasks": len(result), "units": sum(len(parse_spec(spec)[1]) for spec in result)}
     numbers = scalars(result) if isinstance(result, dict) else {}
     if metrics is not None:
         atomic_write_json(metrics, numbers)

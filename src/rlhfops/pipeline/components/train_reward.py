@@ -17,9 +17,9 @@ def reward_plan(workspace: str, config: str, overrides: List[str], cycle: int, g
 
 @dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
 def reward_member(workspace: str, config: str, overrides: List[str], group: str, spec: str, member: Output[Model]):
-    from rlhfops.cycle import run_stage, write_pointer
+    from rlhfops.cycle import parse_spec, run_stage, write_pointer
 
-    cycle = int(spec.split("/")[0])  # "<cycle>/<objective>/<member>"
+    cycle, _ = parse_spec(spec)
     write_pointer(member, run_stage("reward_member", workspace, config, overrides, cycle, group, spec=spec))
 
 
