@@ -135,7 +135,8 @@ def measure_rm(draw: dict, ensemble: RewardEnsemble) -> dict:
     correct, solve = correct_of(draw)
     members = ensemble.member_rewards(*flat_draw(draw))  # (K, P * N), normalised
     rm = members.mean(0).view(correct.shape)
-    by = {how: aggregate(members, how, ensemble.accuracies)[0].view(correct.shape) for how in ("min", "uwo")}
+    lam = ensemble.manifest["uwo_lambda"]
+    by = {how: aggregate(members, how, ensemble.accuracies, lam)[0].view(correct.shape) for how in ("min", "uwo")}
     hits, total = 0, 0
     for i in solve.nonzero()[:, 0].tolist():
         right, wrong = rm[i][correct[i]], rm[i][~correct[i]]

@@ -117,7 +117,8 @@ def response_step_tokens(
     """Where each line of a sampled response ends among its completion tokens, one index per line
     `ProcessRewardModel.step_scores` scores (`text.split("\\n")`, none for an empty text): the token
     covering the newline after the line (by `generation.token_offsets`, the sampled tokens' offset
-    mapping, as the PRM finds its separators), and for the last line the last completion token.
+    mapping), and for the last line the last completion token. The PRM reads its own score of a line
+    at the line's last token (`label_positions`); PPO pays it once the line is complete.
 
     completion_ids, completion_mask (B, T) as `generate` returns them, texts its B texts."""
     rows = []
