@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 CONFIG_DIR = Path(__file__).parent / "configs"  # installed with the package (pyproject package-data)
 CONFIG_FILENAME = "rlhfops_config.yaml"
@@ -121,19 +121,18 @@ def expand_home(path: str | None) -> str | None:
     return str(Path(path).expanduser()) if path and path.startswith("~") else path
 
 
+# A model path in the config: a leading ~ is expanded when the config is read.
+ModelPath = Annotated[str, AfterValidator(expand_home)]
+
+
 class ModelConfig(Section):
     """The policy: a tiny Llama built from this config, or any Hugging Face causal LM by path."""
 
-    name_or_path: str | None = Field(
+    name_or_path: ModelPath | None = Field(
         None,
         description="a local directory (a leading ~ is your home) or hub id of a causal LM; None builds the tiny "
         "Llama below",
     )
-
-    @field_validator("name_or_path")
-    @classmethod
-    def _expand_home(cls, path: str | None) -> str | None:
-        return expand_home(path)
 
     hidden_size: int = Field(128, ge=8)
     intermediate_size: int = Field(384, ge=8)
@@ -275,7 +274,7 @@ class RewardConfig(Section):
         "full", description="full: K whole models; heads: K linear heads on the frozen shared policy trunk"
     )
     bootstrap: bool = Field(True, description="each member trains on its own bootstrap resample of the pairs")
-    member_init: list[str] = Field(
+    member_init: list[ModelPath] = Field(
         default_factory=list,
         description="per-member model path (any HF sequence-classification or causal LM; a leading ~ is your "
         "home); empty: the policy",
@@ -286,11 +285,6 @@ class RewardConfig(Section):
         description="how many tasks the reward members are trained in; 0 = one task per objective x member "
         "(the cluster default, every member its own pod)",
     )
-
-    @field_validator("member_init")
-    @classmethod
-    def _expand_home(cls, paths: list[str]) -> list[str]:
-        return [expand_home(p) for p in paths]
 
     aggregation: Literal["mean", "weighted", "min", "uwo"] = Field(
         "uwo",
@@ -319,7 +313,7 @@ class RewardConfig(Section):
 class PRMConfig(Section):
     """Process reward model: a probability per step, trained with binary cross-entropy."""
 
-    init: str | None = Field(
+    init: ModelPath | None = Field(
         None,
         description="model the PRM starts from (any HF causal LM or token classifier; a leading ~ is your home); "
         "null: the policy. The policy still samples the PRM's data",
@@ -339,11 +333,6 @@ class PRMConfig(Section):
     skipped_step_rate: float = Field(0.1, ge=0, le=1, description="teacher rate of skipped steps in PRM data")
     n_val_prompts: int = Field(256, ge=1)
     aggregation: Literal["min", "product", "last"] = Field("min", description="step probabilities -> solution")
-
-    @field_validator("init")
-    @classmethod
-    def _expand_home(cls, path: str | None) -> str | None:
-        return expand_home(path)
 
 
 class ScalarisationConfig(Section):
