@@ -143,7 +143,7 @@ def test_corruption_ranking_rate_counts_strict_wins_on_solve_examples():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    cfg = load_config("smoke", ["prm.max_steps=150", "prm.lr=0.003", "prm.batch_size=32"])
+    cfg = load_config("smoke", ["prm.kind=head", "prm.max_steps=150", "prm.lr=0.003", "prm.batch_size=32"])
     work = tmp_path_factory.mktemp("prm")
     tokenizer, model = init_policy(cfg)
     init = save_policy(model, tokenizer, cfg, work / "policy")

@@ -311,12 +311,17 @@ class RewardConfig(Section):
 
 
 class PRMConfig(Section):
-    """Process reward model: a probability per step, trained with binary cross-entropy."""
+    """Process reward model: a probability per step, fitted to exact step labels."""
 
+    kind: Literal["likelihood", "head"] = Field(
+        "likelihood",
+        description="likelihood: a logistic calibration of the init LM's own token log-probs per line "
+        "(fitted in seconds); head: a token-classification head trained with BCE",
+    )
     init: ModelPath | None = Field(
         None,
-        description="model the PRM starts from (any HF causal LM or token classifier; a leading ~ is your home); "
-        "null: the policy. The policy still samples the PRM's data",
+        description="model the PRM reads or starts from (likelihood: a causal LM; head: a causal LM or token "
+        "classifier; a leading ~ is your home); null: the policy. The policy still samples the PRM's data",
     )
     lr: float = Field(3e-4, gt=0, description="lower than a reward member's: the policy's arithmetic is worth keeping")
     epochs: float = Field(4.0, gt=0)
