@@ -155,3 +155,40 @@ def test_the_likelihood_kind_needs_a_causal_lm(fitted, tmp_path):
     with pytest.raises(FileNotFoundError, match="cannot load model"):
         train_prm(cfg, data / "train.jsonl", data / "val.jsonl", tmp_path / "missing", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_response_min_logprob_recomputed_one_prefix_at_a_time(policy):
+    """m of a response as the reward members read it (rendered prompt + response + eos): the lowest
+    log p(token | prefix) from its first character through the eos; cut at max_length."""
+    from rlhfops.chat import render, scored_text
+    from rlhfops.reward.likelihood import response_min_logprob
+
+    tokenizer, model = policy
+    prompts, responses = ["q: 2+3*4?\n", "q: 9*4?\n", "q: 1+1?\n"], ["3*4=12\n2+12=14\nanswer: 14", "answer: 36", ""]
+    batched = response_min_logprob(model, tokenizer, prompts, responses, max_length=96)
+    for prompt, response, m in zip(prompts, responses, batched.tolist(), strict=True):
+        ids = tokenizer(scored_text(tokenizer, prompt, response))["input_ids"]
+        first = len(tokenizer(render(tokenizer, prompt))["input_ids"])  # the char tokenizer: one token a character
+        assert ids[-1] == tokenizer.eos_token_id
+        logps = []
+        for t in range(first, len(ids)):
+            with torch.no_grad():
+                logits = model(torch.tensor([ids[:t]])).logits[0, -1]
+            logps.append(max(LOGPROB_FLOOR, torch.log_softmax(logits, -1)[ids[t]].item()))
+        assert m == pytest.approx(min(logps), abs=1e-4)
+    cut = len(tokenizer(render(tokenizer, prompts[1]))["input_ids"])  # nothing of the response is left
+    assert response_min_logprob(model, tokenizer, prompts[1:2], responses[1:2], max_length=cut).tolist() == [
+        LOGPROB_FLOOR
+    ]
+
+
+def test_the_likelihood_weight_is_a_bradley_terry_fit():
+    from rlhfops.reward.likelihood import fit_weight
+
+    gen = torch.Generator().manual_seed(0)
+    base, dz = torch.randn(6000, generator=gen), torch.randn(6000, generator=gen)
+    first_wins = torch.rand(6000, generator=gen) < torch.sigmoid(base + 2.0 * dz)
+    sign = first_wins.float() * 2 - 1  # chosen - rejected: the winner first
+    beta = fit_weight(sign * base, torch.zeros(6000), sign * dz, torch.zeros(6000))
+    assert beta == pytest.approx(2.0, abs=0.2)
+    assert fit_weight(base, base, dz, dz) == pytest.approx(0.0, abs=1e-6)  # no difference, no weight

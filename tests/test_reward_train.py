@@ -151,6 +151,55 @@ def test_train_rm_writes_validated_ensembles(workspace, kind):
     assert penalised["total"][0].item() == pytest.approx(expected.item(), abs=1e-5)
 
 
+def test_the_likelihood_term_is_one_shared_shift_of_every_member(workspace, tmp_path):
+    """`reward.likelihood` (default): beta * z(m) added to every member; the spread is the members' own."""
+    import math
+    import shutil
+
+    from rlhfops.modeling import load_policy
+    from rlhfops.reward.likelihood import LM_DIR, response_min_logprob
+
+    root, cfg = workspace
+    out = root / "models" / "reward-full" / "helpfulness"  # trained by the test above
+    manifest = json.loads((out / MANIFEST).read_text())
+    term = manifest["likelihood"]
+    assert term["n_train_pairs"] > 0 and term["std"] > 0 and math.isfinite(term["beta"])
+    assert manifest["val"]["likelihood_beta"] == term["beta"]
+    assert set(manifest["val"]["ensemble_accuracy_without_likelihood"]) == {"mean", "weighted", "min", "uwo"}
+    policy = root / "models" / "sft" / "model.safetensors"
+    assert (out / LM_DIR / "model.safetensors").stat().st_ino == policy.stat().st_ino  # linked, not rewritten
+    ensemble = RewardEnsemble(out)
+    prompts, completions = ["q: 2+3?\n", "q: 2+3?\n", "q: 4/0?\n"], ["2+3=5\nanswer: 5", "answer: 7", ""]
+    normalised = (ensemble.raw_rewards(prompts, completions) - ensemble.offsets) / ensemble.scales
+    tokenizer, lm = load_policy(root / "models" / "sft", train=False)
+    m = response_min_logprob(lm, tokenizer, prompts, completions, cfg.reward.max_length)
+    shift = term["beta"] * (m - term["mean"]) / term["std"]
+    torch.testing.assert_close(ensemble.member_rewards(prompts, completions), normalised + shift, atol=1e-5, rtol=1e-5)
+    _, spread = ensemble.score(prompts, completions, "uwo", 1.0)
+    torch.testing.assert_close(spread, normalised.std(0, correction=0), atol=1e-5, rtol=1e-5)
+    broken = tmp_path / "helpfulness"
+    shutil.copytree(out, broken)
+    shutil.rmtree(broken / LM_DIR)
+    with pytest.raises(FileNotFoundError, match="likelihood term"):
+        RewardEnsemble(broken)
+
+
+def test_without_the_likelihood_term_members_are_only_normalised(workspace):
+    from rlhfops.reward.likelihood import LM_DIR
+
+    root, _ = workspace
+    cfg = load_config("smoke", [*OVERRIDES, "reward.kind=heads", "reward.likelihood=false"])
+    out = train_reward_models(
+        cfg, root / "data" / "preferences", root / "models" / "sft", root / "models" / "reward-plain", progress=False
+    )
+    manifest = json.loads((out / "helpfulness" / MANIFEST).read_text())
+    assert "likelihood" not in manifest and not (out / "helpfulness" / LM_DIR).exists()
+    ensemble = RewardEnsemble(out / "helpfulness")
+    prompts, completions = ["q: 2+3?\n", "q: 4/0?\n"], ["answer: 5", "answer: undefined"]
+    normalised = (ensemble.raw_rewards(prompts, completions) - ensemble.offsets) / ensemble.scales
+    torch.testing.assert_close(ensemble.member_rewards(prompts, completions), normalised)
+
+
 def test_stacked_scoring_matches_member_by_member(workspace):
     root, cfg = workspace
     out = root / "models" / "reward-full" / "helpfulness"

@@ -279,6 +279,11 @@ class RewardConfig(Section):
         description="per-member model path (any HF sequence-classification or causal LM; a leading ~ is your "
         "home); empty: the policy",
     )
+    likelihood: bool = Field(
+        True,
+        description="each ensemble adds beta * the response's lowest token log-prob under the policy the members "
+        "start from (normalised), beta fitted by Bradley-Terry on the train pairs (reward/likelihood.py)",
+    )
     train_tasks: int = Field(
         2,
         ge=0,

@@ -305,7 +305,8 @@ def reward_finish(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     from rlhfops.reward.train import finish_reward_models
 
     out = cycle_models(ws, cycle) / "reward"
-    return {"path": str(out), **finish_reward_models(cfg, ws.data_dir("preferences"), out)}
+    policy = Path(stable_or_register_sft(cfg, ws)["path"])
+    return {"path": str(out), **finish_reward_models(cfg, ws.data_dir("preferences"), policy, out)}
 
 
 def prm(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:

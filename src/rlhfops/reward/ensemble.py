@@ -8,7 +8,10 @@ validation accuracy and normalisation, validation summary), the resolved config,
 
 Members' raw Bradley-Terry scores have arbitrary offsets, so each is normalised by the mean and
 std of its scores on the validation responses before aggregating: otherwise the spread across
-members would measure offsets, not disagreement.
+members would measure offsets, not disagreement. With `reward.likelihood` the manifest also holds
+`likelihood` ({beta, mean, std}) and the directory `lm/`: every member's normalised score gets the
+same beta * z(m), the response's lowest token log-prob under that LM, normalised
+(`reward/likelihood.py`); the spread is unchanged by it.
 
 An ensemble is loaded in its checkpoints' dtype on `modeling.default_device()` (the GPU when there
 is one). Full members of one Llama shape are scored in one stacked pass (`reward/stacked.py`): on
@@ -26,10 +29,11 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedTokenizerBase
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from rlhfops.chat import scored_text
 from rlhfops.modeling import default_device, load_tokenizer, load_weights
+from rlhfops.reward.likelihood import LM_DIR, response_min_logprob
 from rlhfops.reward.stacked import StackedLlamaScorer, can_stack
 from rlhfops.workspace import RM_HEADS as HEADS
 from rlhfops.workspace import RM_MANIFEST as MANIFEST
@@ -107,6 +111,13 @@ class RewardEnsemble:
             self.stackable = False
         else:
             raise ValueError(f"unknown ensemble kind '{self.kind}' in {manifest_path}")
+        self.likelihood: dict[str, float] | None = self.manifest.get("likelihood")
+        self.lm = self.lm_tokenizer = None
+        if self.likelihood is not None:
+            if not (self.path / LM_DIR).is_dir():
+                raise FileNotFoundError(f"{manifest_path} has a likelihood term but '{self.path / LM_DIR}' is missing")
+            self.lm = load_weights(AutoModelForCausalLM, self.path / LM_DIR, train=False, device=self.device).eval()
+            self.lm_tokenizer = load_tokenizer(self.path / LM_DIR)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -142,9 +153,23 @@ class RewardEnsemble:
             self.models = []
         return self.stacked
 
+    def min_logprob(self, prompts: list[str], completions: list[str], batch_size: int = 64) -> torch.Tensor:
+        """m of each response under the ensemble's LM, (N,) (`likelihood.response_min_logprob`)."""
+        if self.lm is None:
+            raise ValueError(f"reward ensemble '{self.path}' has no likelihood term")
+        return response_min_logprob(self.lm, self.lm_tokenizer, prompts, completions, self.max_length, batch_size)
+
+    def likelihood_term(self, prompts: list[str], completions: list[str], batch_size: int = 64) -> torch.Tensor:
+        """beta * z(m) per response (N,); zeros without a likelihood term."""
+        if self.likelihood is None:
+            return torch.zeros(len(prompts))
+        z = (self.min_logprob(prompts, completions, batch_size) - self.likelihood["mean"]) / self.likelihood["std"]
+        return self.likelihood["beta"] * z
+
     def member_rewards(self, prompts: list[str], completions: list[str], batch_size: int = 64) -> torch.Tensor:
-        """Normalised member scores (K, N)."""
-        return (self.raw_rewards(prompts, completions, batch_size) - self.offsets) / self.scales
+        """Normalised member scores (K, N), each plus the likelihood term where the ensemble has one."""
+        normalised = (self.raw_rewards(prompts, completions, batch_size) - self.offsets) / self.scales
+        return normalised + self.likelihood_term(prompts, completions, batch_size)
 
     def score(
         self, prompts: list[str], completions: list[str], how: str = "mean", lam: float = 1.0, batch_size: int = 64

@@ -78,6 +78,7 @@ from rlhfops.modeling import (
     save_policy,
     token_log_probs,
 )
+from rlhfops.reward.likelihood import LOGPROB_FLOOR, RIDGE
 from rlhfops.tasks import STEP_SEPARATOR, Example, Task, make_task, steps_of
 from rlhfops.workspace import PRM_METRICS as METRICS
 from rlhfops.workspace import STEPS, TRAIN_LOG
@@ -91,8 +92,6 @@ AGGREGATIONS = ("min", "product", "last")
 TASK_TRAIN = "task-train.jsonl"  # step labels built from the task once (train-prm's data dir)
 LIKELIHOOD = "likelihood.json"  # a likelihood PRM's calibration; its presence makes a directory one
 FEATURES = ("line_min_logprob", "earlier_min_logprob")  # m_i and r_i (module docstring)
-LOGPROB_FLOOR = -30.0  # log-probs below this count as this: one impossible token does not dominate the fit
-L2 = 1e-4  # ridge on the calibration's weights: finite when the labels are separable
 
 
 # ---- tokenization ------------------------------------------------------------------------------
@@ -331,7 +330,7 @@ def fit_calibration(features: list[tuple[float, ...]], good: list[bool]) -> dict
 
         def closure():
             opt.zero_grad()
-            loss = F.binary_cross_entropy_with_logits(design @ w, y) + L2 * w[:-1].pow(2).sum()
+            loss = F.binary_cross_entropy_with_logits(design @ w, y) + RIDGE * w[:-1].pow(2).sum()
             loss.backward()
             return loss
 

@@ -27,6 +27,7 @@ from rich.progress import Progress
 from safetensors.torch import save_file
 from transformers import (
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     set_seed,
 )
@@ -38,8 +39,9 @@ from rlhfops.annotation.pairs import build_preference_data, read_pairs
 from rlhfops.chat import render, scored_text
 from rlhfops.config import Config
 from rlhfops.files import atomic_directory, atomic_write_json, write_jsonl
-from rlhfops.modeling import load_tokenizer, load_weights
+from rlhfops.modeling import default_device, load_tokenizer, load_weights
 from rlhfops.reward.ensemble import AGGREGATIONS, HEADS, MANIFEST, RewardEnsemble, aggregate, pooled_last_token
+from rlhfops.reward.likelihood import LM_DIR, fit_weight, link_model_dir, response_min_logprob
 from rlhfops.training import one_progress_display, trl_run_args
 from rlhfops.workspace import PAIR_STATS, RM_MEMBERS, Workspace, is_model_dir, pairs_file
 from rlhfops.workspace import RM_SUMMARY as SUMMARY
@@ -121,11 +123,14 @@ def train_heads(
 def validate(ensemble: RewardEnsemble, val: list[dict], cfg: Config) -> dict[str, Any]:
     """Member and ensemble accuracy on clean validation pairs, and the spread on right vs wrong."""
     prompts = [r["prompt"] for r in val]
-    raw_c = ensemble.raw_rewards(prompts, [r["chosen"] for r in val])  # (K, N)
-    raw_r = ensemble.raw_rewards(prompts, [r["rejected"] for r in val])
+    chosen, rejected = [r["chosen"] for r in val], [r["rejected"] for r in val]
+    raw_c = ensemble.raw_rewards(prompts, chosen)  # (K, N)
+    raw_r = ensemble.raw_rewards(prompts, rejected)
     both = torch.cat([raw_c, raw_r], dim=1)
     mean, std = both.mean(1, keepdim=True), both.std(1, keepdim=True).clamp_min(1e-6)
-    norm_c, norm_r = (raw_c - mean) / std, (raw_r - mean) / std
+    # the ensemble's likelihood term (zeros without one) is the same for every member
+    norm_c = (raw_c - mean) / std + ensemble.likelihood_term(prompts, chosen)
+    norm_r = (raw_r - mean) / std + ensemble.likelihood_term(prompts, rejected)
     member_acc = (raw_c > raw_r).float().mean(1)  # (K,)
     summary: dict[str, Any] = {
         "pairs": len(val),
@@ -183,8 +188,11 @@ def _train_all_heads(cfg: Config, train: list[dict], policy_dir: Path, dest: Pat
     ]
 
 
-def _finish_ensemble(cfg: Config, objective: str, members: list[dict], tmp: Path, val: list[dict]) -> dict[str, Any]:
-    """The manifest, per-member normalisation and validation of an ensemble whose members are in `tmp`."""
+def _finish_ensemble(
+    cfg: Config, objective: str, members: list[dict], tmp: Path, val: list[dict], train: list[dict], policy_dir: Path
+) -> dict[str, Any]:
+    """The manifest, per-member normalisation, likelihood term (`reward.likelihood`: the LM is
+    `policy_dir`, beta fitted on `train`) and validation of an ensemble whose members are in `tmp`."""
     rc = cfg.reward
     manifest = {
         "objective": objective,
@@ -206,8 +214,40 @@ def _finish_ensemble(cfg: Config, objective: str, members: list[dict], tmp: Path
         member.update(val_accuracy=acc, reward_mean=mu, reward_std=sd)
     manifest["val"] = {k: v for k, v in summary.items() if k != "normalisation"}
     atomic_write_json(tmp / MANIFEST, manifest)
+    if rc.likelihood:
+        manifest["likelihood"] = _fit_likelihood_term(RewardEnsemble(tmp), val, train, policy_dir)
+        atomic_write_json(tmp / MANIFEST, manifest)
+        without = manifest["val"]["ensemble_accuracy"]
+        summary = validate(RewardEnsemble(tmp), val, cfg)
+        manifest["val"] = {k: v for k, v in summary.items() if k != "normalisation"}
+        manifest["val"]["ensemble_accuracy_without_likelihood"] = without
+        manifest["val"]["likelihood_beta"] = manifest["likelihood"]["beta"]
+        atomic_write_json(tmp / MANIFEST, manifest)
     cfg.save(tmp)
     return manifest["val"]
+
+
+def _fit_likelihood_term(
+    ensemble: RewardEnsemble, val: list[dict], train: list[dict], policy_dir: Path
+) -> dict[str, float]:
+    """The ensemble's likelihood term (reward/likelihood.py): the LM linked into `<ensemble>/lm`, m's
+    mean and std on the validation responses, beta by Bradley-Terry on the train pairs over the
+    members' normalised mean; returns the manifest's `likelihood` entry."""
+    link_model_dir(policy_dir, ensemble.path / LM_DIR)
+    tokenizer = load_tokenizer(ensemble.path / LM_DIR)
+    lm = load_weights(AutoModelForCausalLM, ensemble.path / LM_DIR, train=False, device=default_device())
+
+    def m_of(records: list[dict], side: str) -> torch.Tensor:
+        prompts = [r["prompt"] for r in records]
+        return response_min_logprob(lm, tokenizer, prompts, [r[side] for r in records], ensemble.max_length)
+
+    m_val = torch.cat([m_of(val, "chosen"), m_of(val, "rejected")])
+    mean, std = m_val.mean().item(), max(m_val.std(correction=0).item(), 1e-6)
+    prompts = [r["prompt"] for r in train]
+    base = {side: ensemble.member_rewards(prompts, [r[side] for r in train]).mean(0) for side in ("chosen", "rejected")}
+    z = {side: (m_of(train, side) - mean) / std for side in ("chosen", "rejected")}
+    beta = fit_weight(base["chosen"], base["rejected"], z["chosen"], z["rejected"])
+    return {"beta": beta, "mean": mean, "std": std, "n_train_pairs": len(train)}
 
 
 def train_reward_ensemble(
@@ -229,7 +269,7 @@ def train_reward_ensemble(
             members = _train_all_heads(cfg, train, policy_dir, tmp)
             if progress:
                 progress.advance(task, rc.members)
-        return _finish_ensemble(cfg, objective, members, tmp, val)
+        return _finish_ensemble(cfg, objective, members, tmp, val, train, policy_dir)
 
 
 # ---- the same, fanned out: one pipeline task per objective x member, then one finishing task ----
@@ -256,10 +296,13 @@ def train_ensemble_member(
     return {"objective": objective, "member": member, "n_train": len(train)}
 
 
-def finish_reward_models(cfg: Config, data_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def finish_reward_models(
+    cfg: Config, data_dir: str | Path, policy_dir: str | Path, out_dir: str | Path
+) -> dict[str, Any]:
     """Assemble every objective's trained parts into its ensemble (manifest, normalisation,
-    validation) and write `<out_dir>/summary.json`, as `train_reward_models` does."""
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    likelihood term from the policy in `policy_dir`, validation) and write `<out_dir>/summary.json`,
+    as `train_reward_models` does."""
+    data_dir, policy_dir, out_dir = Path(data_dir), Path(policy_dir), Path(out_dir)
     summary = {}
     for objective in cfg.reward.objectives:
         parts = out_dir / f"{objective}{PARTS}"
@@ -268,13 +311,14 @@ def finish_reward_models(cfg: Config, data_dir: str | Path, out_dir: str | Path)
         if missing:
             raise FileNotFoundError(f"reward ensemble '{objective}' lacks trained parts {missing} in '{parts}'")
         val = read_pairs(data_dir / "val" / f"{objective}.jsonl")
+        train = read_pairs(data_dir / "train" / f"{objective}.jsonl")
         with atomic_directory(out_dir / objective) as tmp:
             members = []
             for n in names:
                 members += json.loads((parts / n / RM_MEMBERS).read_text())
                 shutil.copytree(parts / n, tmp if n == "heads" else tmp / n, dirs_exist_ok=True)
                 (tmp / (n if n != "heads" else "") / RM_MEMBERS).unlink()
-            summary[objective] = _finish_ensemble(cfg, objective, members, tmp, val)
+            summary[objective] = _finish_ensemble(cfg, objective, members, tmp, val, train, policy_dir)
         shutil.rmtree(parts)
     summary["mean_ensemble_accuracy"] = fmean(s["ensemble_accuracy"][cfg.reward.aggregation] for s in summary.values())
     atomic_write_json(out_dir / SUMMARY, summary)

@@ -1,0 +1,110 @@
+"""The policy's own doubt as a reward feature, for reward ensembles (the PRM's likelihood kind reads
+it line by line: `reward/prm.py`).
+
+A Bradley-Terry reward model at this scale learns format and refusals, not arithmetic: one bit
+per pair does not teach it that `9*4=48` is wrong (README, *Reward models*). The model the members
+start from knows: a wrong token it sampled is one it found unlikely. So an ensemble may add one
+shared term to every member's normalised score,
+
+    r_k(x, y) = (s_k(x, y) - mu_k) / sd_k + beta * (m(x, y) - mu_m) / sd_m
+
+where m is the lowest log-prob the LM gives a token of the response or its end (the eos after
+it), as the members read it (`chat.scored_text`), floored at LOGPROB_FLOOR; mu_m, sd_m are its
+mean and std on the validation responses, and beta is fitted by Bradley-Terry on the training
+pairs with the members' mean held at weight 1 (`fit_weight`). The term is the same for every
+member, so the spread across members, what uwo, active learning and human review read, is
+unchanged. An objective the term does not help gets a beta near 0 by the same fit. The LM is the
+policy the members started from, kept in the ensemble's `lm/` (hard links where the file system
+allows).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rlhfops.chat import render, scored_text
+from rlhfops.modeling import final_hidden, model_device, token_log_probs
+
+LM_DIR = "lm"  # an ensemble's copy of the LM its likelihood term reads
+LOGPROB_FLOOR = -30.0  # log-probs below this count as this: one impossible token does not dominate a fit
+RIDGE = 1e-4  # on fitted weights: finite when the pairs are separable
+BATCH_SIZE = 64
+
+
+@torch.no_grad()
+def response_min_logprob(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    completions: list[str],
+    max_length: int,
+    batch_size: int = BATCH_SIZE,
+) -> torch.Tensor:
+    """m (module docstring) of each (prompt, completion), (N,) float: the lowest log p(token | all
+    before it) over the tokens from the completion's first character through the eos, of
+    `chat.scored_text` cut at `max_length` tokens; LOGPROB_FLOOR when none of them is left."""
+    model.eval()
+    device = model_device(model)
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        rows, starts = [], []
+        for p, c in zip(prompts[i : i + batch_size], completions[i : i + batch_size], strict=True):
+            enc = tokenizer(scored_text(tokenizer, p, c), return_offsets_mapping=True)
+            start = len(render(tokenizer, p))
+            ids = enc["input_ids"][:max_length]
+            rows.append(ids)
+            # the first token that holds a character of the completion (or the eos after it)
+            first = next((t for t, (s, e) in enumerate(enc["offset_mapping"]) if e > start), len(ids))
+            starts.append(max(first, 1))
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows], device=device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+        logp = token_log_probs(model, final_hidden(model, ids, mask)[:, :-1], ids[:, 1:]).clamp(min=LOGPROB_FLOOR)
+        for row, first, lp in zip(rows, starts, logp, strict=True):
+            # lp[t - 1] is log p(token t | tokens < t)
+            out.append(lp[first - 1 : len(row) - 1].min().item() if first < len(row) else LOGPROB_FLOOR)
+    return torch.tensor(out)
+
+
+def fit_weight(
+    base_chosen: torch.Tensor, base_rejected: torch.Tensor, z_chosen: torch.Tensor, z_rejected: torch.Tensor
+) -> float:
+    """beta maximising sum log sigmoid((base_c - base_r) + beta (z_c - z_r)) - RIDGE beta^2: a
+    Bradley-Terry fit of the one extra term with the base score's weight held at 1."""
+    margin = (base_chosen - base_rejected).double()
+    dz = (z_chosen - z_rejected).double()
+    beta = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([beta], max_iter=200, tolerance_grad=1e-10, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.softplus(-(margin + beta * dz)).mean() + RIDGE * beta.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    value = beta.item()
+    if not math.isfinite(value):
+        raise ValueError("the likelihood term's Bradley-Terry fit did not converge")
+    return value
+
+
+def link_model_dir(src: str | Path, dest: str | Path) -> Path:
+    """A copy of the model directory `src` at `dest`, each file a hard link where the file system
+    allows (the same weights are not written twice), else copied."""
+
+    def link_or_copy(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dest, copy_function=link_or_copy)
+    return Path(dest)
