@@ -177,6 +177,7 @@ def test_the_likelihood_term_is_one_shared_shift_of_every_member(workspace, tmp_
     torch.testing.assert_close(ensemble.member_rewards(prompts, completions), normalised + shift, atol=1e-5, rtol=1e-5)
     _, spread = ensemble.score(prompts, completions, "uwo", 1.0)
     torch.testing.assert_close(spread, normalised.std(0, correction=0), atol=1e-5, rtol=1e-5)
+    assert RewardEnsemble(out.parent / "honesty").lm is ensemble.lm  # one policy, one copy in memory
     broken = tmp_path / "helpfulness"
     shutil.copytree(out, broken)
     shutil.rmtree(broken / LM_DIR)

@@ -29,11 +29,11 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedTokenizerBase
+from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from rlhfops.chat import scored_text
 from rlhfops.modeling import default_device, load_tokenizer, load_weights
-from rlhfops.reward.likelihood import LM_DIR, response_min_logprob
+from rlhfops.reward.likelihood import LM_DIR, load_lm, shared_min_logprob
 from rlhfops.reward.stacked import StackedLlamaScorer, can_stack
 from rlhfops.workspace import RM_HEADS as HEADS
 from rlhfops.workspace import RM_MANIFEST as MANIFEST
@@ -116,7 +116,7 @@ class RewardEnsemble:
         if self.likelihood is not None:
             if not (self.path / LM_DIR).is_dir():
                 raise FileNotFoundError(f"{manifest_path} has a likelihood term but '{self.path / LM_DIR}' is missing")
-            self.lm = load_weights(AutoModelForCausalLM, self.path / LM_DIR, train=False, device=self.device).eval()
+            self.lm = load_lm(self.path / LM_DIR, self.device)
             self.lm_tokenizer = load_tokenizer(self.path / LM_DIR)
 
     def __len__(self) -> int:
@@ -153,23 +153,23 @@ class RewardEnsemble:
             self.models = []
         return self.stacked
 
-    def min_logprob(self, prompts: list[str], completions: list[str], batch_size: int = 64) -> torch.Tensor:
-        """m of each response under the ensemble's LM, (N,) (`likelihood.response_min_logprob`)."""
+    def min_logprob(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
+        """m of each response under the ensemble's LM, (N,) (`likelihood.shared_min_logprob`)."""
         if self.lm is None:
             raise ValueError(f"reward ensemble '{self.path}' has no likelihood term")
-        return response_min_logprob(self.lm, self.lm_tokenizer, prompts, completions, self.max_length, batch_size)
+        return shared_min_logprob(self.lm, self.lm_tokenizer, prompts, completions, self.max_length)
 
-    def likelihood_term(self, prompts: list[str], completions: list[str], batch_size: int = 64) -> torch.Tensor:
+    def likelihood_term(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
         """beta * z(m) per response (N,); zeros without a likelihood term."""
         if self.likelihood is None:
             return torch.zeros(len(prompts))
-        z = (self.min_logprob(prompts, completions, batch_size) - self.likelihood["mean"]) / self.likelihood["std"]
+        z = (self.min_logprob(prompts, completions) - self.likelihood["mean"]) / self.likelihood["std"]
         return self.likelihood["beta"] * z
 
     def member_rewards(self, prompts: list[str], completions: list[str], batch_size: int = 64) -> torch.Tensor:
         """Normalised member scores (K, N), each plus the likelihood term where the ensemble has one."""
         normalised = (self.raw_rewards(prompts, completions, batch_size) - self.offsets) / self.scales
-        return normalised + self.likelihood_term(prompts, completions, batch_size)
+        return normalised + self.likelihood_term(prompts, completions)
 
     def score(
         self, prompts: list[str], completions: list[str], how: str = "mean", lam: float = 1.0, batch_size: int = 64

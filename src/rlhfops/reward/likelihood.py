@@ -23,19 +23,59 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import weakref
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhfops.chat import render, scored_text
-from rlhfops.modeling import final_hidden, model_device, token_log_probs
+from rlhfops.modeling import final_hidden, load_weights, model_device, token_log_probs
 
 LM_DIR = "lm"  # an ensemble's copy of the LM its likelihood term reads
 LOGPROB_FLOOR = -30.0  # log-probs below this count as this: one impossible token does not dominate a fit
 RIDGE = 1e-4  # on fitted weights: finite when the pairs are separable
 BATCH_SIZE = 64
+
+
+# The LMs loaded in this process, by weights file and device: the ensembles of one workspace link the
+# same policy into each lm/, and hold one copy of it between them, not one per objective.
+_LOADED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+# Per shared LM, its last m batch: a composite reward scores one batch with every objective's
+# ensemble in turn, and they read one LM; the first pays, the others reuse it.
+_LAST_M: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def shared_min_logprob(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    completions: list[str],
+    max_length: int,
+) -> torch.Tensor:
+    """`response_min_logprob`, remembered for the last batch per model: the same numbers, computed
+    once when several ensembles share the LM (`load_lm`) and score the same batch."""
+    key = (tuple(prompts), tuple(completions), max_length)
+    last = _LAST_M.get(model)
+    if last is None or last[0] != key:
+        last = (key, response_min_logprob(model, tokenizer, prompts, completions, max_length))
+        _LAST_M[model] = last
+    return last[1].clone()
+
+
+def load_lm(path: str | Path, device: torch.device) -> PreTrainedModel:
+    """The causal LM in `path` for scoring (checkpoint dtype, eval), shared with every other caller
+    in this process whose directory holds the same weights file (a hard link of it) on `device`."""
+    weights = Path(path) / "model.safetensors"
+    key = (weights.stat().st_dev, weights.stat().st_ino, str(device)) if weights.exists() else (str(path), str(device))
+    model = _LOADED.get(key)
+    if model is None:
+        model = load_weights(AutoModelForCausalLM, path, train=False, device=device).eval()
+        _LOADED[key] = model
+    return model
 
 
 @torch.no_grad()

@@ -27,7 +27,6 @@ from rich.progress import Progress
 from safetensors.torch import save_file
 from transformers import (
     AutoModel,
-    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     set_seed,
 )
@@ -41,7 +40,7 @@ from rlhfops.config import Config
 from rlhfops.files import atomic_directory, atomic_write_json, write_jsonl
 from rlhfops.modeling import default_device, load_tokenizer, load_weights
 from rlhfops.reward.ensemble import AGGREGATIONS, HEADS, MANIFEST, RewardEnsemble, aggregate, pooled_last_token
-from rlhfops.reward.likelihood import LM_DIR, fit_weight, link_model_dir, response_min_logprob
+from rlhfops.reward.likelihood import LM_DIR, fit_weight, link_model_dir, load_lm, response_min_logprob
 from rlhfops.training import one_progress_display, trl_run_args
 from rlhfops.workspace import PAIR_STATS, RM_MEMBERS, Workspace, is_model_dir, pairs_file
 from rlhfops.workspace import RM_SUMMARY as SUMMARY
@@ -235,7 +234,7 @@ def _fit_likelihood_term(
     members' normalised mean; returns the manifest's `likelihood` entry."""
     link_model_dir(policy_dir, ensemble.path / LM_DIR)
     tokenizer = load_tokenizer(ensemble.path / LM_DIR)
-    lm = load_weights(AutoModelForCausalLM, ensemble.path / LM_DIR, train=False, device=default_device())
+    lm = load_lm(ensemble.path / LM_DIR, default_device())
 
     def m_of(records: list[dict], side: str) -> torch.Tensor:
         prompts = [r["prompt"] for r in records]
