@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 from rlhfops.annotation.steps import build_step_data, write_step_data
 from rlhfops.config import load_config
 from rlhfops.modeling import build_char_tokenizer, init_policy, save_policy
+from rlhfops.reward.likelihood import LOGPROB_FLOOR
 from rlhfops.reward.prm import (
     FEATURES,
     LIKELIHOOD,
-    LOGPROB_FLOOR,
     METRICS,
     ProcessRewardModel,
     calibrated,

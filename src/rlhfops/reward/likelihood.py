@@ -79,6 +79,19 @@ def load_lm(path: str | Path, device: torch.device) -> PreTrainedModel:
 
 
 @torch.no_grad()
+def next_token_logprobs(model: PreTrainedModel, rows: list[list[int]], pad_token_id: int) -> list[list[float]]:
+    """Per token-id row, log p(token t | tokens < t) at index t - 1, floored at LOGPROB_FLOOR: one
+    right-padded forward of the causal LM `model` for all rows (log-probs from hidden states, a chunk
+    at a time)."""
+    width = max(len(r) for r in rows)
+    device = model_device(model)
+    ids = torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows], device=device)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+    logp = token_log_probs(model, final_hidden(model, ids, mask)[:, :-1], ids[:, 1:]).clamp(min=LOGPROB_FLOOR)
+    return [row[: len(r) - 1] for row, r in zip(logp.tolist(), rows, strict=True)]
+
+
+@torch.no_grad()
 def response_min_logprob(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -91,7 +104,6 @@ def response_min_logprob(
     before it) over the tokens from the completion's first character through the eos, of
     `chat.scored_text` cut at `max_length` tokens; LOGPROB_FLOOR when none of them is left."""
     model.eval()
-    device = model_device(model)
     out = []
     for i in range(0, len(prompts), batch_size):
         rows, starts = [], []
@@ -103,13 +115,9 @@ def response_min_logprob(
             # the first token that holds a character of the completion (or the eos after it)
             first = next((t for t, (s, e) in enumerate(enc["offset_mapping"]) if e > start), len(ids))
             starts.append(max(first, 1))
-        width = max(len(r) for r in rows)
-        ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows], device=device)
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
-        logp = token_log_probs(model, final_hidden(model, ids, mask)[:, :-1], ids[:, 1:]).clamp(min=LOGPROB_FLOOR)
-        for row, first, lp in zip(rows, starts, logp, strict=True):
+        for row, first, lp in zip(rows, starts, next_token_logprobs(model, rows, tokenizer.pad_token_id), strict=True):
             # lp[t - 1] is log p(token t | tokens < t)
-            out.append(lp[first - 1 : len(row) - 1].min().item() if first < len(row) else LOGPROB_FLOOR)
+            out.append(min(lp[first - 1 :]) if first < len(row) else LOGPROB_FLOOR)
     return torch.tensor(out)
 
 

@@ -70,15 +70,13 @@ from rlhfops.config import CONFIG_FILENAME, Config, load_config
 from rlhfops.generation import token_offsets
 from rlhfops.modeling import (
     default_device,
-    final_hidden,
     load_decoder,
     load_tokenizer,
     load_weights,
     model_device,
     save_policy,
-    token_log_probs,
 )
-from rlhfops.reward.likelihood import LOGPROB_FLOOR, RIDGE
+from rlhfops.reward.likelihood import RIDGE, next_token_logprobs
 from rlhfops.tasks import STEP_SEPARATOR, Example, Task, make_task, steps_of
 from rlhfops.workspace import PRM_METRICS as METRICS
 from rlhfops.workspace import STEPS, TRAIN_LOG
@@ -124,11 +122,24 @@ def label_chars(lines: list[str], start: int = 0) -> list[int]:
     return [at - 1 if line else at for at, line in zip(separator_chars(lines, start), lines, strict=True)]
 
 
-def _encode_lines(tokenizer: PreTrainedTokenizerBase, prompt: str, lines: list[str]):
-    """The whole record's text, its encoding (with offsets) and where the response starts."""
+def _line_tokens(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, lines: list[str], max_length: int
+) -> tuple[list[int], list[int | None], list[int | None]]:
+    """One encoding of `render(prompt) + lines[0] + "\\n" + ... + lines[-1] + "\\n"`: its token ids cut
+    at `max_length`, per line its label token (`label_chars`; None when cut off) and the token
+    covering its first character."""
     rendered = render(tokenizer, prompt)
     text = rendered + "".join(line + STEP_SEPARATOR for line in lines)
-    return text, tokenizer(text, return_offsets_mapping=True), len(rendered)
+    enc = tokenizer(text, return_offsets_mapping=True)
+    ids = enc["input_ids"][:max_length]
+    positions: list[int | None] = []
+    chars = label_chars(lines, len(rendered))
+    for at, token in zip(chars, covering_tokens(enc["offset_mapping"], chars), strict=True):
+        if token is None:
+            raise ValueError(f"the tokenizer keeps no token for the step label at character {at} of {text!r}")
+        positions.append(token if token < max_length else None)
+    starts = [at - len(line) for at, line in zip(separator_chars(lines, len(rendered)), lines, strict=True)]
+    return ids, positions, covering_tokens(enc["offset_mapping"], starts)
 
 
 def label_positions(
@@ -137,14 +148,7 @@ def label_positions(
     """Token ids of `render(prompt) + lines[0] + "\\n" + ... + lines[-1] + "\\n"`, cut at `max_length`, and
     per line the index of the token holding its label character (`label_chars`; None when it was
     cut off)."""
-    text, enc, start = _encode_lines(tokenizer, prompt, lines)
-    ids = enc["input_ids"][:max_length]
-    positions: list[int | None] = []
-    chars = label_chars(lines, start)
-    for at, token in zip(chars, covering_tokens(enc["offset_mapping"], chars), strict=True):
-        if token is None:
-            raise ValueError(f"the tokenizer keeps no token for the step label at character {at} of {text!r}")
-        positions.append(token if token < max_length else None)
+    ids, positions, _ = _line_tokens(tokenizer, prompt, lines, max_length)
     return ids, positions
 
 
@@ -154,14 +158,11 @@ def line_token_spans(
     """`label_positions`' token ids, and per line the tokens that hold its characters: from the
     token covering its first character through its label token (a token the line shares with the
     separator before it counts; an empty line has none); None when the label token was cut off."""
-    ids, positions = label_positions(tokenizer, prompt, lines, max_length)
-    _, enc, start = _encode_lines(tokenizer, prompt, lines)
-    firsts = covering_tokens(
-        enc["offset_mapping"], [at - len(line) for at, line in zip(separator_chars(lines, start), lines, strict=True)]
-    )
-    spans: list[range | None] = []
-    for line, first, last in zip(lines, firsts, positions, strict=True):
-        spans.append(None if last is None else range(first, last + 1) if line else range(0))
+    ids, positions, firsts = _line_tokens(tokenizer, prompt, lines, max_length)
+    spans = [
+        None if last is None else range(first, last + 1) if line else range(0)
+        for line, first, last in zip(lines, firsts, positions, strict=True)
+    ]
     return ids, spans
 
 
@@ -285,18 +286,14 @@ def line_features(
     causal LM `model` gives a token of line i (floored at LOGPROB_FLOOR; 0.0 for an empty line), and
     the lowest m of the lines before it (0.0 for the first). None for a line cut off by max_length."""
     model.eval()
-    device = model_device(model)
     out: list[list[tuple[float, float] | None]] = []
     for i in range(0, len(prompts), batch_size):
         encoded = [
             line_token_spans(tokenizer, p, ls, max_length)
             for p, ls in zip(prompts[i : i + batch_size], lines[i : i + batch_size], strict=True)
         ]
-        ids = pad_right([e[0] for e in encoded], tokenizer.pad_token_id, torch.long).to(device)
-        mask = pad_right([[1] * len(e[0]) for e in encoded], 0, torch.long).to(device)
-        hidden = final_hidden(model, ids, mask)
-        # logp[:, t - 1]: log p(token t | tokens < t)
-        logp = token_log_probs(model, hidden[:, :-1], ids[:, 1:]).clamp(min=LOGPROB_FLOOR).tolist()
+        # row[t - 1]: log p(token t | tokens < t)
+        logp = next_token_logprobs(model, [e[0] for e in encoded], tokenizer.pad_token_id)
         for row, (_, spans) in zip(logp, encoded, strict=True):
             features: list[tuple[float, float] | None] = []
             earlier = 0.0
