@@ -121,27 +121,43 @@ def response_min_logprob(
     return torch.tensor(out)
 
 
+def fit_logistic(
+    x: torch.Tensor, y: torch.Tensor, offset: torch.Tensor | None = None, bias: bool = True
+) -> tuple[list[float], float, float]:
+    """Logistic regression of y (N,) in {0, 1} on x (N, D), with a fixed `offset` (N,) added to the
+    logit and an optional bias: float64 L-BFGS, RIDGE on the weights (not the bias). Returns
+    (weights, bias (0.0 without), mean BCE at the fit)."""
+    x, y = x.double(), y.double()
+    offset = torch.zeros(len(y), dtype=torch.float64) if offset is None else offset.double()
+    w = torch.zeros(x.shape[1] + 1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=500, tolerance_grad=1e-10, line_search_fn="strong_wolfe")
+
+    def logits() -> torch.Tensor:
+        return offset + x @ w[:-1] + (w[-1] if bias else 0.0)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(logits(), y) + RIDGE * w[:-1].pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        loss = F.binary_cross_entropy_with_logits(logits(), y).item()
+    weights = w.detach().tolist()
+    if not all(math.isfinite(v) for v in weights):
+        raise ValueError("the logistic fit did not converge")
+    return weights[:-1], weights[-1] if bias else 0.0, loss
+
+
 def fit_weight(
     base_chosen: torch.Tensor, base_rejected: torch.Tensor, z_chosen: torch.Tensor, z_rejected: torch.Tensor
 ) -> float:
     """beta maximising sum log sigmoid((base_c - base_r) + beta (z_c - z_r)) - RIDGE beta^2: a
     Bradley-Terry fit of the one extra term with the base score's weight held at 1."""
-    margin = (base_chosen - base_rejected).double()
-    dz = (z_chosen - z_rejected).double()
-    beta = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([beta], max_iter=200, tolerance_grad=1e-10, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.softplus(-(margin + beta * dz)).mean() + RIDGE * beta.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    value = beta.item()
-    if not math.isfinite(value):
-        raise ValueError("the likelihood term's Bradley-Terry fit did not converge")
-    return value
+    dz = (z_chosen - z_rejected)[:, None]
+    weights, _, _ = fit_logistic(dz, torch.ones(len(dz)), offset=base_chosen - base_rejected, bias=False)
+    return weights[0]
 
 
 def link_model_dir(src: str | Path, dest: str | Path) -> Path:

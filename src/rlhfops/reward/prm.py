@@ -76,7 +76,7 @@ from rlhfops.modeling import (
     model_device,
     save_policy,
 )
-from rlhfops.reward.likelihood import RIDGE, next_token_logprobs
+from rlhfops.reward.likelihood import fit_logistic, next_token_logprobs
 from rlhfops.tasks import STEP_SEPARATOR, Example, Task, make_task, steps_of
 from rlhfops.workspace import PRM_METRICS as METRICS
 from rlhfops.workspace import STEPS, TRAIN_LOG
@@ -315,30 +315,16 @@ def fit_calibration(features: list[tuple[float, ...]], good: list[bool]) -> dict
     weights are 0 and the bias the smoothed rate, logit((n_good + 0.5) / (n + 1))."""
     if not good:
         raise ValueError("a likelihood PRM is fitted to labelled lines, and there are none")
-    x = torch.tensor(features, dtype=torch.float64)
-    design = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], 1)
-    y = torch.tensor(good, dtype=torch.float64)
-    w = torch.zeros(design.shape[1], dtype=torch.float64, requires_grad=True)
+    x, y = torch.tensor(features, dtype=torch.float64), torch.tensor(good, dtype=torch.float64)
     if all(good) or not any(good):
-        with torch.no_grad():
-            w[-1] = math.log((sum(good) + 0.5) / (len(good) - sum(good) + 0.5))
+        weights, bias = [0.0] * x.shape[1], math.log((sum(good) + 0.5) / (len(good) - sum(good) + 0.5))
+        loss = F.binary_cross_entropy_with_logits(torch.full_like(y, bias), y).item()
     else:
-        opt = torch.optim.LBFGS([w], max_iter=500, tolerance_grad=1e-10, line_search_fn="strong_wolfe")
-
-        def closure():
-            opt.zero_grad()
-            loss = F.binary_cross_entropy_with_logits(design @ w, y) + RIDGE * w[:-1].pow(2).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-    with torch.no_grad():
-        loss = F.binary_cross_entropy_with_logits(design @ w, y).item()
-    weights = w.detach().tolist()
+        weights, bias, loss = fit_logistic(x, y)
     return {
         "features": list(FEATURES[: x.shape[1]]),
-        "weights": weights[:-1],
-        "bias": weights[-1],
+        "weights": weights,
+        "bias": bias,
         "loss": loss,
         "n_lines": len(good),
         "n_bad_lines": good.count(False),
