@@ -97,6 +97,18 @@ def test_sft_then_eval_json(tmp_path):
     assert json.loads((tmp_path / "ws" / "eval" / "sft.json").read_text()) == result
 
 
+def test_sft_out_writes_a_verifier_lm_beside_the_policy(tmp_path):
+    """`rlhfops sft --out DIR`: a second model (a longer-trained verifier for reward.likelihood_lm /
+    prm.init) lands in DIR; the workspace's SFT policy is left alone."""
+    ws, out = tmp_path / "ws", tmp_path / "ws" / "models" / "verifier"
+    result = runner.invoke(
+        app, ["sft", "-c", "smoke", "-w", str(ws), "--set", "sft.max_steps=3", "--out", str(out), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["model_dir"] == str(out) and (out / "config.json").exists()
+    assert not (ws / "models" / "sft").exists()
+
+
 def test_run_is_one_whole_cycle_through_kfp_local(tmp_path):
     """The main job at smoke size: SFT, then one cycle pipeline run through kfp.local (collect ->
     annotate -> DVC version -> reward fan-out -> PRM -> PPO || offline RL -> evaluate -> gate ->

@@ -223,3 +223,16 @@ def test_registry_metrics_carry_the_task_metrics_and_the_win_rate():
         "gold/helpfulness": 0.5,
         "gold/conciseness": 1.0,
     }
+
+
+def test_offline_rl_reads_the_most_recent_logged_samples_up_to_its_bound():
+    import random
+
+    newest, older, oldest = [{"i": i} for i in range(3)], [{"i": i} for i in range(10, 16)], [{"i": 99}]
+    rows = cycle.recent_window([newest, older, oldest], 5, random.Random(0))
+    assert rows[:3] == newest  # the newest cycle whole, first
+    assert len(rows) == 5 and {r["i"] for r in rows[3:]} < {r["i"] for r in older}  # then part of the next
+    assert [r["i"] for r in rows[3:]] == sorted(r["i"] for r in rows[3:])  # in its order
+    assert rows == cycle.recent_window([newest, older, oldest], 5, random.Random(0))  # seeded
+    assert cycle.recent_window([newest, older, oldest], 0, random.Random(0)) == newest + older + oldest
+    assert cycle.recent_window([newest, older], 9, random.Random(0)) == newest + older

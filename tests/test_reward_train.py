@@ -201,6 +201,36 @@ def test_without_the_likelihood_term_members_are_only_normalised(workspace):
     torch.testing.assert_close(ensemble.member_rewards(prompts, completions), normalised)
 
 
+def test_the_likelihood_term_reads_the_lm_the_config_names(workspace, tmp_path):
+    """`reward.likelihood_lm`: a verifier LM other than the policy (here a smaller Llama) is what
+    lm/ links and what m is computed under; a path that is not a model fails before any member trains."""
+    from rlhfops.modeling import load_policy
+    from rlhfops.reward.likelihood import LM_DIR, response_min_logprob
+
+    root, _ = workspace
+    small_cfg = load_config("smoke", ["model.hidden_size=16", "model.intermediate_size=32", "seed=3"])
+    tokenizer, model = init_policy(small_cfg)
+    save_policy(model, tokenizer, small_cfg, tmp_path / "verifier")
+    overrides = [*OVERRIDES, "reward.kind=heads", "reward.objectives=[honesty]"]
+    cfg = load_config("smoke", [*overrides, f"reward.likelihood_lm={tmp_path / 'verifier'}"])
+    out = train_reward_models(
+        cfg, root / "data" / "preferences", root / "models" / "sft", tmp_path / "rm", progress=False
+    )
+    ensemble = RewardEnsemble(out / "honesty")
+    weights = (out / "honesty" / LM_DIR / "model.safetensors").stat().st_ino
+    assert weights == (tmp_path / "verifier" / "model.safetensors").stat().st_ino
+    prompts, completions = ["q: 2+3?\n", "q: 4/0?\n"], ["2+3=5\nanswer: 5", "answer: undefined"]
+    tokenizer, lm = load_policy(tmp_path / "verifier", train=False)
+    m = response_min_logprob(lm, tokenizer, prompts, completions, cfg.reward.max_length)
+    torch.testing.assert_close(ensemble.min_logprob(prompts, completions), m, atol=1e-5, rtol=1e-5)
+    missing = load_config("smoke", [*overrides, f"reward.likelihood_lm={tmp_path / 'nowhere'}"])
+    with pytest.raises(FileNotFoundError, match="reward.likelihood_lm .*nowhere"):
+        train_reward_models(
+            missing, root / "data" / "preferences", root / "models" / "sft", tmp_path / "rm2", progress=False
+        )
+    assert not (tmp_path / "rm2").exists()
+
+
 def test_stacked_scoring_matches_member_by_member(workspace):
     root, cfg = workspace
     out = root / "models" / "reward-full" / "helpfulness"

@@ -284,6 +284,11 @@ class RewardConfig(Section):
         description="each ensemble adds beta * the response's lowest token log-prob under the policy the members "
         "start from (normalised), beta fitted by Bradley-Terry on the train pairs (reward/likelihood.py)",
     )
+    likelihood_lm: ModelPath | None = Field(
+        None,
+        description="the causal LM whose log-probs the likelihood term reads (a stronger verifier than the policy; "
+        "a leading ~ is your home); null: the policy the members start from",
+    )
     train_tasks: int = Field(
         2,
         ge=0,
@@ -518,6 +523,12 @@ class OfflineConfig(Section):
         480, ge=1, description="train prompts whose samples are logged (480 x 4 = PPO's 60 x 32 completions)"
     )
     reward: Literal["composite", "gold"] = Field("composite", description="what scores the logged samples")
+    max_samples: int = Field(
+        2048,
+        ge=0,
+        description="in a cycle: the most recent logged samples offline RL scores and trains on, this cycle's first "
+        "(a seeded subset of the cycle that crosses the bound); 0: every sample so far",
+    )
     decode_beta: float = Field(2.0, ge=0, description="decoding: log_softmax(logits) + beta * (Q - V)")
     heads_train_trunk: bool = Field(
         False, description="let the Q / V / CQL gradients into the trunk (false: only the LM term trains it)"

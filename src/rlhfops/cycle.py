@@ -14,7 +14,7 @@ graph, `dvc.yaml` and `run_in_process` follow):
     reward_finish      each objective's manifest, normalisation and validation from its members
     prm                the process reward model on every cycle's step labels so far
     policy             the configured optimiser (PPO / GRPO / RLOO) from the stable policy
-    offline            offline RL on every logged, composite-scored sample so far
+    offline            offline RL on the most recent logged, composite-scored samples
     evaluate           gold evaluation (Best-of-N at `pipeline.eval_best_of_n`) of stable and each candidate
                        -> <ws>/eval/cycle-NNNN.json
     gate               the pre-deploy gate on paired per-prompt gold scores, alpha split over the
@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -363,10 +364,12 @@ def offline(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
         return {"skipped": True}
     start = Path(stable_or_register_sft(cfg, ws)["path"])
     models = cycle_models(ws, cycle)
-    rows = []
-    for n in ws.cycle_numbers():
-        if n <= cycle and (ws.cycle_dir(n) / RESPONSES).exists():
-            rows += read_responses(ws.cycle_dir(n) / RESPONSES)
+    by_cycle = [
+        read_responses(ws.cycle_dir(n) / RESPONSES)
+        for n in reversed(ws.cycle_numbers())
+        if n <= cycle and (ws.cycle_dir(n) / RESPONSES).exists()
+    ]
+    rows = recent_window(by_cycle, cfg.offline.max_samples, random.Random(cfg.seed + cycle))
     if not rows:
         raise ValueError(f"no collected responses in '{ws.root / 'cycles'}' up to cycle {cycle}")
     prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
@@ -374,7 +377,33 @@ def offline(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     data = write_offline_data(models / OFFLINE_DATA, prompts, responses, rewards)
     out = train_offline(cfg, start, data, models / "offline", progress=False)
     extract = [r for r in json.loads((out / TRAIN_LOG).read_text()) if r["phase"] == "extract"]
-    return {"path": str(out), "samples": len(rows), "start": str(start), "distill_kl": extract[-1]["losses/distill_kl"]}
+    return {
+        "path": str(out),
+        "samples": len(rows),
+        "logged": sum(map(len, by_cycle)),
+        "start": str(start),
+        "distill_kl": extract[-1]["losses/distill_kl"],
+    }
+
+
+def recent_window(by_cycle: list[list[dict[str, Any]]], limit: int, rng: random.Random) -> list[dict[str, Any]]:
+    """The rows of the newest cycles (`by_cycle` newest first) up to `limit` rows (0: all): whole
+    cycles while they fit, then a seeded random subset of the cycle that crosses the bound, in its
+    order. Offline RL learns best from what the policies it starts from produce, and its cost grows
+    with the rows, not with the cycles so far.
+
+    >>> recent_window([[1, 2], [3, 4, 5]], 3, random.Random(0))
+    [1, 2, 4]
+    """
+    rows: list[dict[str, Any]] = []
+    for cycle_rows in by_cycle:
+        room = limit - len(rows) if limit > 0 else len(cycle_rows)
+        if room <= 0:
+            break
+        if room < len(cycle_rows):
+            cycle_rows = [cycle_rows[i] for i in sorted(rng.sample(range(len(cycle_rows)), room))]
+        rows += cycle_rows
+    return rows
 
 
 def candidates(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Path]:

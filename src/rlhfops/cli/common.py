@@ -163,12 +163,13 @@ def require_policy(ws: Workspace) -> Path:
     return policy
 
 
-def train_sft(cfg: Config, ws: Workspace, progress: bool) -> Path:
-    """Train the SFT policy into the workspace (`rlhfops sft`, and `rlhfops run` on a fresh workspace)."""
+def train_sft(cfg: Config, ws: Workspace, progress: bool, out: Path | None = None) -> Path:
+    """Train the SFT policy into the workspace, or into `out` (`rlhfops sft`, and `rlhfops run` on a
+    fresh workspace)."""
     from rlhfops.sft import run_sft
 
     with user_errors():
-        return run_sft(cfg, ws.model_dir("sft"), progress=progress)
+        return run_sft(cfg, out or ws.model_dir("sft"), progress=progress)
 
 
 def evaluate_to_workspace(cfg: Config, ws: Workspace, model_path: Path | None, name: str) -> dict[str, Any]:

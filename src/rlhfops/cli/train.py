@@ -37,10 +37,18 @@ def sft(
     workspace: WorkspaceOpt = Path("workspace"),
     set_: SetOpt = None,
     json_out: JsonOpt = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Write the model here instead of the workspace's SFT policy: e.g. a longer-trained verifier LM "
+            "for reward.likelihood_lm and prm.init.",
+        ),
+    ] = None,
 ) -> None:
     """Train the starting policy on noisy-teacher data (trl SFTTrainer)."""
     cfg, ws = setup(config, set_, workspace)
-    out = train_sft(cfg, ws, progress=not json_out)
+    out = train_sft(cfg, ws, progress=not json_out, out=out)
     log = read_json(out / TRAIN_LOG)
     losses = [row["loss"] for row in log if "loss" in row]
     summary = {

@@ -191,7 +191,8 @@ def _finish_ensemble(
     cfg: Config, objective: str, members: list[dict], tmp: Path, val: list[dict], train: list[dict], policy_dir: Path
 ) -> dict[str, Any]:
     """The manifest, per-member normalisation, likelihood term (`reward.likelihood`: the LM is
-    `policy_dir`, beta fitted on `train`) and validation of an ensemble whose members are in `tmp`."""
+    `reward.likelihood_lm`, else `policy_dir`; beta fitted on `train`) and validation of an
+    ensemble whose members are in `tmp`."""
     rc = cfg.reward
     manifest = {
         "objective": objective,
@@ -214,7 +215,9 @@ def _finish_ensemble(
     manifest["val"] = {k: v for k, v in summary.items() if k != "normalisation"}
     atomic_write_json(tmp / MANIFEST, manifest)
     if rc.likelihood:
-        manifest["likelihood"] = _fit_likelihood_term(RewardEnsemble(tmp), val, train, policy_dir)
+        manifest["likelihood"] = _fit_likelihood_term(
+            RewardEnsemble(tmp), val, train, likelihood_lm_dir(cfg, policy_dir)
+        )
         atomic_write_json(tmp / MANIFEST, manifest)
         without = manifest["val"]["ensemble_accuracy"]
         summary = validate(RewardEnsemble(tmp), val, cfg)
@@ -226,13 +229,21 @@ def _finish_ensemble(
     return manifest["val"]
 
 
+def likelihood_lm_dir(cfg: Config, policy_dir: str | Path) -> Path:
+    """The LM the ensembles' likelihood term reads: `reward.likelihood_lm`, else the policy."""
+    lm = Path(cfg.reward.likelihood_lm or policy_dir)
+    if not is_model_dir(lm):
+        raise FileNotFoundError(f"reward.likelihood_lm '{lm}' is not a model directory (config.json + weights)")
+    return lm
+
+
 def _fit_likelihood_term(
-    ensemble: RewardEnsemble, val: list[dict], train: list[dict], policy_dir: Path
+    ensemble: RewardEnsemble, val: list[dict], train: list[dict], lm_dir: Path
 ) -> dict[str, float]:
     """The ensemble's likelihood term (reward/likelihood.py): the LM linked into `<ensemble>/lm`, m's
     mean and std on the validation responses, beta by Bradley-Terry on the train pairs over the
     members' normalised mean; returns the manifest's `likelihood` entry."""
-    link_model_dir(policy_dir, ensemble.path / LM_DIR)
+    link_model_dir(lm_dir, ensemble.path / LM_DIR)
     tokenizer = load_tokenizer(ensemble.path / LM_DIR)
     lm = load_lm(ensemble.path / LM_DIR, default_device())
 
@@ -392,6 +403,8 @@ def train_reward_models(
     data_dir, policy_dir, out_dir = Path(data_dir), Path(policy_dir), Path(out_dir)
     if not is_model_dir(policy_dir):
         raise FileNotFoundError(f"policy directory '{policy_dir}' does not exist; train one with `rlhfops sft`")
+    if cfg.reward.likelihood:
+        likelihood_lm_dir(cfg, policy_dir)  # before any member trains
     if workspace is not None:
         prepare_preference_data(cfg, workspace, data_dir, policy_dir)
     summary = {}
