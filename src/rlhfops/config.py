@@ -524,7 +524,7 @@ class OfflineConfig(Section):
     )
     reward: Literal["composite", "gold"] = Field("composite", description="what scores the logged samples")
     max_samples: int = Field(
-        2048,
+        1024,
         ge=0,
         description="in a cycle: the most recent logged samples offline RL scores and trains on, this cycle's first "
         "(a seeded subset of the cycle that crosses the bound); 0: every sample so far",
