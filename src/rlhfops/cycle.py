@@ -350,11 +350,11 @@ def _policy_trainjob(cfg: Config, ws: Workspace, cycle: int, out: Path, start: P
 
 
 def offline(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
-    """Offline RL from the stable policy on every cycle's collected policy samples so far, scored
-    by `offline.reward` (this cycle's reward models by default). The candidate is the shifted
-    policy extracted into a plain causal LM (`rl/ilql.py`): what is evaluated, served, collected from
-    and, once deployed, the next cycle's start; its last distillation KL to the shifted policy is
-    reported."""
+    """Offline RL from the stable policy on the most recent collected samples (`recent_window`,
+    `offline.max_samples`), scored by `offline.reward` (this cycle's reward models by default). The
+    candidate is the shifted policy extracted into a plain causal LM (`rl/ilql.py`): what is
+    evaluated, served, collected from and, once deployed, the next cycle's start; its last
+    distillation KL to the shifted policy is reported."""
     from rlhfops.annotation.collect import read_responses
     from rlhfops.reward.build import reward_fn
     from rlhfops.rl.ilql import train_offline, write_offline_data

@@ -17,9 +17,11 @@ Rows from those (`table.technique_table`): iterative RLHF (gold after cycles 1..
 multi-objective (`pareto`: policies trained per weight of a simplex grid, their Pareto front's
 hypervolume vs the weighted-sum policy's over the same training seeds; the same weights at
 inference in `draw.pareto`), process supervision (`draw.rerank_solve`: PRM- vs outcome-RM-reranked
-Best-of-N_max on solve accuracy; `dense_prm`: dense vs outcome PPO), Best-of-N (gold vs N, adaptive
-N), ensembles (`draw.overoptimisation`: gold vs proxy as N grows, one member vs the ensemble under
-mean / min / uwo), offline RL vs PPO (cycle 1's two candidates, same start and data).
+Best-of-N_max on solve accuracy, and the outcome RM's pick vs the first sample; `dense_prm`: dense
+vs outcome PPO), Best-of-N (gold at N_max and at 4 vs N=1; adaptive N, with its share of N_max's
+samples and of its gain), ensembles (`draw.overoptimisation`: gold vs proxy as N grows, one member
+vs the ensemble under mean / min / uwo, a row each at N_max), offline RL vs PPO (cycle 1's two
+candidates, same start and data).
 
 Speed ratios (`speed`), once per run on seed `seeds[0]`'s SFT policy: fused vs member-by-member
 ensemble scoring, batched Best-of-N vs one `generate` per prompt, PPO vs TRL's RLOOTrainer, and

@@ -65,7 +65,12 @@ def technique_table(rows: list[SeedResult]) -> list[TechniqueRow]:
     bon = [{c["n"]: c for c in r["best_of_n"]["curve"]} for r in rows]
     n_max = max(bon[0])
     gold_1 = [b[1]["gold"] for b in bon]
-    at_max = {how: [r["overoptimisation"][how][-1]["gold"] for r in rows] for how in ("single", "mean")}
+    at_max = {how: [r["overoptimisation"][how][-1]["gold"] for r in rows] for how in ("single", "mean", "min", "uwo")}
+    n_small = 4 if 4 in bon[0] and n_max > 4 else None
+    bon_gain = fmean(b[n_max]["gold"] - g for b, g in zip(bon, gold_1, strict=True))
+    adaptive = [r["best_of_n"]["adaptive"] for r in rows]
+    adaptive_gain = fmean(a["gold"] - g for a, g in zip(adaptive, gold_1, strict=True))
+    adaptive_samples = fmean(a["mean_samples_per_prompt"] for a in adaptive)
     ppo_seconds = fmean(c["seconds"]["policy"] for c in first)
     mo = [r["multi_objective"] for r in rows]
     return [
@@ -97,6 +102,14 @@ def technique_table(rows: list[SeedResult]) -> list[TechniqueRow]:
             f"a PRM ({avg(lambda r: r['cycles'][-1]['seconds']['prm']):.0f} s to train)",
         ),
         technique_row(
+            "Outcome-RM rerank",
+            "pick answers the reward model prefers",
+            f"solve accuracy of Best-of-{n_max}: outcome RM (helpfulness ensemble) vs the first sample",
+            [r["rerank"]["outcome_rm"] for r in rows],
+            [r["rerank"]["first_sample"] for r in rows],
+            f"{n_max}x samples and scoring",
+        ),
+        technique_row(
             "Process supervision (dense PPO)",
             "credit each step in RL",
             "gold composite: PPO with dense PRM rewards vs outcome only",
@@ -112,21 +125,39 @@ def technique_table(rows: list[SeedResult]) -> list[TechniqueRow]:
             gold_1,
             f"{n_max}x samples and scoring",
         ),
+        *(
+            [
+                technique_row(
+                    f"Best-of-{n_small}",
+                    "spend less inference compute for quality",
+                    f"gold composite: N={n_small} vs N=1",
+                    [b[n_small]["gold"] for b in bon],
+                    gold_1,
+                    f"{n_small}x samples and scoring",
+                )
+            ]
+            if n_small
+            else []
+        ),
         technique_row(
             "Adaptive N",
             "spend samples only where the RMs disagree",
             "gold composite: adaptive N vs N=1",
-            [r["best_of_n"]["adaptive"]["gold"] for r in rows],
+            [a["gold"] for a in adaptive],
             gold_1,
-            f"{avg(lambda r: r['best_of_n']['adaptive']['mean_samples_per_prompt']):.1f} samples per prompt",
+            f"{adaptive_samples:.1f} samples per prompt ({adaptive_samples / n_max:.0%} of Best-of-{n_max}'s) for "
+            + (f"{adaptive_gain / bon_gain:.0%} of its mean gain" if bon_gain > 0 else "no Best-of-N gain to share"),
         ),
-        technique_row(
-            "RM ensembles",
-            "robustness to reward over-optimisation",
-            f"gold composite at N={n_max}: ensemble mean vs one RM",
-            at_max["mean"],
-            at_max["single"],
-            f"{rows[0]['members']}x RM training and scoring",
+        *(
+            technique_row(
+                f"RM ensembles ({how})",
+                "robustness to reward over-optimisation",
+                f"gold composite at N={n_max}: ensemble {how} vs one RM",
+                at_max[how],
+                at_max["single"],
+                f"{rows[0]['members']}x RM training and scoring",
+            )
+            for how in ("mean", "min", "uwo")
         ),
         technique_row(
             "Offline RL (vs PPO)",

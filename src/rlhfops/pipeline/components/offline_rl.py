@@ -1,4 +1,4 @@
-"""Offline RL (IQL / CQL / ILQL) on every logged, composite-scored sample so far."""
+"""Offline RL (IQL / CQL / ILQL) on the most recent logged, composite-scored samples (`offline.max_samples`)."""
 
 from typing import List
 
