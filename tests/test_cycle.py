@@ -236,3 +236,21 @@ def test_offline_rl_reads_the_most_recent_logged_samples_up_to_its_bound():
     assert rows == cycle.recent_window([newest, older, oldest], 5, random.Random(0))  # seeded
     assert cycle.recent_window([newest, older, oldest], 0, random.Random(0)) == newest + older + oldest
     assert cycle.recent_window([newest, older], 9, random.Random(0)) == newest + older
+
+
+def test_offline_rl_reads_no_older_cycle_than_its_window_needs():
+    import random
+
+    def newest_first():
+        yield [{"i": i} for i in range(4)]
+        raise AssertionError("an older cycle was read though the newest one filled the window")
+
+    assert len(cycle.recent_window(newest_first(), 4, random.Random(0))) == 4
+
+
+def test_reward_plan_checks_the_likelihood_lm_before_any_member_trains(ws_with_sft, tmp_path):
+    cfg, ws = ws_with_sft
+    cfg = load_config("smoke", [f"reward.likelihood_lm={tmp_path / 'nowhere'}"])
+    with pytest.raises(FileNotFoundError, match="reward.likelihood_lm"):
+        cycle.reward_plan(cfg, ws, 1)
+    assert not ws.data_dir("preferences").exists()

@@ -34,7 +34,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from statistics import fmean
@@ -240,9 +240,12 @@ def version_data(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
 def reward_plan(cfg: Config, ws: Workspace, cycle: int) -> list[str]:
     """Prepare the reward-model training pairs (the union of cycles 1..n) once, then the fan-out:
     `reward_specs`, one spec per training task."""
-    from rlhfops.reward.train import prepare_preference_data
+    from rlhfops.reward.train import likelihood_lm_dir, prepare_preference_data
 
-    prepare_preference_data(cfg, ws, ws.data_dir("preferences"), Path(stable_or_register_sft(cfg, ws)["path"]))
+    policy = Path(stable_or_register_sft(cfg, ws)["path"])
+    if cfg.reward.likelihood:
+        likelihood_lm_dir(cfg, policy)  # before any member trains, as `train_reward_models` checks it
+    prepare_preference_data(cfg, ws, ws.data_dir("preferences"), policy)
     return reward_specs(cfg, cycle)
 
 
@@ -364,12 +367,12 @@ def offline(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
         return {"skipped": True}
     start = Path(stable_or_register_sft(cfg, ws)["path"])
     models = cycle_models(ws, cycle)
-    by_cycle = [
+    newest_first = (
         read_responses(ws.cycle_dir(n) / RESPONSES)
         for n in reversed(ws.cycle_numbers())
         if n <= cycle and (ws.cycle_dir(n) / RESPONSES).exists()
-    ]
-    rows = recent_window(by_cycle, cfg.offline.max_samples, random.Random(cfg.seed + cycle))
+    )
+    rows = recent_window(newest_first, cfg.offline.max_samples, random.Random(cfg.seed + cycle))
     if not rows:
         raise ValueError(f"no collected responses in '{ws.root / 'cycles'}' up to cycle {cycle}")
     prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
@@ -377,20 +380,14 @@ def offline(cfg: Config, ws: Workspace, cycle: int) -> dict[str, Any]:
     data = write_offline_data(models / OFFLINE_DATA, prompts, responses, rewards)
     out = train_offline(cfg, start, data, models / "offline", progress=False)
     extract = [r for r in json.loads((out / TRAIN_LOG).read_text()) if r["phase"] == "extract"]
-    return {
-        "path": str(out),
-        "samples": len(rows),
-        "logged": sum(map(len, by_cycle)),
-        "start": str(start),
-        "distill_kl": extract[-1]["losses/distill_kl"],
-    }
+    return {"path": str(out), "samples": len(rows), "start": str(start), "distill_kl": extract[-1]["losses/distill_kl"]}
 
 
-def recent_window(by_cycle: list[list[dict[str, Any]]], limit: int, rng: random.Random) -> list[dict[str, Any]]:
-    """The rows of the newest cycles (`by_cycle` newest first) up to `limit` rows (0: all): whole
-    cycles while they fit, then a seeded random subset of the cycle that crosses the bound, in its
-    order. Offline RL learns best from what the policies it starts from produce, and its cost grows
-    with the rows, not with the cycles so far.
+def recent_window(by_cycle: Iterable[list[dict[str, Any]]], limit: int, rng: random.Random) -> list[dict[str, Any]]:
+    """The rows of the newest cycles (`by_cycle` newest first, read only as far as needed) up to
+    `limit` rows (0: all): whole cycles while they fit, then a seeded random subset of the cycle that
+    crosses the bound, in its order. Offline RL learns best from what the policies it starts from
+    produce, and its cost grows with the rows, not with the cycles so far.
 
     >>> recent_window([[1, 2], [3, 4, 5]], 3, random.Random(0))
     [1, 2, 4]
@@ -398,11 +395,11 @@ def recent_window(by_cycle: list[list[dict[str, Any]]], limit: int, rng: random.
     rows: list[dict[str, Any]] = []
     for cycle_rows in by_cycle:
         room = limit - len(rows) if limit > 0 else len(cycle_rows)
-        if room <= 0:
-            break
         if room < len(cycle_rows):
             cycle_rows = [cycle_rows[i] for i in sorted(rng.sample(range(len(cycle_rows)), room))]
         rows += cycle_rows
+        if limit > 0 and len(rows) >= limit:
+            break
     return rows
 
 
