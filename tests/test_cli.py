@@ -141,7 +141,9 @@ def test_run_is_one_whole_cycle_through_kfp_local(tmp_path):
     assert (models / "reward" / "summary.json").exists() and not list((models / "reward").glob("*.parts"))
     assert (models / "prm" / "config.json").exists() and (models / "offline" / "config.json").exists()
     assert not (models / "offline" / "ilql_heads.safetensors").exists()  # the extracted LM, no heads
-    assert list((ws / "logs").glob("pipeline-*.log"))
+    (log,) = (ws / "logs").glob("pipeline-*.log")
+    # every stage ran in a child of the warm task server (rlhfops.pipeline.warm): 14 tasks less record-failure
+    assert log.read_text().count("rlhfops.cycle:run_stage in a process forked from the warm task server") == 13
 
 
 def test_a_failed_cycle_is_recorded_and_exits_non_zero(tmp_path):

@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "rlhfops"
 
 # (layer, module prefixes); the longest matching prefix places a module.
 LAYERS = [
-    (0, ["chat", "config", "files", "workspace", "registry", "images", "tracking", "serving.store"]),
+    # pipeline.warm: the fork server the local run's tasks hand their stage to (cycle.run_stage calls it)
+    (0, ["chat", "config", "files", "workspace", "registry", "images", "tracking", "serving.store", "pipeline.warm"]),
     (1, ["tasks", "modeling", "generation", "training", "real_model", "versioning", "kube", "trainer_job"]),
     # the pair and stepwise record formats and the task-built data sets are what reward training
     # reads; the judges, active learning, review and the annotate stage above them use reward models

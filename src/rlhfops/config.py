@@ -789,7 +789,7 @@ class SimulateConfig(Section):
     n_requests: int = Field(200, ge=1, description="requests per simulate-traffic run")
     split: Literal["train", "val", "test"] = Field("train", description="where the users' prompts come from")
     n_users: int = Field(50, ge=1, description="distinct user ids (for sticky routing)")
-    concurrency: int = Field(16, ge=1, description="users sending at once")
+    concurrency: int = Field(64, ge=1, description="users sending at once (the router batches up to serving.max_batch)")
     max_tokens: int = Field(48, ge=1, description="max_tokens the users ask for")
     noise: float = Field(0.1, ge=0, le=0.5, description="probability a user's thumbs up/down is flipped")
     threshold: float = Field(0.75, ge=0, le=1, description="mean gold score at or above which a user gives thumbs up")
@@ -848,6 +848,11 @@ class PipelineConfig(Section):
     eval_prompts: int = Field(256, ge=2, description="test prompts of the per-cycle evaluation (paired for the gate)")
     eval_best_of_n: int = Field(1, ge=1, description="per-cycle evaluation decodes Best-of-N (1: plain sampling)")
     simulate: bool = Field(True, description="`rlhfops run`: simulated canary traffic after each deploy")
+    warm_tasks: bool = Field(
+        True,
+        description="`rlhfops run`: each kfp.local task's stage runs in a process forked from one that "
+        "imported torch / transformers / trl / wandb once (rlhfops.pipeline.warm), ~5 s less per task",
+    )
     kserve: bool = Field(False, description="deploy / promote / roll back on the cluster's InferenceService too")
     trainer_job: bool = Field(
         False, description="the policy step runs as a Kubeflow Trainer TrainJob over `trainer_job.nodes` nodes"

@@ -612,7 +612,12 @@ def scalars(result: Any, prefix: str = "") -> dict[str, float]:
 
 def run_stage(name: str, workspace: str, config: str, overrides: list[str], cycle: int, group: str, **kwargs) -> Any:
     """Load the config and workspace, run stage `name` inside its W&B run (job_type = name, group =
-    the pipeline run) and log its numbers."""
+    the pipeline run) and log its numbers. In a task of `rlhfops run` (kfp.local) the stage runs in a
+    process forked from the run's warm server, which has the libraries imported (`pipeline.warm`)."""
+    from rlhfops.pipeline.warm import active, call
+
+    if server := active():
+        return call(server, "rlhfops.cycle:run_stage", name, workspace, config, overrides, cycle, group, **kwargs)
     from rlhfops.tracking import start_run
 
     cfg, ws = open_stage(workspace, config, overrides)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -28,6 +28,9 @@ from rlhfops.cli.common import (
 from rlhfops.config import Config, load_config
 from rlhfops.pipeline import COMPILED
 from rlhfops.workspace import Workspace, is_model_dir
+
+if TYPE_CHECKING:
+    from rlhfops.pipeline.warm import WarmServer
 
 
 @app.command()
@@ -63,10 +66,23 @@ def run(
             note = held.enter_context(workspace_lock(ws))
         if note:
             typer.secho(f"note: {note}", err=True)
-        _run(cfg, ws, config, set_, json_out, n_cycles)
+        warm = None
+        if cfg.pipeline.warm_tasks:  # one for every cycle; its imports overlap the SFT step
+            from rlhfops.pipeline.warm import WarmServer
+
+            warm = held.enter_context(WarmServer()).start()
+        _run(cfg, ws, config, set_, json_out, n_cycles, warm)
 
 
-def _run(cfg: Config, ws: Workspace, config: str | None, set_: list[str] | None, json_out: bool, n_cycles: int) -> None:
+def _run(
+    cfg: Config,
+    ws: Workspace,
+    config: str | None,
+    set_: list[str] | None,
+    json_out: bool,
+    n_cycles: int,
+    warm: WarmServer | None = None,
+) -> None:
     import time
 
     from rlhfops.cycle import cycles_done, decide_canary, next_cycle
@@ -94,7 +110,8 @@ def _run(cfg: Config, ws: Workspace, config: str | None, set_: list[str] | None,
         console.print(f"the workspace has {cycles_done(ws)} finished cycles already (asked for {n_cycles})")
     while cycles_done(ws) < n_cycles:
         cycle = next_cycle(ws)
-        report["cycles"].append(_run_cycle_pipeline_with_traffic(cfg, ws, config, set_ or [], cycle, quiet=json_out))
+        row = _run_cycle_pipeline_with_traffic(cfg, ws, config, set_ or [], cycle, quiet=json_out, warm=warm)
+        report["cycles"].append(row)
         if cycles_done(ws) < cycle:  # the pipeline said it succeeded, yet the cycle is not done: never loop
             fail(f"cycle {cycle} ran but is not done (no gate decision, or a deploy without its canary)")
     with user_errors():
@@ -124,7 +141,13 @@ def _run(cfg: Config, ws: Workspace, config: str | None, set_: list[str] | None,
 
 
 def _run_cycle_pipeline_with_traffic(
-    cfg: Config, ws: Workspace, config: str | None, overrides: list[str], cycle: int, quiet: bool
+    cfg: Config,
+    ws: Workspace,
+    config: str | None,
+    overrides: list[str],
+    cycle: int,
+    quiet: bool,
+    warm: WarmServer | None = None,
 ) -> dict[str, Any]:
     """One pipeline run of cycle `cycle` through kfp.local, its table of gold scores, and simulated
     traffic for the canary it deployed; returns the cycle's row of `rlhfops run`'s report."""
@@ -144,7 +167,7 @@ def _run_cycle_pipeline_with_traffic(
     if not quiet:
         console.rule(f"cycle {cycle}")
     start = time.perf_counter()
-    ok, failure, log = run_local(cfg, ws, config or "", overrides, emit)
+    ok, failure, log = run_local(cfg, ws, config or "", overrides, emit, warm)
     if not ok:
         fail(f"cycle {cycle} failed: {failure} (full log: {log})")
     summary = read_json(cycle_eval_path(ws, cycle))

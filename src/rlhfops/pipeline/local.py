@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rlhfops.config import Config
 from rlhfops.cycle import PARALLEL_THREADS_ENV
+from rlhfops.pipeline.warm import SOCKET_ENV, WarmServer
 from rlhfops.workspace import Workspace
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -62,14 +63,30 @@ class ProgressStream(io.TextIOBase):
         self.log_file.flush()
 
 
+@contextlib.contextmanager
+def _environ(name: str, value: str):
+    """`name=value` in this process's environment (which kfp.local's task processes inherit) for a while."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def run_local(
     cfg: Config,
     ws: Workspace,
     config: str,
     overrides: list[str],
     emit: Callable[[str, str, float], None],
+    warm: WarmServer | None = None,
 ) -> tuple[bool, str, Path]:
-    """One pipeline run (one cycle) through kfp.local; returns (succeeded, failure message, log file)."""
+    """One pipeline run (one cycle) through kfp.local; returns (succeeded, failure message, log file).
+    The tasks fork from `warm` (started here when None and `pipeline.warm_tasks`; see `pipeline.warm`)."""
     from kfp import local
 
     from rlhfops.pipeline.graph import build_pipeline
@@ -86,8 +103,15 @@ def run_local(
     os.environ.setdefault(PARALLEL_THREADS_ENV, str(max(1, (os.cpu_count() or 2) // 2)))
     root_logger = logging.getLogger()
     handlers, level = root_logger.handlers[:], root_logger.level
-    with log_path.open("w") as log_file:
+    with log_path.open("w") as log_file, contextlib.ExitStack() as stack:
         stream = ProgressStream(log_file, emit)
+        if warm is None and cfg.pipeline.warm_tasks:
+            warm = stack.enter_context(WarmServer()).start()
+        if warm is not None:
+            if path := warm.ready():
+                stack.enter_context(_environ(SOCKET_ENV, path))
+            else:
+                log_file.write(f"the warm task server did not start ({warm.failure}): every task imports cold\n")
         try:
             with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
                 pipeline(workspace=str(root), config=config, overrides=list(overrides))
