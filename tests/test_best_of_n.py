@@ -15,6 +15,7 @@ from rlhfops.inference.best_of_n import (
     best_of_n,
     best_of_n_kl,
     evaluate_best_of_n,
+    hardness,
     select,
 )
 from rlhfops.inference.cache import BoNCache, cache_key, directory_version
@@ -108,12 +109,19 @@ class KnownSpreads:
 def test_adaptive_n_gives_confident_prompts_one_sample_and_hard_ones_n(policy):
     tokenizer, model = policy
     composite = KnownSpreads({PROMPTS[0]: [0.1, 0.3], PROMPTS[1]: [0.9, 0.5], PROMPTS[2]: [0.5, 0.5]})
+    bon = load_config("smoke", ["best_of_n.adaptive_signal=spread", "best_of_n.adaptive_spread=0.5"]).best_of_n
     results, counts = adaptive_best_of_n(
-        model, tokenizer, PROMPTS, 6, length, composite, 0.5, generation=GENERATION, batch_size=8
+        model, tokenizer, PROMPTS, 6, length, hardness(bon, composite, length), generation=GENERATION, batch_size=8
     )
     assert counts == [1, 6, 1]  # mean spreads 0.2, 0.7, 0.5 (at the threshold: confident)
     assert [len(r.candidates) for r in results] == counts
     assert results[1].best == max(results[1].candidates, key=len)
+
+
+def test_adaptive_n_by_score_gives_n_to_prompts_whose_first_sample_the_scorer_rates_low():
+    bon = load_config("smoke", ["best_of_n.adaptive_signal=score", "best_of_n.adaptive_score=3"]).best_of_n
+    hard = hardness(bon, composite=None, score_fn=length)  # the score signal never reads the ensembles
+    assert hard(["a", "b", "c"], ["xx", "xxx", "xxxx"]) == [True, False, False]  # at the threshold: not hard
 
 
 def test_best_of_n_scorer_flat_choice():
@@ -235,3 +243,13 @@ def test_evaluate_best_of_n_on_a_smoke_workspace(tmp_path, counted_generate):
 
     again = evaluate_best_of_n(cfg, tmp_path / "sft", tmp_path / "rm", None, out, cache_dir=tmp_path / "cache")
     assert again == report and sum(counted_generate) == 32  # every prompt served from the cache
+
+    # adaptive N by the first sample's own score: a threshold above every score makes every prompt
+    # hard (Best-of-4's pick), one below every score none (the first sample's)
+    gold = {row["n"]: row["gold"] for row in report["curve"]}
+    for threshold, n in ((1e9, 4), (-1e9, 1)):
+        by_score = [*OVERRIDES, "best_of_n.adaptive_signal=score", f"best_of_n.adaptive_score={threshold}"]
+        cfg = load_config("smoke", by_score)
+        adaptive = evaluate_best_of_n(cfg, tmp_path / "sft", tmp_path / "rm", None, out, tmp_path / "cache")["adaptive"]
+        assert adaptive["signal"] == "score" and adaptive["threshold"] == threshold
+        assert adaptive["samples"] == 8 * n and adaptive["gold"] == gold[n]

@@ -552,8 +552,17 @@ class BestOfNConfig(Section):
     n: int = Field(16, ge=1, description="samples per prompt (the maximum when adaptive)")
     n_values: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16], description="`bon` evaluates each")
     scorer: Literal["ensemble", "prm", "both"] = Field("ensemble", description="what ranks the candidates")
-    adaptive: bool = Field(False, description="choose N per prompt from the ensemble spread on a first sample")
-    adaptive_spread: float = Field(0.5, ge=0, description="spread above which a prompt is hard (gets N)")
+    adaptive: bool = Field(False, description="choose N per prompt from a first sample (adaptive_signal)")
+    adaptive_signal: Literal["spread", "score"] = Field(
+        "score",
+        description="what marks a prompt hard (it gets N samples, the others 1) from its first sample: `spread` "
+        "the reward ensembles disagree on it (above adaptive_spread), `score` the scorer rates it low (below "
+        "adaptive_score)",
+    )
+    adaptive_spread: float = Field(0.5, ge=0, description="`spread`: mean ensemble spread above which a prompt is hard")
+    adaptive_score: float = Field(
+        0.1, description="`score`: first-sample scorer value below which a prompt is hard (scores are normalised)"
+    )
     n_prompts: int = Field(128, ge=1, description="test prompts `bon` evaluates on")
     cache_max_mb: float = Field(64.0, gt=0, description="on-disk cache size bound")
     batch_size: int = Field(256, ge=1, description="sequences per generate call")

@@ -77,7 +77,8 @@ class BestOfNPoint(TypedDict):
 
 class AdaptiveN(TypedDict):
     n: int
-    max_spread: float
+    signal: str  # best_of_n.adaptive_signal
+    threshold: float
     gold: float
     proxy: float
     samples: int

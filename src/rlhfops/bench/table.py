@@ -141,7 +141,7 @@ def technique_table(rows: list[SeedResult]) -> list[TechniqueRow]:
         ),
         technique_row(
             "Adaptive N",
-            "spend samples only where the RMs disagree",
+            "spend samples only where the first one looks bad",
             "gold composite: adaptive N vs N=1",
             [a["gold"] for a in adaptive],
             gold_1,

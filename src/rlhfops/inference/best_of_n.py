@@ -4,10 +4,11 @@
     scores      score_fn(prompts, completions) -> list[float], any TRL-style reward callable
     best        argmax over a prompt's N scores; ties go to the lowest candidate index
 
-Adaptive N spends samples where the reward ensemble is unsure: one sample per prompt, its
-spread (mean over objectives of the ensemble std, `CompositeReward.vectors(...)["spreads"]`)
-decides: spread <= threshold keeps that sample (N=1), otherwise the prompt gets N samples, the
-first one among them.
+Adaptive N spends samples where the first one looks bad: one sample per prompt, and a hard
+prompt (`hardness`, `best_of_n.adaptive_signal`) gets N samples, the first one among them; the
+others keep that sample (N=1). Hard is either the reward ensembles disagreeing on the first sample
+(`spread`: mean over objectives of the ensemble std, `CompositeReward.vectors(...)["spreads"]`,
+above `adaptive_spread`) or the scorer that selects rating it low (`score`: below `adaptive_score`).
 
 `evaluate_best_of_n` is the `bon` stage: on test prompts of the built-in task it draws N_max
 candidates once per prompt and reads every smaller N off the first N of them (nested curves),
@@ -30,7 +31,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhfops.annotation.judges import eval_judges, labelled_mean
-from rlhfops.config import Config, GenerationConfig
+from rlhfops.config import BestOfNConfig, Config, GenerationConfig
 from rlhfops.files import atomic_write_json
 from rlhfops.generation import generate
 from rlhfops.inference.cache import BoNCache, cache_key, directory_version
@@ -187,14 +188,30 @@ def rank(
 # ---- adaptive N ----------------------------------------------------------------------------------
 
 
-def adaptive_counts(spreads: list[float], n: int, max_spread: float) -> list[int]:
-    """Samples per prompt: 1 where the first sample's spread <= max_spread, else n."""
-    return [1 if s <= max_spread else n for s in spreads]
+def adaptive_counts(hard: list[bool], n: int) -> list[int]:
+    """Samples per prompt: n for a hard prompt, 1 for the others."""
+    return [n if h else 1 for h in hard]
 
 
 def first_sample_spreads(composite: CompositeReward, prompts: list[str], completions: list[str]) -> list[float]:
     """Per prompt the mean over objectives of the ensemble std of its completion: (N, M) -> (N,)."""
     return composite.vectors(prompts, completions)["spreads"].mean(1).tolist()
+
+
+HardFn = Callable[[list[str], list[str]], list[bool]]
+
+
+def hardness(bon: BestOfNConfig, composite: CompositeReward, score_fn: ScoreFn) -> HardFn:
+    """Which prompts are hard from their first samples (`best_of_n.adaptive_signal`): the reward
+    ensembles disagree on it (mean spread above `adaptive_spread`), or the scorer that selects rates
+    it low (below `adaptive_score`)."""
+
+    def hard(prompts: list[str], firsts: list[str]) -> list[bool]:
+        if bon.adaptive_signal == "spread":
+            return [s > bon.adaptive_spread for s in first_sample_spreads(composite, prompts, firsts)]
+        return [float(s) < bon.adaptive_score for s in score_fn(prompts, firsts)]
+
+    return hard
 
 
 def adaptive_best_of_n(
@@ -203,19 +220,17 @@ def adaptive_best_of_n(
     prompts: list[str],
     n: int,
     score_fn: ScoreFn,
-    composite: CompositeReward,
-    max_spread: float,
+    hard_fn: HardFn,
     *,
     generation: GenerationConfig,
     generator: torch.Generator | None = None,
     batch_size: int = 256,
 ) -> tuple[list[BoNResult], list[int]]:
-    """Best-of-N with N chosen per prompt from the ensemble spread of a first sample (module
-    docstring). Returns the results and the samples each prompt used (1 or n)."""
+    """Best-of-N with N chosen per prompt from a first sample (`hard_fn`, e.g. `hardness`): n - 1
+    more for the hard prompts. Returns the results and the samples each prompt used (1 or n)."""
     kwargs = {"generation": generation, "generator": generator, "batch_size": batch_size}
     candidates = sample(model, tokenizer, prompts, 1, **kwargs)
-    spreads = first_sample_spreads(composite, prompts, [cs[0] for cs in candidates])
-    counts = adaptive_counts(spreads, n, max_spread)
+    counts = adaptive_counts(hard_fn(prompts, [cs[0] for cs in candidates]), n)
     hard = [i for i, k in enumerate(counts) if k > 1]
     if hard:
         more = sample(model, tokenizer, [prompts[i] for i in hard], n - 1, **kwargs)
@@ -332,15 +347,15 @@ def evaluate_best_of_n(
             }
         )
 
-    spreads = first_sample_spreads(composite, prompts, [r.candidates[0] for r in results])
-    counts = adaptive_counts(spreads, bon.n, bon.adaptive_spread)
+    counts = adaptive_counts(hardness(bon, composite, scorer)(prompts, [r.candidates[0] for r in results]), bon.n)
     gold_adaptive, proxy_adaptive = selected(counts)
     gold_1, _ = selected([1] * len(prompts))
     gold_max, _ = selected([n_max] * len(prompts))
     gain = gold_max - gold_1
     adaptive = {
         "n": bon.n,
-        "max_spread": bon.adaptive_spread,
+        "signal": bon.adaptive_signal,
+        "threshold": bon.adaptive_spread if bon.adaptive_signal == "spread" else bon.adaptive_score,
         "gold": gold_adaptive,
         "proxy": proxy_adaptive,
         "samples": sum(counts),
