@@ -56,3 +56,22 @@ def test_feedback_comes_from_the_eval_judges(tmp_path):
     assert all(r["feedback"] is None for r in secret)
     assert all(r["feedback"] == 0.25 for r in rows if "secret" not in r["prompt"])
     assert out["versions"][v1]["unlabelled"] == len(secret) and out["versions"][v1]["mean_gold"] == 0.25
+
+
+def test_more_rounds_while_the_caller_asks_up_to_the_bound(tmp_path):
+    """`rlhfops run` sends another round while the online gate would still wait on the canary: each
+    round is logged before the question is asked, and the bound ends it."""
+    cfg = load_config("smoke", ["simulate.max_tokens=8", "simulate.noise=0"])
+    tokenizer, model = init_policy(cfg)
+    Registry(tmp_path).register(save_policy(model, tokenizer, cfg, tmp_path / "models" / "sft"), stage="stable")
+    seen = []
+
+    def more() -> bool:
+        seen.append(len(InteractionStore.for_workspace(tmp_path).interactions()))
+        return len(seen) < 2
+
+    out = simulate_traffic(cfg, tmp_path, 10, more=more, max_rounds=5)
+    assert out["rounds"] == 2 and out["requests"] == 20 and seen == [10, 20] and out["errors"] == 0
+    out = simulate_traffic(cfg, tmp_path, 10, more=lambda: True, max_rounds=3)
+    assert out["rounds"] == 3 and out["requests"] == 30
+    assert len(InteractionStore.for_workspace(tmp_path).interactions()) == 50

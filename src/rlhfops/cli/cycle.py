@@ -183,10 +183,17 @@ def _run_cycle_pipeline_with_traffic(
         "canary": canary["id"] if deployed else None,
     }
     if deployed and cfg.pipeline.simulate:
+        from rlhfops.serving.gate import decide
         from rlhfops.serving.simulate import simulate_traffic
+        from rlhfops.serving.store import InteractionStore
 
-        with user_errors():
-            row["traffic"] = simulate_traffic(cfg, ws.root, _traffic_needed(cfg))
+        def undecided() -> bool:  # the online gate would wait: the canary needs another look's traffic
+            store, stable = InteractionStore.for_workspace(ws.root), Registry(ws.root).stable()
+            return decide(store, stable["id"], canary["id"], cfg.gate).decision == "wait"
+
+        with user_errors():  # a canary the next cycle would replace undecided never gets its verdict
+            n = _traffic_needed(cfg)
+            row["traffic"] = simulate_traffic(cfg, ws.root, n, more=undecided, max_rounds=cfg.gate.max_looks)
     row["seconds"] = time.perf_counter() - start  # the pipeline run and the simulated traffic
     if not quiet:
         _print_cycle(row)
@@ -230,7 +237,8 @@ def _print_cycle(row: dict[str, Any]) -> None:
         if traffic:
             per = traffic["versions"]
             shares = ", ".join(f"{v} {d['requests']} req mean score {fmt(d['mean_gold'])}" for v, d in per.items())
-            line += f"; simulated {traffic['requests']} requests ({traffic['errors']} errors): {shares}"
+            rounds = f" in {traffic['rounds']} rounds" if traffic.get("rounds", 1) > 1 else ""
+            line += f"; simulated {traffic['requests']} requests{rounds} ({traffic['errors']} errors): {shares}"
         console.print(line)
     else:
         console.print("canary: none deployed this cycle")

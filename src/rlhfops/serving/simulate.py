@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from statistics import fmean
@@ -27,9 +28,19 @@ from rlhfops.tasks import make_task
 BUSY_TRIES = 10  # sends of one request while the router answers 429 / 503 with Retry-After
 
 
-def simulate_traffic(cfg: Config, ws: str | Path, n_requests: int, *, url: str | None = None) -> dict[str, Any]:
+def simulate_traffic(
+    cfg: Config,
+    ws: str | Path,
+    n_requests: int,
+    *,
+    url: str | None = None,
+    more: Callable[[], bool] | None = None,
+    max_rounds: int = 1,
+) -> dict[str, Any]:
     """Send `n_requests` simulated requests with feedback to the router at `url`; None starts the
-    registry's stable + canary + router on free loopback ports and stops them afterwards."""
+    registry's stable + canary + router on free loopback ports and stops them afterwards. With `more`,
+    another `n_requests` after each round while `more()` says so, up to `max_rounds` rounds in all
+    (`rlhfops run`: until the online gate decides the canary)."""
     if n_requests < 1:
         raise ValueError(f"the number of simulated requests must be at least 1, got {n_requests}")
     sim = cfg.simulate
@@ -37,9 +48,13 @@ def simulate_traffic(cfg: Config, ws: str | Path, n_requests: int, *, url: str |
     judge = eval_judges(cfg, task)
     examples = task.examples(sim.split, min(n_requests, _split_size(cfg, sim.split)))
     rng = random.Random(sim.seed)
-    plan = [
-        (rng.choice(examples), f"user{rng.randrange(sim.n_users)}", rng.random() < sim.noise) for _ in range(n_requests)
-    ]
+
+    def plan() -> list[tuple[Any, str, bool]]:  # one round: (example, user, flipped feedback) per request
+        return [
+            (rng.choice(examples), f"user{rng.randrange(sim.n_users)}", rng.random() < sim.noise)
+            for _ in range(n_requests)
+        ]
+
     stack = None
     if url is None:
         from rlhfops.serving.router import start_stack
@@ -79,8 +94,13 @@ def simulate_traffic(cfg: Config, ws: str | Path, n_requests: int, *, url: str |
                 fb = client.post("/v1/feedback", json=body)
                 return {"ok": fb.status_code == 200, "version": reply["model"], "gold": gold, "up": thumbs_up}
 
+            results, rounds = [], 0
             with ThreadPoolExecutor(sim.concurrency) as pool:
-                results = list(pool.map(one, plan))
+                while rounds < max(1, max_rounds):
+                    results += pool.map(one, plan())
+                    rounds += 1
+                    if more is None or not more():
+                        break
     finally:
         if stack is not None:
             stack.stop()
@@ -104,10 +124,11 @@ def simulate_traffic(cfg: Config, ws: str | Path, n_requests: int, *, url: str |
     }
     return {
         "url": url,
-        "requests": n_requests,
+        "requests": len(results),
+        "rounds": rounds,
         "errors": sum(not r["ok"] for r in results),
         "seconds": seconds,
-        "requests_per_s": n_requests / seconds,
+        "requests_per_s": len(results) / seconds,
         "versions": per_version,
     }
 
