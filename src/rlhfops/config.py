@@ -798,7 +798,9 @@ class SimulateConfig(Section):
     n_requests: int = Field(200, ge=1, description="requests per simulate-traffic run")
     split: Literal["train", "val", "test"] = Field("train", description="where the users' prompts come from")
     n_users: int = Field(50, ge=1, description="distinct user ids (for sticky routing)")
-    concurrency: int = Field(64, ge=1, description="users sending at once (the router batches up to serving.max_batch)")
+    concurrency: int = Field(
+        16, ge=1, description="users sending at once (more than the router's admission floor of 16 get 429s)"
+    )
     max_tokens: int = Field(48, ge=1, description="max_tokens the users ask for")
     noise: float = Field(0.1, ge=0, le=0.5, description="probability a user's thumbs up/down is flipped")
     threshold: float = Field(0.75, ge=0, le=1, description="mean gold score at or above which a user gives thumbs up")
