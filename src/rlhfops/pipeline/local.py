@@ -4,6 +4,9 @@ kfp.local prints every task's executor logs; `run_local` sends them to `<workspa
 shows one progress line per finished stage instead:
 
     [cycle 2] collect                      ok     14.2 s
+
+Each task's stage runs in a process forked from the run's warm server (`pipeline.warm`), whose
+socket this module puts in the tasks' environment for the run.
 """
 
 import contextlib
