@@ -187,3 +187,30 @@ def test_w_and_b_offline_runs_with_tables_in_one_child_after_another(tmp_path, m
             out = task(s, body, WANDB_MODE="offline")
             assert out.returncode == 0 and out.stdout.split()[-1] == str(cycle), out.stderr
     assert len(list((tmp_path / "ws" / "wandb").glob("offline-run-*"))) == 2
+
+
+def test_a_task_whose_server_is_gone_runs_its_stage_itself(tmp_path):
+    """The server killed (out of memory, say) mid-run: run_stage says so and runs the stage cold,
+    rather than failing the task."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+            from rlhfops.cycle import run_stage
+            try:
+                run_stage("gate", {str(tmp_path)!r}, "smoke", [], 1, "g")
+            except Exception as e:
+                print("raised", type(e).__name__)
+            """
+            ),
+        ],
+        env={**os.environ, warm.SOCKET_ENV: str(tmp_path / "no-server"), "WANDB_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "no warm task server" in out.stderr and "running stage gate in this process" in out.stderr
+    assert out.stdout.strip().startswith("raised")  # the stage's own error, from this process

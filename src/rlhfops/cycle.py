@@ -33,6 +33,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -614,10 +615,13 @@ def run_stage(name: str, workspace: str, config: str, overrides: list[str], cycl
     """Load the config and workspace, run stage `name` inside its W&B run (job_type = name, group =
     the pipeline run) and log its numbers. In a task of `rlhfops run` (kfp.local) the stage runs in a
     process forked from the run's warm server, which has the libraries imported (`pipeline.warm`)."""
-    from rlhfops.pipeline.warm import active, call
+    from rlhfops.pipeline.warm import Unavailable, active, call
 
     if server := active():
-        return call(server, "rlhfops.cycle:run_stage", name, workspace, config, overrides, cycle, group, **kwargs)
+        try:
+            return call(server, "rlhfops.cycle:run_stage", name, workspace, config, overrides, cycle, group, **kwargs)
+        except Unavailable as e:  # the server is gone (killed, out of memory): this task imports cold
+            print(f"rlhfops: {e}; running stage {name} in this process", file=sys.stderr)
     from rlhfops.tracking import start_run
 
     cfg, ws = open_stage(workspace, config, overrides)

@@ -83,16 +83,24 @@ def active() -> str | None:
 # ---- the task side ---------------------------------------------------------------------------------
 
 
+class Unavailable(ConnectionError):
+    """The warm server is not there (it exited, or was never started): run the call here instead."""
+
+
 def call(path: str, target: str, *args: Any, **kwargs: Any) -> Any:
     """`target(*args, **kwargs)` ("module:function") in a child of the server at `path`, with this
     process's stdout / stderr, environment and working directory: its result, or its exception
-    raised here (the child printed the traceback to this process's stderr)."""
+    raised here (the child printed the traceback to this process's stderr). `Unavailable` when
+    nothing listens at `path`: nothing ran."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     request = {"target": target, "args": args, "kwargs": kwargs}
     request |= {"env": dict(os.environ), "cwd": os.getcwd(), "argv": sys.argv}
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(path)
+        try:
+            sock.connect(path)
+        except OSError as e:
+            raise Unavailable(f"no warm task server at {path} ({e.strerror or type(e).__name__})") from None
         payload = pickle.dumps(request)
         socket.send_fds(sock, [HEADER.pack(len(payload)) + payload], list(STDIO))
         reply = _receive(sock)
@@ -181,7 +189,7 @@ def _child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None
             os.close(fd)
         os.environ.clear()
         os.environ.update(request["env"])
-        os.environ.pop(SOCKET_ENV)  # this process runs the stage itself
+        os.environ.pop(SOCKET_ENV, None)  # this process runs the stage itself
         os.chdir(request["cwd"])
         sys.argv = list(request["argv"])
         if threads := os.environ.get("OMP_NUM_THREADS"):  # read at library load, which the server did
