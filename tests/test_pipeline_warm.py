@@ -214,3 +214,16 @@ def test_a_task_whose_server_is_gone_runs_its_stage_itself(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "no warm task server" in out.stderr and "running stage gate in this process" in out.stderr
     assert out.stdout.strip().startswith("raised")  # the stage's own error, from this process
+
+
+def test_pipeline_warm_tasks_decides_whether_a_run_has_a_server():
+    import contextlib
+
+    from rlhfops.config import load_config
+    from rlhfops.pipeline.local import start_warm_server
+
+    with contextlib.ExitStack() as stack:
+        assert start_warm_server(load_config("smoke", ["pipeline.warm_tasks=false"]), stack) is None
+        server = start_warm_server(load_config("smoke"), stack)
+        assert server.ready() == server.path and os.path.exists(server.path)
+    assert server.process is None and not os.path.exists(server.dir)  # stopped with the stack

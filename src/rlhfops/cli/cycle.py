@@ -66,11 +66,9 @@ def run(
             note = held.enter_context(workspace_lock(ws))
         if note:
             typer.secho(f"note: {note}", err=True)
-        warm = None
-        if cfg.pipeline.warm_tasks:  # one for every cycle; its imports overlap the SFT step
-            from rlhfops.pipeline.warm import WarmServer
+        from rlhfops.pipeline.local import start_warm_server
 
-            warm = held.enter_context(WarmServer()).start()
+        warm = start_warm_server(cfg, held)  # one for every cycle; its imports overlap the SFT step
         _run(cfg, ws, config, set_, json_out, n_cycles, warm)
 
 

@@ -66,6 +66,11 @@ class ProgressStream(io.TextIOBase):
         self.log_file.flush()
 
 
+def start_warm_server(cfg: Config, stack: contextlib.ExitStack) -> WarmServer | None:
+    """The warm task server when `pipeline.warm_tasks` (started, stopped with `stack`), else None."""
+    return stack.enter_context(WarmServer()).start() if cfg.pipeline.warm_tasks else None
+
+
 @contextlib.contextmanager
 def _environ(name: str, value: str):
     """`name=value` in this process's environment (which kfp.local's task processes inherit) for a while."""
@@ -89,7 +94,7 @@ def run_local(
     warm: WarmServer | None = None,
 ) -> tuple[bool, str, Path]:
     """One pipeline run (one cycle) through kfp.local; returns (succeeded, failure message, log file).
-    The tasks fork from `warm` (started here when None and `pipeline.warm_tasks`; see `pipeline.warm`)."""
+    The tasks fork from `warm` (`start_warm_server` here when None; see `pipeline.warm`)."""
     from kfp import local
 
     from rlhfops.pipeline.graph import build_pipeline
@@ -108,8 +113,8 @@ def run_local(
     handlers, level = root_logger.handlers[:], root_logger.level
     with log_path.open("w") as log_file, contextlib.ExitStack() as stack:
         stream = ProgressStream(log_file, emit)
-        if warm is None and cfg.pipeline.warm_tasks:
-            warm = stack.enter_context(WarmServer()).start()
+        if warm is None:
+            warm = start_warm_server(cfg, stack)
         if warm is not None:
             if path := warm.ready():
                 stack.enter_context(_environ(SOCKET_ENV, path))
