@@ -26,6 +26,11 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+def importable(directory, monkeypatch) -> None:
+    """Modules written into `directory` importable by the server and the tasks (they inherit PYTHONPATH)."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(directory), os.environ.get("PYTHONPATH")])))
+
+
 def task(server, body: str, **env) -> subprocess.CompletedProcess:
     """A task process (as kfp.local starts one) that calls the server."""
     script = "from rlhfops.pipeline import warm\n" + textwrap.dedent(body)
@@ -120,13 +125,13 @@ def test_a_server_that_cannot_fork_safely_says_why_and_the_run_goes_on_cold(tmp_
     (tmp_path / "starts_a_thread.py").write_text(
         "import threading, time\nthreading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
     )
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    importable(tmp_path, monkeypatch)
     with warm.WarmServer(preload=("json", "starts_a_thread")) as s:
         assert s.start().ready() is None
         assert "not forking" in s.failure and "Thread" in s.failure
 
 
-def test_run_stage_hands_a_task_to_the_server_and_returns_its_result(server, tmp_path, monkeypatch):
+def test_run_stage_hands_a_task_to_the_server_and_returns_its_result(server, tmp_path):
     """rlhfops.cycle.run_stage in a task of the local run: the stage runs in the child (here `gate`'s
     error for a cycle that was never evaluated, raised in the task as the stage raised it)."""
     out = task(
@@ -155,7 +160,7 @@ def test_a_childs_exit_leaves_what_the_server_made_at_import(tmp_path, monkeypat
         "atexit.register(shutil.rmtree, MEDIA)\n"  # as wandb.sdk.data_types._private does
         "def where():\n    return [TMP.name, MEDIA]\n"
     )
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    importable(tmp_path, monkeypatch)
     with warm.WarmServer(preload=("makes_a_tempdir",)) as s:
         assert s.start().ready(), s.failure
         body = "import os\nprint(*map(os.path.isdir, warm.call(warm.active(), 'makes_a_tempdir:where')))"
@@ -179,7 +184,7 @@ def test_w_and_b_offline_runs_with_tables_in_one_child_after_another(tmp_path, m
             """
         )
     )
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    importable(tmp_path, monkeypatch)
     with warm.WarmServer(preload=("wandb", "rlhfops.tracking", "logs_a_table")) as s:
         assert s.start().ready(), s.failure
         for cycle in (1, 2):

@@ -567,6 +567,11 @@ class BestOfNConfig(Section):
     cache_max_mb: float = Field(64.0, gt=0, description="on-disk cache size bound")
     batch_size: int = Field(256, ge=1, description="sequences per generate call")
 
+    @property
+    def adaptive_threshold(self) -> float:
+        """The threshold of `adaptive_signal`: a spread above it, or a score below it, is hard."""
+        return self.adaptive_spread if self.adaptive_signal == "spread" else self.adaptive_score
+
 
 DEFAULT_CONSTITUTION = {
     "helpfulness": [

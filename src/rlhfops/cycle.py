@@ -179,17 +179,27 @@ def begin(cfg: Config, ws: Workspace) -> dict[str, Any]:
     return {"cycle": next_cycle(ws), "canary": canary}
 
 
-def decide_canary(cfg: Config, ws: Workspace) -> dict[str, Any]:
-    """Promote, roll back or keep waiting on the canary from its logged interactions; "none" when
-    there is no canary. The decision and its statistics are recorded in the registry."""
+def online_verdict(cfg: Config, ws: Workspace) -> tuple[dict[str, Any], GateDecision] | None:
+    """The online gate's verdict on the registry's canary from the interactions logged so far, and
+    the canary; None without one. Nothing is recorded (`decide_canary` acts on it)."""
     from rlhfops.serving.gate import decide
     from rlhfops.serving.store import InteractionStore
 
     registry = Registry(ws.root)
     canary, stable = registry.canary(), registry.stable()
     if canary is None or stable is None:
+        return None
+    return canary, decide(InteractionStore.for_workspace(ws.root), stable["id"], canary["id"], cfg.gate)
+
+
+def decide_canary(cfg: Config, ws: Workspace) -> dict[str, Any]:
+    """Promote, roll back or keep waiting on the canary from its logged interactions; "none" when
+    there is no canary. The decision and its statistics are recorded in the registry."""
+    verdict = online_verdict(cfg, ws)
+    if verdict is None:
         return {"decision": "none", "reason": "no canary deployed"}
-    result = decide(InteractionStore.for_workspace(ws.root), stable["id"], canary["id"], cfg.gate)
+    canary, result = verdict
+    registry = Registry(ws.root)
     registry.record_decision(canary["id"], result.decision, result.stats)
     if result.decision == "promote":
         registry.promote_canary()

@@ -181,13 +181,11 @@ def _run_cycle_pipeline_with_traffic(
         "canary": canary["id"] if deployed else None,
     }
     if deployed and cfg.pipeline.simulate:
-        from rlhfops.serving.gate import decide
+        from rlhfops.cycle import online_verdict
         from rlhfops.serving.simulate import simulate_traffic
-        from rlhfops.serving.store import InteractionStore
 
         def undecided() -> bool:  # the online gate would wait: the canary needs another look's traffic
-            store, stable = InteractionStore.for_workspace(ws.root), Registry(ws.root).stable()
-            return decide(store, stable["id"], canary["id"], cfg.gate).decision == "wait"
+            return online_verdict(cfg, ws)[1].decision == "wait"
 
         with user_errors():  # a canary the next cycle would replace undecided never gets its verdict
             n = _traffic_needed(cfg)

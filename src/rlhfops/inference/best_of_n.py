@@ -208,8 +208,8 @@ def hardness(bon: BestOfNConfig, composite: CompositeReward, score_fn: ScoreFn) 
 
     def hard(prompts: list[str], firsts: list[str]) -> list[bool]:
         if bon.adaptive_signal == "spread":
-            return [s > bon.adaptive_spread for s in first_sample_spreads(composite, prompts, firsts)]
-        return [float(s) < bon.adaptive_score for s in score_fn(prompts, firsts)]
+            return [s > bon.adaptive_threshold for s in first_sample_spreads(composite, prompts, firsts)]
+        return [float(s) < bon.adaptive_threshold for s in score_fn(prompts, firsts)]
 
     return hard
 
@@ -347,7 +347,9 @@ def evaluate_best_of_n(
             }
         )
 
-    counts = adaptive_counts(hardness(bon, composite, scorer)(prompts, [r.candidates[0] for r in results]), bon.n)
+    firsts = [r.scores[0] for r in results]  # the scorer's values of the first samples: already computed
+    hard = hardness(bon, composite, lambda _prompts, _completions: firsts)
+    counts = adaptive_counts(hard(prompts, [r.candidates[0] for r in results]), bon.n)
     gold_adaptive, proxy_adaptive = selected(counts)
     gold_1, _ = selected([1] * len(prompts))
     gold_max, _ = selected([n_max] * len(prompts))
@@ -355,7 +357,7 @@ def evaluate_best_of_n(
     adaptive = {
         "n": bon.n,
         "signal": bon.adaptive_signal,
-        "threshold": bon.adaptive_spread if bon.adaptive_signal == "spread" else bon.adaptive_score,
+        "threshold": bon.adaptive_threshold,
         "gold": gold_adaptive,
         "proxy": proxy_adaptive,
         "samples": sum(counts),
